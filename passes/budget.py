@@ -1,0 +1,73 @@
+"""Meet a memory budget by searching lambda over the min-cut's convex hull.
+
+As lambda falls, saving gets relatively dearer, so the min cut saves no more
+bytes (the source sides are nested). The plans form the lower convex hull of
+(saved bytes, recompute cost); each hull edge is found by one solve at the
+lambda where the lines of its two end plans cross (Eisner-Severance search),
+so a budget costs a handful of max-flow solves rather than a bisection's dozens.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .mincut import solve_min_cut
+from .plan import Cut, CutProblem, Plan
+
+# The far end of the hull: recompute cost still breaks ties between plans of
+# equal bytes, but never outweighs a byte.
+LOWEST_LAMBDA_FRACTION = 1e-7
+MAX_SOLVES = 64
+
+
+class _Solver:
+    def __init__(self, problem: CutProblem):
+        self.problem = problem
+        self.solves = 0
+        self.seen: list[tuple[float, float, float]] = []
+
+    def __call__(self, lam: float) -> Cut:
+        self.solves += 1
+        cut = solve_min_cut(self.problem, lam)
+        self.seen.append((lam, cut.saved_bytes, cut.recompute_cost))
+        return cut
+
+
+def plan_for_budget(
+    problem: CutProblem,
+    lam_default: float,
+    budget: float | Callable[[float, float], float] | None = None,
+) -> Plan:
+    """The cheapest plan whose summed saved bytes fit the budget.
+
+    ``budget`` is None (the plan at ``lam_default``), a number of bytes, or a
+    function of (least bytes, default bytes) that returns the byte target,
+    which is how a fraction of the default plan is expressed.
+    """
+    solve = _Solver(problem)
+    high = solve(lam_default)
+    if budget is None:
+        return Plan(high, lam_default, None, True, solve.solves, tuple(solve.seen))
+    low = solve(lam_default * LOWEST_LAMBDA_FRACTION)
+    target = budget(low.saved_bytes, high.saved_bytes) if callable(budget) else float(budget)
+    if high.saved_bytes <= target:
+        return Plan(high, lam_default, target, True, solve.solves, tuple(solve.seen))
+    if low.saved_bytes > target:
+        return Plan(low, lam_default, target, False, solve.solves, tuple(solve.seen))
+    while solve.solves < MAX_SOLVES:
+        gained_time = low.recompute_cost - high.recompute_cost
+        if gained_time <= 0:
+            break
+        crossing = (high.saved_bytes - low.saved_bytes) / gained_time
+        if not (low.lam < crossing < high.lam):
+            break
+        middle = solve(crossing)
+        if middle.same_plan(low) or middle.same_plan(high):
+            break
+        if not (low.saved_bytes <= middle.saved_bytes <= high.saved_bytes):
+            break  # quantisation broke the nesting; the last feasible plan stands
+        if middle.saved_bytes <= target:
+            low = middle
+        else:
+            high = middle
+    return Plan(low, lam_default, target, True, solve.solves, tuple(solve.seen))

@@ -1,0 +1,59 @@
+"""The solver's answer: which candidates are saved and which are recomputed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CutProblem:
+    """One partitioning problem: a graph summary plus the price of each decision.
+
+    ``save_bytes[i]`` is what keeping node i for the backward costs in memory;
+    ``recompute_cost[i]`` what computing it again in the backward costs in time
+    (seconds, 0 for nodes the forward does not compute anyway).
+    """
+
+    summary: "GraphSummary"  # noqa: F821 (passes.analysis.GraphSummary)
+    save_bytes: np.ndarray
+    recompute_cost: np.ndarray
+
+
+@dataclass(frozen=True)
+class Cut:
+    """One min-cut solution at a given lambda."""
+
+    lam: float
+    saved: np.ndarray  # bool per candidate
+    recomputed: np.ndarray  # bool: a forward node computed again in the backward
+    in_backward: np.ndarray  # bool: computed in the backward (recomputed or backward-only)
+    saved_bytes: float
+    recompute_cost: float
+
+    def objective(self, lam: float) -> float:
+        return self.saved_bytes + lam * self.recompute_cost
+
+    def same_plan(self, other: "Cut") -> bool:
+        return bool(np.array_equal(self.saved, other.saved) and np.array_equal(self.in_backward, other.in_backward))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The chosen cut and how it was found."""
+
+    cut: Cut
+    lam_default: float
+    target_bytes: float | None  # summed saved bytes the budget allows; None: default plan
+    budget_met: bool
+    num_solves: int
+    hull: tuple[tuple[float, float, float], ...] = field(default=())  # (lam, saved bytes, recompute cost) seen
+
+    @property
+    def saved(self) -> np.ndarray:
+        return self.cut.saved
+
+    @property
+    def recomputed(self) -> np.ndarray:
+        return self.cut.recomputed

@@ -1,0 +1,186 @@
+"""The one place that touches private PyTorch APIs.
+
+Every import from ``torch._functorch``, ``torch._inductor`` or other private
+modules goes through this file, so that a new torch release breaks one file.
+The functions are thin: they name what we use and pin the contract we rely on
+(tests/test_torch_internals.py checks each against the installed torch).
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Sequence
+
+import sympy
+import torch
+import torch.fx as fx
+from torch._functorch import config as functorch_config
+from torch._functorch import partitioners as _p
+from torch._functorch.compile_utils import fx_graph_cse, get_aten_target, raise_getitems
+from torch.fx.experimental.proxy_tensor import is_sym_node, py_sym_types
+from torch.utils.checkpoint import CheckpointPolicy
+
+__all__ = [
+    "CheckpointPolicy",
+    "NodeRoles",
+    "classify_joint_graph",
+    "default_partition",
+    "extract_forward_backward",
+    "get_aten_target",
+    "hint_int",
+    "is_sym_node",
+    "op_types",
+    "prepare_joint_graph",
+    "sym_expr",
+    "torch_min_cut_partition",
+]
+
+
+class NodeRoles:
+    """Which nodes of a joint graph run where, as AOTAutograd classifies them."""
+
+    def __init__(self, info: Any):
+        self._info = info
+        self.inputs: list[fx.Node] = list(info.inputs)
+        self.required_fw: set[fx.Node] = set(info.required_fw_nodes)
+        self.required_bw: set[fx.Node] = set(info.required_bw_nodes)
+        self.tangents_closure: set[fx.Node] = set(info.tangents_closure)
+        self.static_inputs = info.static_lifetime_input_nodes
+
+
+def prepare_joint_graph(joint_module: fx.GraphModule) -> fx.GraphModule:
+    """Run the clean-ups PyTorch's partitioner runs before choosing a cut.
+
+    Dead code elimination, CSE, checkpoint-tag clean-up, and the MUST_SAVE tags
+    on collectives, effectful ops and sources of mutations done in the backward.
+    """
+    joint_module.graph.eliminate_dead_code()
+    joint_module.recompile()
+    if functorch_config.cse:
+        joint_module.graph = fx_graph_cse(joint_module.graph)
+    if _p.has_recomputable_ops(joint_module):
+        joint_module = _p.cleanup_recompute_tags(joint_module, is_default_partition=False)
+    if not functorch_config.unsafe_allow_optimization_of_collectives:
+        _p.force_save_collectives(joint_module)
+    _p.force_save_effectful_ops(joint_module)
+    _p.force_save_bw_mutation_src(joint_module)
+    return joint_module
+
+
+def classify_joint_graph(
+    joint_module: fx.GraphModule, static_lifetime_input_indices: Sequence[int], num_fwd_outputs: int
+) -> NodeRoles:
+    return NodeRoles(
+        _p.classify_nodes(joint_module, list(static_lifetime_input_indices), num_fwd_outputs)
+    )
+
+
+def is_primal_input(node: fx.Node) -> bool:
+    return _p._is_primal(node)
+
+
+def is_forward_seed_input(node: fx.Node) -> bool:
+    return _p._is_fwd_seed_offset(node)
+
+
+def must_be_in_forward(node: fx.Node) -> bool:
+    return _p._must_be_in_forward(node)
+
+
+def checkpoint_policy(node: fx.Node) -> CheckpointPolicy | None:
+    """The policy ``torch.utils.checkpoint`` regions put on a node, if any."""
+    return node.meta.get("recompute")
+
+
+def is_opaque_value(node: fx.Node) -> bool:
+    from torch._functorch._aot_autograd.graph_compile import is_opaque_node
+
+    return is_opaque_node(node)
+
+
+def is_backward_state_or_script_object(val: object) -> bool:
+    from torch._library.fake_class_registry import FakeScriptObject
+    from torch.fx.experimental._backward_state import BackwardState
+
+    return isinstance(val, (BackwardState, FakeScriptObject))
+
+
+def is_assert_only_symbool(node: fx.Node) -> bool:
+    return _p._is_assert_only_symbool(node)
+
+
+def op_types() -> Any:
+    """PyTorch's op categories (fusible, compute-intensive, random, view)."""
+    return _p.get_default_op_list()
+
+
+def sym_expr(value: int | torch.SymInt) -> sympy.Expr:
+    """A size as a sympy expression (an Integer when the size is static)."""
+    if isinstance(value, torch.SymInt):
+        return value.node.expr
+    return sympy.Integer(int(value))
+
+
+def hint_int(value: int | torch.SymInt, fallback: int = 4096) -> int:
+    """A concrete value for a possibly symbolic size: the shape environment's hint."""
+    from torch.fx.experimental.symbolic_shapes import optimization_hint
+
+    return int(optimization_hint(value, fallback=fallback))
+
+
+def extract_forward_backward(
+    joint_module: fx.GraphModule,
+    saved: Sequence[fx.Node],
+    roles: NodeRoles,
+    num_fwd_outputs: int,
+) -> tuple[fx.GraphModule, fx.GraphModule]:
+    """Cut the joint graph into forward and backward modules that save ``saved``.
+
+    Follows the tail of ``min_cut_rematerialization_partition``: AOTAutograd's
+    contract (forward returns ``[outputs, saved tensors, saved symints]``),
+    recomputation placed just before its first use in the backward, getitems raised.
+    """
+    saved_sym = [n for n in saved if is_sym_node(n) and not _p._is_assert_only_symbool(n)]
+    saved_opaque = [n for n in saved if is_opaque_value(n)]
+    saved_tensors = [n for n in saved if not is_sym_node(n) and not is_opaque_value(n)]
+    fw_module, bw_module = _p._extract_fwd_bwd_modules(
+        joint_module,
+        saved_tensors,
+        saved_sym_nodes=saved_sym,
+        saved_opaque_nodes=saved_opaque,
+        num_fwd_outputs=num_fwd_outputs,
+        static_lifetime_input_nodes=roles.static_inputs,
+    )
+    if _p.has_recomputable_ops(joint_module) and _p.has_recomputable_rng_ops(joint_module):
+        fw_module, bw_module = _p.functionalize_rng_ops(
+            joint_module, fw_module, bw_module, len(saved_sym)
+        )
+    bw_module = _p.reordering_to_mimic_autograd_engine(bw_module)
+    fw_module = raise_getitems(fw_module)
+    bw_module = raise_getitems(bw_module)
+    fw_module = _p.thread_graphsafe_rng_from_hops(fw_module, is_backward=False)
+    bw_module = _p.thread_graphsafe_rng_from_hops(bw_module, is_backward=True)
+    return fw_module, bw_module
+
+
+def default_partition(joint_module, joint_inputs, *, num_fwd_outputs, static_lifetime_input_indices):
+    """PyTorch's no-recompute partition: for graphs with no backward to plan."""
+    return _p.default_partition(
+        joint_module,
+        joint_inputs,
+        num_fwd_outputs=num_fwd_outputs,
+        static_lifetime_input_indices=static_lifetime_input_indices,
+    )
+
+
+def torch_min_cut_partition(joint_module, joint_inputs, **kwargs):
+    """Inductor's default partitioner, our fallback and our baseline."""
+    return _p.min_cut_rematerialization_partition(joint_module, joint_inputs, **kwargs)
+
+
+def is_getitem(node: fx.Node) -> bool:
+    return node.target is operator.getitem
+
+
+def is_symbolic_value(val: object) -> bool:
+    return isinstance(val, py_sym_types)

@@ -1,0 +1,25 @@
+"""rematpass: a cost-priced min-cut rematerialisation partitioner for torch.compile.
+
+    >>> import torch
+    >>> model = torch.compile(torch.nn.Linear(4, 4), backend="remat")
+
+See README.md for the knobs and how to read a plan.
+"""
+
+from . import config
+from .config import Knobs, KnobError
+from .partitioner import RematFallbackWarning, RematPartitioner
+from .report import PartitionReport, clear_reports, recent_reports
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Knobs",
+    "KnobError",
+    "PartitionReport",
+    "RematFallbackWarning",
+    "RematPartitioner",
+    "clear_reports",
+    "config",
+    "recent_reports",
+]

@@ -1,0 +1,237 @@
+"""The cost model: bytes, FLOPs and estimated time of every candidate node.
+
+Bytes are kept as sympy expressions (symbolic when shapes are dynamic) and
+evaluated with the shape environment's hints. FLOPs come from
+``torch.utils.flop_counter``'s registry for matmuls, convolutions and
+attention, and from the element count for everything else. Time is a
+roofline, ``max(flops / flops_per_second, bytes moved / bytes_per_second)``,
+with one exception that matters most: a fusible op (pointwise, view, cheap
+reduction) recomputed inside a backward kernel that already reads its inputs
+costs only its arithmetic, plus one write of its output when a non-fusible
+backward op (a matmul, say) needs it materialised.
+
+Prices, in the units the solver uses:
+- saving node v costs ``bytes(v)`` (0 for parameters and buffers);
+- recomputing v costs ``time(v)`` seconds (0 when the forward never computes v).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import sympy
+import torch
+import torch.fx as fx
+from torch.utils.flop_counter import flop_registry
+
+from passes import torch_internals as ti
+from passes.analysis import FORWARD, GraphSummary
+from passes.plan import CutProblem
+
+# Default machine rates by device type: (FLOP/s, bytes/s). Deliberately round
+# numbers; the knobs flops_per_second and bytes_per_second override them.
+DEFAULT_RATES = {
+    "cpu": (1.0e11, 1.0e10),
+    "cuda": (1.0e14, 2.0e12),
+}
+
+
+@dataclass(frozen=True)
+class NodeCost:
+    bytes_expr: sympy.Expr
+    bytes: int
+    flops: int
+    time: float  # seconds to compute it standalone (roofline)
+    recompute_time: float  # seconds to recompute it in the backward (fusion-aware)
+    fused: bool  # recomputed inside a backward kernel that reads its inputs anyway
+
+
+@dataclass(frozen=True)
+class CostTable:
+    """Per-candidate costs, indexed like ``GraphSummary.nodes``."""
+
+    costs: tuple[NodeCost, ...]
+    flops_per_second: float
+    bytes_per_second: float
+    device: str
+
+    def save_bytes(self, summary: GraphSummary) -> np.ndarray:
+        values = np.array([c.bytes for c in self.costs], dtype=np.float64)
+        values[summary.is_static] = 0.0
+        return values
+
+    def recompute_cost(self, summary: GraphSummary) -> np.ndarray:
+        values = np.array([c.recompute_time for c in self.costs], dtype=np.float64)
+        values[summary.kind != FORWARD] = 0.0
+        return values
+
+    def problem(self, summary: GraphSummary) -> CutProblem:
+        return CutProblem(summary, self.save_bytes(summary), self.recompute_cost(summary))
+
+    @property
+    def default_lambda(self) -> float:
+        """Bytes per second of recompute: a byte saved costs one byte of memory traffic.
+
+        At this lambda the cut minimises estimated time (reading a saved tensor
+        back versus recomputing it), so the default plan is no slower than
+        saving everything, and the cut's byte term picks the least memory
+        among equally fast plans.
+        """
+        return self.bytes_per_second
+
+
+def _tensor_bytes(val: object) -> sympy.Expr | int:
+    """Bytes of a node's value: an int for static shapes, a sympy expression otherwise."""
+    if isinstance(val, torch.Tensor):
+        sizes = [ti.sym_expr(s) if isinstance(s, torch.SymInt) else int(s) for s in val.shape]
+        numel = math.prod(sizes) if sizes else 1
+        return numel * val.dtype.itemsize
+    if isinstance(val, (list, tuple)):
+        return sum((_tensor_bytes(v) for v in val), 0)
+    if isinstance(val, (torch.SymInt, torch.SymBool, int, bool)):
+        return 8
+    return 0
+
+
+def _hint(expr: sympy.Expr | int, val: object) -> int:
+    if isinstance(expr, int):
+        return expr
+    expr = sympy.expand(expr)
+    if not expr.free_symbols:
+        return int(expr)
+    shape_env = _shape_env(val)
+    if shape_env is not None:
+        try:
+            return int(shape_env.size_hint(expr))
+        except Exception:
+            pass
+    return int(expr.subs({s: 4096 for s in expr.free_symbols}))
+
+
+def _shape_env(val: object):
+    vals = val if isinstance(val, (list, tuple)) else (val,)
+    for v in vals:
+        if isinstance(v, torch.Tensor):
+            for s in v.shape:
+                if isinstance(s, torch.SymInt):
+                    return s.node.shape_env
+    return None
+
+
+def _to_int(value: object) -> int:
+    if isinstance(value, torch.SymInt):
+        return ti.hint_int(value)
+    return int(value)
+
+
+def _numel(val: object) -> int:
+    if isinstance(val, torch.Tensor):
+        return math.prod(_to_int(s) for s in val.shape)
+    if isinstance(val, (list, tuple)):
+        return sum(_numel(v) for v in val)
+    return 0
+
+
+def _arg_vals(node: fx.Node):
+    def value(a):
+        return a.meta.get("val") if isinstance(a, fx.Node) else a
+
+    args = torch.fx.node.map_aggregate(node.args, value)
+    kwargs = torch.fx.node.map_aggregate(node.kwargs, value)
+    return args, kwargs
+
+
+def node_flops(node: fx.Node) -> int:
+    """FLOPs of one node: the flop counter's formula where it has one, else element counts."""
+    if node.op != "call_function" or ti.is_getitem(node):
+        return 0
+    packet = getattr(node.target, "overloadpacket", None)
+    out = node.meta.get("val")
+    if packet is not None and packet in flop_registry:
+        args, kwargs = _arg_vals(node)
+        try:
+            return _to_int(flop_registry[packet](*args, **kwargs, out_val=out))
+        except Exception:
+            pass
+    input_numel = max(
+        (_numel(a.meta.get("val")) for a in node.all_input_nodes), default=0
+    )
+    return max(_numel(out), input_numel)
+
+
+class CostModel:
+    """Prices the candidates of a graph summary on a machine with the given rates."""
+
+    def __init__(self, flops_per_second: float | None = None, bytes_per_second: float | None = None):
+        self._flops_per_second = flops_per_second
+        self._bytes_per_second = bytes_per_second
+        self._types = ti.op_types()
+
+    def rates_for(self, device: str) -> tuple[float, float]:
+        default_flops, default_bytes = DEFAULT_RATES.get(device, DEFAULT_RATES["cpu"])
+        return (self._flops_per_second or default_flops, self._bytes_per_second or default_bytes)
+
+    def _is_fusible(self, node: fx.Node) -> bool:
+        if node.op != "call_function":
+            return False
+        if ti.is_getitem(node) or self._types.is_fusible(node) or self._types.is_view(node):
+            return True
+        return torch.Tag.pointwise in getattr(node.target, "tags", ())
+
+    def _materialized_in_backward(self, node: fx.Node, forward_nodes: set[fx.Node]) -> bool:
+        """Whether some backward op that cannot fuse it reads it (through views)."""
+        pending = [node]
+        while pending:
+            current = pending.pop()
+            for user in current.users:
+                if user.op == "output" or user in forward_nodes:
+                    continue
+                if self._types.is_view(user):
+                    pending.append(user)
+                elif not self._is_fusible(user):
+                    return True
+        return False
+
+    def table(self, summary: GraphSummary) -> CostTable:
+        device = _graph_device(summary)
+        flops_rate, bytes_rate = self.rates_for(device)
+        forward_nodes = {n for n, k in zip(summary.nodes, summary.kind) if k == FORWARD}
+        sizes: dict[fx.Node, int] = {}
+
+        def size_of(node: fx.Node) -> int:
+            if node not in sizes:
+                val = node.meta.get("val")
+                sizes[node] = _hint(_tensor_bytes(val), val)
+            return sizes[node]
+
+        costs = []
+        for i, node in enumerate(summary.nodes):
+            raw = _tensor_bytes(node.meta.get("val"))
+            expr = sympy.expand(raw) if not isinstance(raw, int) else sympy.Integer(raw)
+            nbytes = size_of(node)
+            if node.op != "call_function" or summary.is_view[i] or ti.is_getitem(node) or ti.is_sym_node(node):
+                costs.append(NodeCost(expr, nbytes, 0, 0.0, 0.0, True))
+                continue
+            flops = node_flops(node)
+            moved = nbytes + sum(size_of(a) for a in node.all_input_nodes)
+            time = max(flops / flops_rate, moved / bytes_rate)
+            fused = self._is_fusible(node)
+            if fused:
+                recompute = flops / flops_rate
+                if self._materialized_in_backward(node, forward_nodes):
+                    recompute += nbytes / bytes_rate
+                    fused = False
+            else:
+                recompute = time
+            costs.append(NodeCost(expr, nbytes, flops, time, recompute, fused))
+        return CostTable(tuple(costs), flops_rate, bytes_rate, device)
+
+
+def _graph_device(summary: GraphSummary) -> str:
+    for node in summary.nodes:
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            return val.device.type
+    return "cpu"

@@ -1,0 +1,114 @@
+"""``RematPartitioner``: the custom partitioner Inductor calls on each joint graph.
+
+The pipeline, one stage a module: prepare and classify (passes.torch_internals),
+summarise (passes.analysis), price (rematpass.cost), solve (passes.budget),
+rewrite (passes.torch_internals.extract_forward_backward), report
+(rematpass.report). Any failure while planning falls back to PyTorch's own
+partitioner with one warning, so training goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import pathlib
+import time
+import warnings
+from typing import Any, Sequence
+
+import torch.fx as fx
+from torch._inductor.custom_graph_pass import CustomPartitionerFn, get_hash_for_files
+
+from passes import torch_internals as ti
+from passes.analysis import summarize_joint_graph
+from passes.budget import plan_for_budget
+
+from .config import Knobs
+from .cost import CostModel
+from .report import PartitionReport, build_report, record
+
+log = logging.getLogger("rematpass")
+
+
+@functools.lru_cache(maxsize=1)
+def source_hash() -> bytes:
+    """Hash of our own sources: a new rematpass version never reuses a cached plan."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    files = sorted(str(p) for d in ("rematpass", "passes") for p in (root / d).glob("*.py"))
+    return get_hash_for_files(tuple(files))
+
+
+class RematFallbackWarning(UserWarning):
+    """Planning failed; PyTorch's default partitioner was used for this graph."""
+
+
+def budget_target(knobs: Knobs):
+    """The budget as ``plan_for_budget`` takes it: None, bytes, or a function of the hull ends."""
+    budget = knobs.memory_budget
+    if budget is None or budget == 1.0 and isinstance(budget, float):
+        return None
+    if isinstance(budget, float):
+        return lambda least, default: least + budget * (default - least)
+    return float(budget)
+
+
+class RematPartitioner(CustomPartitionerFn):
+    """Partition a joint graph by a cost-priced min-cut. Picklable; ``uuid`` covers knobs and sources."""
+
+    def __init__(self, knobs: Knobs | None = None):
+        self.knobs = knobs or Knobs()
+
+    def uuid(self) -> Any:
+        return (repr(self.knobs), source_hash().hex())
+
+    def __call__(self, gm: fx.GraphModule, joint_inputs: Sequence[object], **kwargs: Any):
+        num_fwd_outputs = kwargs["num_fwd_outputs"]
+        static = list(kwargs.get("static_lifetime_input_indices") or [])
+        try:
+            return self.partition(gm, joint_inputs, num_fwd_outputs=num_fwd_outputs, static_lifetime_input_indices=static)
+        except Exception as exc:
+            if self.knobs.strict:
+                raise
+            warnings.warn(
+                f"rematpass could not plan this graph ({type(exc).__name__}: {exc}); "
+                "using PyTorch's default partitioner for it instead",
+                RematFallbackWarning,
+                stacklevel=2,
+            )
+            log.warning("fallback to PyTorch's partitioner: %s", exc, exc_info=True)
+            return ti.torch_min_cut_partition(
+                gm, joint_inputs, compiler=kwargs.get("compiler", "inductor"),
+                num_fwd_outputs=num_fwd_outputs, static_lifetime_input_indices=static,
+            )
+
+    def partition(self, gm, joint_inputs, *, num_fwd_outputs: int, static_lifetime_input_indices: list[int]):
+        started = time.perf_counter()
+        gm = ti.prepare_joint_graph(gm)
+        roles = ti.classify_joint_graph(gm, static_lifetime_input_indices, num_fwd_outputs)
+        if not roles.required_bw:
+            return ti.default_partition(
+                gm, joint_inputs, num_fwd_outputs=num_fwd_outputs,
+                static_lifetime_input_indices=static_lifetime_input_indices,
+            )
+        summary = summarize_joint_graph(
+            gm, roles, never_recompute=self.knobs.never_recompute, always_recompute=self.knobs.always_recompute
+        )
+        costs = CostModel(self.knobs.flops_per_second, self.knobs.bytes_per_second).table(summary)
+        solve_started = time.perf_counter()
+        plan = plan_for_budget(costs.problem(summary), costs.default_lambda, budget_target(self.knobs))
+        solve_seconds = time.perf_counter() - solve_started
+        saved = [node for node, keep in zip(summary.nodes, plan.saved) if keep]
+        fw_module, bw_module = ti.extract_forward_backward(gm, saved, roles, num_fwd_outputs)
+        report = build_report(
+            self.knobs, summary, costs, plan,
+            solve_seconds=solve_seconds, total_seconds=time.perf_counter() - started,
+        )
+        record(report)
+        if not plan.budget_met:
+            warnings.warn(
+                f"rematpass: memory_budget={self.knobs.memory_budget!r} cannot be met on this graph; "
+                f"the least-memory plan saves {report.saved_bytes:,} bytes",
+                stacklevel=2,
+            )
+        log.info("%s", report.one_line())
+        return fw_module, bw_module

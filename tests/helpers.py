@@ -1,0 +1,71 @@
+"""Ways to run a model through the remat partitioner, and to compare with eager."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch._dynamo.backends.common import aot_autograd
+from torch._functorch.aot_autograd import make_boxed_func
+
+import rematpass
+from rematpass.config import Knobs
+
+
+def _eager_compiler(gm, example_inputs):
+    return make_boxed_func(gm.forward)
+
+
+def cheap_backend(**knobs):
+    """AOTAutograd with Inductor's decompositions and joint passes, our partitioner, and eager fw/bw.
+
+    The graph the partitioner sees is the one Inductor would hand it (dropout
+    becomes inductor_seeds / inductor_random), without the C++ compile.
+    """
+    from torch._inductor.compile_fx import partition_fn
+    from torch._inductor.decomposition import select_decomp_table
+
+    from torch._guards import detect_fake_mode
+    from torch._inductor.virtualized import V
+
+    partitioner = rematpass.RematPartitioner(rematpass.config.resolve({"strict": True, **knobs}))
+
+    def partition(gm, joint_inputs, **kwargs):
+        with V.set_fake_mode(detect_fake_mode(joint_inputs)):
+            return partition_fn(gm, joint_inputs, partitioner_fn_override=partitioner, **kwargs)
+
+    return aot_autograd(
+        fw_compiler=_eager_compiler,
+        bw_compiler=_eager_compiler,
+        partition_fn=partition,
+        decompositions=select_decomp_table(),
+    )
+
+
+def train_step(model, inputs, seed: int = 0):
+    """Loss and gradients (by parameter name) of one step."""
+    torch.manual_seed(seed)
+    model.zero_grad(set_to_none=True)
+    loss = model(*inputs)
+    loss.backward()
+    grads = {n.removeprefix("_orig_mod."): p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+def compiled_step(model, inputs, backend, seed: int = 0, **compile_kwargs):
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=backend, **compile_kwargs)
+    return train_step(compiled, inputs, seed)
+
+
+def assert_close_grads(expected, actual, rtol=1e-4, atol=1e-5):
+    loss_e, grads_e = expected
+    loss_a, grads_a = actual
+    torch.testing.assert_close(loss_a, loss_e, rtol=rtol, atol=atol)
+    assert grads_e.keys() == grads_a.keys()
+    for name in grads_e:
+        torch.testing.assert_close(grads_a[name], grads_e[name], rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+def clone(model):
+    return copy.deepcopy(model)
