@@ -51,6 +51,12 @@ class Knobs:
     always_recompute: tuple[str, ...] = ()
     # Raise instead of falling back to PyTorch's partitioner when planning fails.
     strict: bool = False
+    # Write each partitioned graph's plan and graphs under this folder.
+    dump_dir: str | None = None
+    # "mincut" (default) or "ilp": the exact ILP for small graphs, falling back to min-cut.
+    solver: str = "mincut"
+    # Seconds the ILP solver may take before we fall back to the min-cut plan.
+    ilp_time_limit: float = 30.0
 
 
 KNOB_HELP = {
@@ -60,6 +66,9 @@ KNOB_HELP = {
     "never_recompute": "a list of op names such as ['aten.mm', 'convolution'] (or a comma-separated string)",
     "always_recompute": "a list of op names such as ['aten.gelu'] (or a comma-separated string)",
     "strict": "True or False",
+    "dump_dir": "None or a folder path (string or os.PathLike)",
+    "solver": "'mincut' or 'ilp'",
+    "ilp_time_limit": "a positive number of seconds",
 }
 
 _UNITS = {
@@ -168,6 +177,27 @@ def _bool(name: str, value: Any) -> bool:
     raise _fail(name, value)
 
 
+def _dump_dir(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
+    raise _fail("dump_dir", value, f"wrong type {type(value).__name__}")
+
+
+def _solver(value: Any) -> str:
+    if isinstance(value, str) and value.strip().lower() in ("mincut", "ilp"):
+        return value.strip().lower()
+    raise _fail("solver", value)
+
+
+def _time_limit(value: Any) -> float:
+    rate = _rate("ilp_time_limit", value)
+    if rate is None:
+        raise _fail("ilp_time_limit", value)
+    return rate
+
+
 _VALIDATORS = {
     "memory_budget": _memory_budget,
     "flops_per_second": functools.partial(_rate, "flops_per_second"),
@@ -175,6 +205,9 @@ _VALIDATORS = {
     "never_recompute": functools.partial(_ops, "never_recompute"),
     "always_recompute": functools.partial(_ops, "always_recompute"),
     "strict": functools.partial(_bool, "strict"),
+    "dump_dir": _dump_dir,
+    "solver": _solver,
+    "ilp_time_limit": _time_limit,
 }
 KNOB_NAMES = tuple(f.name for f in dataclasses.fields(Knobs))
 assert set(KNOB_NAMES) == set(_VALIDATORS) == set(KNOB_HELP)
