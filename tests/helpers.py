@@ -12,7 +12,21 @@ import rematpass
 from rematpass.config import Knobs
 
 
+def seeded_random(size, seed, mode, *, align_dtype=None):
+    """``prims.inductor_random`` as Inductor's kernels define it: a function of its seed.
+
+    The prim's eager implementation ignores the seed and draws from the global
+    generator, which would redraw dropout masks in an eager backward.
+    """
+    generator = torch.Generator(device=seed.device).manual_seed(int(seed))
+    return getattr(torch, mode)(list(size), generator=generator, device=seed.device, dtype=torch.float32)
+
+
 def _eager_compiler(gm, example_inputs):
+    for node in gm.graph.nodes:
+        if node.target is torch.ops.prims.inductor_random.default:
+            node.target = seeded_random
+    gm.recompile()
     return make_boxed_func(gm.forward)
 
 
