@@ -1,0 +1,154 @@
+"""The graph passes alone: flow, the remat network, budget search, and the torch contract we rely on."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import rematpass
+from helpers import cheap_backend, clone, compiled_step
+from models import ResidualMLP
+from passes import torch_internals as ti
+from passes.analysis import FORWARD, INPUT, GraphSummary
+from passes.budget import plan_for_budget
+from passes.flow import INT_INF, InfeasibleCut, min_cut, quantize
+from passes.mincut import solve_min_cut
+from passes.plan import CutProblem
+
+
+def test_quantize_keeps_small_costs_positive_and_infinity_infinite():
+    q, scale = quantize(np.array([1e-12, 1.0, 3.0, math.inf, 0.0]))
+    assert q[0] >= 1 and q[-1] == 0 and q[3] == INT_INF
+    assert q[1:3].sum() <= 2**30 and abs(q[2] / q[1] - 3.0) < 1e-6
+
+
+def test_min_cut_value_and_smallest_source_side():
+    # s->a (3), s->b (2), a->t (2), b->t (3), a->b (1): min cut 4 = {s->b, a->t} ... check value only.
+    tails = np.array([0, 0, 2, 3, 2])
+    heads = np.array([2, 3, 1, 1, 3])
+    cut = min_cut(4, tails, heads, np.array([3.0, 2.0, 2.0, 3.0, 1.0]), 0, 1)
+    assert cut.value / cut.scale == pytest.approx(5.0, rel=1e-6)
+    assert cut.source_side[0] and not cut.source_side[1]
+
+
+def test_infinite_path_is_reported():
+    with pytest.raises(InfeasibleCut):
+        min_cut(3, np.array([0, 2]), np.array([2, 1]), np.array([math.inf, math.inf]), 0, 1)
+
+
+class _Node:
+    def __init__(self, name):
+        self.name = name
+
+
+def _chain_problem(save_bytes, recompute_cost):
+    """input -> a -> b -> c, the backward reads c only; every node may be saved or recomputed."""
+    n = len(save_bytes)
+    summary = GraphSummary(
+        nodes=tuple(_Node(f"n{i}") for i in range(n)),
+        kind=np.array([INPUT] + [FORWARD] * (n - 1), dtype=np.int8),
+        edge_src=np.arange(n - 1, dtype=np.int32),
+        edge_dst=np.arange(1, n, dtype=np.int32),
+        needed_by_backward=np.array([False] * (n - 1) + [True]),
+        must_recompute=np.zeros(n, dtype=bool),
+        is_static=np.zeros(n, dtype=bool),
+        is_view=np.zeros(n, dtype=bool),
+        no_recompute_reason=("input",) + (None,) * (n - 1),
+        no_save_reason=(None,) * n,
+    )
+    return CutProblem(summary, np.asarray(save_bytes, dtype=float), np.asarray(recompute_cost, dtype=float))
+
+
+def test_cut_trades_bytes_against_lambda_times_time():
+    problem = _chain_problem([100, 400, 50, 300], [0, 1.0, 10.0, 1.0])
+    # Saving c costs 300; recomputing c from saved b costs 50 + lam; from a: 400 + ...; from input: 100 + 12 lam.
+    assert solve_min_cut(problem, lam=1000.0).saved.tolist() == [False, False, False, True]
+    cheap = solve_min_cut(problem, lam=10.0)
+    assert cheap.saved.tolist() == [False, False, True, False] and cheap.recomputed.tolist() == [False, False, False, True]
+    assert solve_min_cut(problem, lam=1.0).saved.tolist() == [False, False, True, False]
+    least = solve_min_cut(problem, lam=1e-9)
+    assert least.saved_bytes == 50
+
+
+def test_budget_search_walks_the_hull_with_few_solves():
+    problem = _chain_problem([100, 400, 50, 300], [0, 1.0, 10.0, 1.0])
+    plan = plan_for_budget(problem, lam_default=1000.0, budget=60.0)
+    assert plan.cut.saved_bytes <= 60 and plan.budget_met
+    assert plan.num_solves <= 4
+    unmet = plan_for_budget(problem, lam_default=1000.0, budget=10.0)
+    assert not unmet.budget_met and unmet.cut.saved_bytes == 50
+
+
+def _capture_joint(model, x):
+    captured = {}
+    from torch._inductor.compile_fx import partition_fn
+
+    def spy(gm, joint_inputs, **kwargs):
+        captured["joint"] = gm
+        captured["kwargs"] = kwargs
+        return ti.torch_min_cut_partition(gm, joint_inputs, **kwargs)
+
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._guards import detect_fake_mode
+    from torch._inductor.virtualized import V
+
+    from helpers import _eager_compiler
+
+    def partition(gm, joint_inputs, **kwargs):
+        with V.set_fake_mode(detect_fake_mode(joint_inputs)):
+            return partition_fn(gm, joint_inputs, partitioner_fn_override=spy, **kwargs)
+
+    compiled_step(model, (x,), aot_autograd(fw_compiler=_eager_compiler, bw_compiler=_eager_compiler, partition_fn=partition))
+    return captured
+
+
+def test_torch_contract_forward_outputs_then_saved_and_backward_inputs_saved_then_tangents():
+    torch.manual_seed(0)
+    model = ResidualMLP(depth=2)
+    captured = _capture_joint(model, model.example())
+    joint, kwargs = captured["joint"], captured["kwargs"]
+    joint = ti.prepare_joint_graph(joint)
+    roles = ti.classify_joint_graph(joint, kwargs["static_lifetime_input_indices"], kwargs["num_fwd_outputs"])
+    assert roles.tangents_closure and roles.required_fw
+    from passes.analysis import summarize_joint_graph
+    from rematpass.cost import CostModel
+
+    summary = summarize_joint_graph(joint, roles)
+    table = CostModel().table(summary)
+    cut = solve_min_cut(table.problem(summary), table.default_lambda)
+    saved = [n for n, keep in zip(summary.nodes, cut.saved) if keep and n.op != "placeholder"]
+    saved += [n for n, keep in zip(summary.nodes, cut.saved) if keep and n.op == "placeholder"]
+    saved = [n for n in joint.graph.nodes if n in set(saved)]
+    assert any(n.op == "call_function" for n in saved)
+    fw, bw = ti.extract_forward_backward(joint, saved, roles, kwargs["num_fwd_outputs"])
+    fw_outputs = list(fw.graph.nodes)[-1].args[0]
+    saved_outputs = [o.name for o in fw_outputs[kwargs["num_fwd_outputs"]:]]
+    assert sorted(saved_outputs) == sorted(n.name for n in saved)
+    bw_inputs = [n.name for n in bw.graph.nodes if n.op == "placeholder"]
+    assert bw_inputs[: len(saved)] == saved_outputs
+    assert bw_inputs[len(saved):] and all(name.startswith("tangents") for name in bw_inputs[len(saved):])
+
+
+def test_recomputation_is_placed_near_its_first_use_in_the_backward():
+    torch.manual_seed(0)
+    model = ResidualMLP(depth=3)
+    x = model.example()
+    fw_bw = {}
+    from helpers import _eager_compiler
+
+    def keep(gm, example_inputs):
+        fw_bw.setdefault("graphs", []).append(gm)
+        return _eager_compiler(gm, example_inputs)
+
+    from torch._dynamo.backends.common import aot_autograd
+
+    partitioner = rematpass.RematPartitioner(rematpass.config.resolve({"memory_budget": 0.0, "strict": True}))
+    compiled_step(clone(model), (x,), aot_autograd(fw_compiler=keep, bw_compiler=keep, partition_fn=partitioner))
+    forward, backward = fw_bw["graphs"]
+    nodes = [n for n in backward.graph.nodes if n.op == "call_function"]
+    recomputed = {n.name for n in rematpass.recent_reports()[-1].recomputed_nodes()}
+    positions = [i for i, n in enumerate(nodes) if n.name in recomputed]
+    first_tangent_use = next(i for i, n in enumerate(nodes) if any(a.name.startswith("tangents") for a in n.all_input_nodes))
+    assert positions, "nothing was recomputed at budget 0"
+    assert max(positions) > first_tangent_use, "all recomputation was hoisted to the start of the backward"
