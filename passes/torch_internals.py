@@ -128,6 +128,13 @@ def hint_int(value: int | torch.SymInt, fallback: int = 4096) -> int:
     return int(optimization_hint(value, fallback=fallback))
 
 
+def hint_expr(shape_env, expr: sympy.Expr, fallback: int = 4096) -> int:
+    """A concrete value for a sympy size expression, from the shape environment's hints."""
+    if hasattr(shape_env, "optimization_hint"):  # torch >= 2.13
+        return int(shape_env.optimization_hint(expr, fallback=fallback))
+    return int(shape_env.size_hint(expr))
+
+
 def extract_forward_backward(
     joint_module: fx.GraphModule,
     saved: Sequence[fx.Node],

@@ -104,7 +104,7 @@ def _hint(expr: sympy.Expr | int, val: object) -> int:
     shape_env = _shape_env(val)
     if shape_env is not None:
         try:
-            return int(shape_env.size_hint(expr))
+            return ti.hint_expr(shape_env, expr)
         except Exception:
             pass
     return int(expr.subs({s: 4096 for s in expr.free_symbols}))
