@@ -82,6 +82,9 @@ class RematPartitioner(CustomPartitionerFn):
             )
 
     def partition(self, gm, joint_inputs, *, num_fwd_outputs: int, static_lifetime_input_indices: list[int]):
+        from . import dump
+        from .report import default_plan_saved
+
         started = time.perf_counter()
         gm = ti.prepare_joint_graph(gm)
         roles = ti.classify_joint_graph(gm, static_lifetime_input_indices, num_fwd_outputs)
@@ -95,15 +98,23 @@ class RematPartitioner(CustomPartitionerFn):
         )
         costs = CostModel(self.knobs.flops_per_second, self.knobs.bytes_per_second).table(summary)
         solve_started = time.perf_counter()
-        plan = plan_for_budget(costs.problem(summary), costs.default_lambda, budget_target(self.knobs))
+        problem = costs.problem(summary)
+        plan = plan_for_budget(problem, costs.default_lambda, budget_target(self.knobs))
         solve_seconds = time.perf_counter() - solve_started
         saved = [node for node, keep in zip(summary.nodes, plan.saved) if keep]
         fw_module, bw_module = ti.extract_forward_backward(gm, saved, roles, num_fwd_outputs)
         report = build_report(
             self.knobs, summary, costs, plan,
             solve_seconds=solve_seconds, total_seconds=time.perf_counter() - started,
+            default_saved=default_plan_saved(problem, plan), compile_id=dump.current_compile_id(),
         )
         record(report)
+        try:
+            dump.publish(report, dump_dir=self.knobs.dump_dir, joint=gm, forward=fw_module, backward=bw_module,
+                         problem=problem, plan=plan, costs=costs)
+        except Exception as exc:  # a dump must never stop training
+            warnings.warn(f"rematpass could not write its dump: {type(exc).__name__}: {exc}",
+                          dump.RematDumpWarning, stacklevel=2)
         if not plan.budget_met:
             warnings.warn(
                 f"rematpass: memory_budget={self.knobs.memory_budget!r} cannot be met on this graph; "

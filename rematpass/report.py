@@ -8,12 +8,16 @@ ask, right after a compile, what was saved and why.
 from __future__ import annotations
 
 import collections
+import logging
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch.fx as fx
 
 from passes.analysis import BACKWARD_ONLY, FORWARD, INPUT, GraphSummary, op_name
-from passes.plan import Plan
+from passes.mincut import solve_min_cut
+from passes.plan import CutProblem, Plan
 
 from .config import Knobs
 from .cost import CostTable
@@ -23,6 +27,33 @@ RECOMPUTED = "recomputed"
 BACKWARD = "computed in backward"
 NOT_NEEDED = "not needed by backward"
 INPUT_DECISION = "input"
+
+# Why, as a short key (the ``reason`` text says it for people).
+MUST_SAVE = "must_save"  # a rule forbids recomputing it (random, mutation, effectful, ...)
+USER_POLICY = "user_policy"  # never_recompute / always_recompute knobs
+CHECKPOINT_POLICY = "checkpoint_policy"  # a torch.utils.checkpoint region asks to recompute
+CHEAPER_TO_SAVE = "cheaper_to_save"
+CHEAPER_TO_RECOMPUTE = "cheaper_to_recompute"
+FORCED_BY_BUDGET = "forced_by_budget"  # the default plan saves it; the memory budget does not allow it
+CANNOT_SAVE = "cannot_save"  # views, tuples, symbolic floats
+BACKWARD_ONLY_KIND = "backward_only"
+NOT_NEEDED_KIND = "not_needed"
+INPUT_KIND = "input"
+
+LOG_NAME = "rematpass"
+
+
+def _register_torch_log() -> None:
+    """Let ``TORCH_LOGS="+rematpass"`` and ``torch._logging.set_logs(rematpass=...)`` control our logger."""
+    try:
+        from torch._logging._internal import register_log
+
+        register_log(LOG_NAME, LOG_NAME)
+    except Exception:  # an older or newer torch without the hook: plain logging still works
+        logging.getLogger(LOG_NAME).debug("could not register the rematpass log with torch._logging")
+
+
+_register_torch_log()
 
 
 @dataclass(frozen=True)
@@ -36,6 +67,12 @@ class NodeDecision:
     recompute_seconds: float
     decision: str
     reason: str
+    reason_kind: str = ""
+    time_seconds: float = 0.0  # standalone roofline time of the op
+    module_path: str = ""  # e.g. "blocks.0.1" (nn_module_stack's innermost entry); "" at top level
+    module_type: str = ""  # e.g. "Linear"
+    source: str = ""  # "file.py:17" of the user's code that produced it (innermost frame)
+    source_code: str = ""  # that line of code, stripped
 
 
 @dataclass(frozen=True)
@@ -53,6 +90,13 @@ class PartitionReport:
     solve_seconds: float
     total_seconds: float
     nodes: tuple[NodeDecision, ...] = field(repr=False)
+    compile_id: str | None = None
+    device: str = ""
+    flops_per_second: float = 0.0
+    bytes_per_second: float = 0.0
+    default_saved_bytes: float | None = None  # the default plan's, when a budget moved away from it
+    hull: tuple[tuple[float, float, float], ...] = field(default=(), repr=False)
+    solver: str = "mincut"  # which solver chose the plan
 
     def saved_nodes(self) -> list[NodeDecision]:
         return [n for n in self.nodes if n.decision == SAVED]
@@ -65,45 +109,117 @@ class PartitionReport:
             f"rematpass: saved {len(self.saved_nodes())} tensors, {self.saved_bytes / 2**20:.2f} MiB; "
             f"recomputed {len(self.recomputed_nodes())} ops, {self.recompute_flops / 1e6:.2f} MFLOP; "
             f"{self.num_solves} max-flow solves in {self.solve_seconds * 1e3:.1f} ms"
+            + (f" (graph {self.compile_id})" if self.compile_id else "")
         )
 
 
-def _reason(i: int, summary: GraphSummary, plan: Plan, costs: CostTable, default_saved: np.ndarray | None) -> tuple[str, str]:
-    node = summary.nodes[i]
+def _reason(
+    i: int, summary: GraphSummary, plan: Plan, costs: CostTable, default_saved: np.ndarray | None
+) -> tuple[str, str, str]:
+    """(decision, reason_kind, reason) of candidate i."""
     no_recompute = summary.no_recompute_reason[i]
     no_save = summary.no_save_reason[i]
     if plan.saved[i]:
         if summary.kind[i] == INPUT:
-            return INPUT_DECISION, "forward input, kept for the backward" + (" (parameter: free)" if summary.is_static[i] else "")
+            text = "forward input, kept for the backward" + (" (parameter: free)" if summary.is_static[i] else "")
+            return INPUT_DECISION, INPUT_KIND, text
         if no_recompute:
-            return SAVED, f"must save: {no_recompute}"
-        return SAVED, "cheaper to save than to recompute at this budget"
-    if plan.cut.in_backward[i]:
+            if no_recompute.startswith("user policy"):
+                return SAVED, USER_POLICY, no_recompute
+            return SAVED, MUST_SAVE, f"must save: {no_recompute}"
         if summary.kind[i] == BACKWARD_ONLY:
-            return BACKWARD, "only the backward uses it: computed there, never saved"
+            return SAVED, CHEAPER_TO_SAVE, (
+                "only the backward uses it, but computing it in the forward and saving it is cheaper "
+                "than keeping what it is computed from"
+            )
+        if default_saved is not None and not default_saved[i]:
+            return SAVED, CHEAPER_TO_SAVE, (
+                "saved at this budget (the default plan recomputes it): cheaper than recomputing "
+                "what the budget forces out"
+            )
+        return SAVED, CHEAPER_TO_SAVE, "cheaper to save than to recompute at this budget"
+    if summary.kind[i] == BACKWARD_ONLY:
+        # Whichever side of the cut it lands on, the backward computes it from what was saved.
+        return BACKWARD, BACKWARD_ONLY_KIND, "only the backward uses it: computed there, never saved"
+    if plan.cut.in_backward[i]:
         if summary.must_recompute[i]:
-            return RECOMPUTED, "checkpoint policy asks to recompute"
+            return RECOMPUTED, CHECKPOINT_POLICY, "checkpoint policy asks to recompute"
         if no_save:
-            return RECOMPUTED, f"cannot save: {no_save}"
+            if no_save.startswith("user policy"):
+                return RECOMPUTED, USER_POLICY, no_save
+            return RECOMPUTED, CANNOT_SAVE, f"cannot save: {no_save}"
         if default_saved is not None and default_saved[i]:
-            return RECOMPUTED, "forced by the budget (the default plan saves it)"
+            return RECOMPUTED, FORCED_BY_BUDGET, "forced by the budget (the default plan saves it)"
         if costs.costs[i].fused:
-            return RECOMPUTED, "cheaper to recompute: fuses into a backward kernel"
-        return RECOMPUTED, "cheaper to recompute than to keep"
+            return RECOMPUTED, CHEAPER_TO_RECOMPUTE, "cheaper to recompute: fuses into a backward kernel"
+        return RECOMPUTED, CHEAPER_TO_RECOMPUTE, "cheaper to recompute than to keep"
     if summary.kind[i] == INPUT:
-        return INPUT_DECISION, "forward input, not needed by the backward"
-    return NOT_NEEDED, "the backward does not read it"
+        return INPUT_DECISION, INPUT_KIND, "forward input, not needed by the backward"
+    return NOT_NEEDED, NOT_NEEDED_KIND, "the backward does not read it"
+
+
+_FRAME_RE = re.compile(r'File "([^"]+)", line (\d+)')
+_MODULE_PREFIX_RE = re.compile(r"^L\[['\"]self['\"]\]\.?")
+_MODULES_ITEM_RE = re.compile(r"\._modules\[['\"]([^'\"]+)['\"]\]")
+
+
+def module_of(node: fx.Node) -> tuple[str, str]:
+    """(path, class name) of the innermost nn.Module that produced ``node``: ("blocks.0.1", "Linear").
+
+    Backward nodes carry the forward module they differentiate as ``fwd_nn_module_stack``.
+    """
+    stack = node.meta.get("nn_module_stack") or node.meta.get("fwd_nn_module_stack") or {}
+    if not stack:
+        return "", ""
+    path, cls = list(stack.values())[-1]
+    path = _MODULES_ITEM_RE.sub(lambda m: "." + m.group(1), str(path))
+    path = _MODULE_PREFIX_RE.sub("", path).lstrip(".")
+    name = getattr(cls, "__name__", None) or str(cls).rsplit(".", 1)[-1].rstrip("'>")
+    return path, name
+
+
+def source_of(node: fx.Node) -> tuple[str, str]:
+    """("file.py:17", "x = x + block(x)"): the innermost frame of ``node.meta['stack_trace']``."""
+    trace = node.meta.get("stack_trace") or ""
+    lines = trace.splitlines()
+    last = None
+    for k, line in enumerate(lines):
+        match = _FRAME_RE.search(line)
+        if match:
+            last = (k, match)
+    if last is None:
+        return "", ""
+    k, match = last
+    code = lines[k + 1].strip() if k + 1 < len(lines) else ""
+    return f"{match.group(1)}:{match.group(2)}", code
+
+
+def default_plan_saved(problem: CutProblem, plan: Plan) -> np.ndarray | None:
+    """The default plan's saved set, to tell "forced by the budget" apart; None without a budget.
+
+    The budget search solved this cut first; solving it again costs one max-flow,
+    and only when a budget is set.
+    """
+    if plan.target_bytes is None:
+        return None
+    if plan.cut.lam == plan.lam_default:
+        return plan.saved
+    return solve_min_cut(problem, plan.lam_default).saved
 
 
 def build_report(
     knobs: Knobs, summary: GraphSummary, costs: CostTable, plan: Plan, *, solve_seconds: float, total_seconds: float,
-    default_saved: np.ndarray | None = None,
+    default_saved: np.ndarray | None = None, compile_id: str | None = None,
 ) -> PartitionReport:
+    """Decisions and reasons for every candidate. ``default_saved`` (the default plan's
+    saved set, see ``default_plan_saved``) lets a budgeted plan say what the budget forced."""
     nodes = []
     for i, node in enumerate(summary.nodes):
         val = node.meta.get("val")
-        decision, reason = _reason(i, summary, plan, costs, default_saved)
+        decision, kind, reason = _reason(i, summary, plan, costs, default_saved)
         cost = costs.costs[i]
+        module_path, module_type = module_of(node)
+        source, source_code = source_of(node)
         nodes.append(NodeDecision(
             name=node.name,
             op=op_name(node),
@@ -114,6 +230,12 @@ def build_report(
             recompute_seconds=cost.recompute_time if summary.kind[i] == FORWARD else 0.0,
             decision=decision,
             reason=reason,
+            reason_kind=kind,
+            time_seconds=cost.time,
+            module_path=module_path,
+            module_type=module_type,
+            source=source,
+            source_code=source_code,
         ))
     recompute_flops = sum(c.flops for c, r in zip(costs.costs, plan.recomputed) if r)
     return PartitionReport(
@@ -130,7 +252,53 @@ def build_report(
         solve_seconds=solve_seconds,
         total_seconds=total_seconds,
         nodes=tuple(nodes),
+        compile_id=compile_id,
+        device=costs.device,
+        flops_per_second=costs.flops_per_second,
+        bytes_per_second=costs.bytes_per_second,
+        default_saved_bytes=(
+            float(np.sum(costs.save_bytes(summary)[default_saved & ~summary.is_static]))
+            if default_saved is not None else None
+        ),
+        hull=tuple(plan.hull),
+        solver=str(getattr(plan, "solver", "mincut")),
     )
+
+
+def fmt_bytes(n: float | None) -> str:
+    """1536 -> "1.5 KiB"."""
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def fmt_count(n: float | None, unit: str = "") -> str:
+    """2_500_000 -> "2.50 M"."""
+    if n is None:
+        return "-"
+    n = float(n)
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {prefix}{unit}"
+    return f"{n:.0f} {unit}".rstrip()
+
+
+def fmt_seconds(s: float | None) -> str:
+    """3.2e-6 -> "3.2 µs"."""
+    if s is None:
+        return "-"
+    s = float(s)
+    if s == 0:
+        return "0 s"
+    for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs")):
+        if abs(s) >= scale:
+            return f"{s / scale:.3g} {unit}"
+    return f"{s / 1e-9:.3g} ns"
 
 
 _RECENT: collections.deque[PartitionReport] = collections.deque(maxlen=64)

@@ -1,0 +1,477 @@
+"""Dumps a person can read: what was saved, what is recomputed, and why.
+
+With the knob ``dump_dir`` (or ``REMAT_DUMP_DIR``) every partitioned graph
+writes a folder ``DIR/<compile id>/``:
+
+- ``joint.py``, ``forward.py``, ``backward.py``: the prepared joint graph and
+  the forward and backward we cut from it, as readable FX code with shapes,
+  strides and dtypes;
+- ``plan.json``: knobs, versions, graph statistics, and for every candidate
+  node its op, shape, dtype, bytes, FLOPs, estimated time, decision, reason,
+  module path and source line; totals;
+- ``frontier.json`` (and ``frontier.png`` when matplotlib is installed): saved
+  bytes against recompute cost over lambda, walked along the min-cut's hull;
+- ``report.html``: one self-contained page for a browser.
+
+``rematpass show|diff|frontier DIR`` reads them back (``rematpass/cli.py``).
+
+On a cache hit the partitioner is not called, so nothing above is written.
+``watch_compile`` (used by the backend around ``compile_fx``) notices a
+compile that finished without a partition and writes ``CACHE_HIT.txt`` (or
+``NOT_PARTITIONED.txt`` when no cache hit was counted) saying so, and how to
+force a fresh partition.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import itertools
+import json
+import logging
+import os
+import pathlib
+import re
+import threading
+import time
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from passes.mincut import solve_min_cut
+from passes.plan import Cut, CutProblem, Plan
+
+from .cost import CostTable
+from .report import PartitionReport
+
+log = logging.getLogger("rematpass")
+
+SCHEMA_VERSION = 1
+PLAN_FILE = "plan.json"
+FRONTIER_FILE = "frontier.json"
+FRONTIER_PNG = "frontier.png"
+HTML_FILE = "report.html"
+CACHE_HIT_FILE = "CACHE_HIT.txt"
+NOT_PARTITIONED_FILE = "NOT_PARTITIONED.txt"
+GRAPH_FILES = ("joint.py", "forward.py", "backward.py")
+MARKER_FILES = (CACHE_HIT_FILE, NOT_PARTITIONED_FILE)
+
+# The frontier walk stops after this many max-flow solves or seconds, whichever first.
+FRONTIER_MAX_SOLVES = 40
+FRONTIER_MAX_SECONDS = 10.0
+# The frontier's ends, as multiples of the default lambda.
+FRONTIER_LOW, FRONTIER_HIGH = 1e-7, 1e4
+
+FORCE_FRESH = (
+    "To force a fresh partition (and a full dump), disable the caches for that run:\n"
+    "    TORCHINDUCTOR_FORCE_DISABLE_CACHES=1 python your_script.py\n"
+    "or in Python, before compiling:\n"
+    "    torch._inductor.config.force_disable_caches = True\n"
+)
+
+
+class RematDumpWarning(UserWarning):
+    """A dump could not be written; training goes on."""
+
+
+# ---------------------------------------------------------------------------- folder names
+
+_counter = itertools.count()
+_lock = threading.Lock()
+
+
+def current_compile_id() -> str | None:
+    """Dynamo's id of the compile in progress ("0/0", "1/2", "!0/0/0"), or None outside one."""
+    try:
+        from torch._guards import CompileContext
+
+        compile_id = CompileContext.current_compile_id()
+    except Exception:
+        return None
+    return None if compile_id is None else str(compile_id)
+
+
+def safe_name(text: str) -> str:
+    """A folder name made of ``[A-Za-z0-9._-]``: "0/0" -> "0_0", "!0/1/2" -> "ca0_1_2"."""
+    text = text.replace("!", "ca")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "graph"
+    return name[:100]
+
+
+def claim_graph_dir(root: str | os.PathLike, compile_id: str | None) -> pathlib.Path:
+    """Create and return a new folder under ``root`` named after the compile id (or a counter).
+
+    Never reuses a folder: the same compile id twice (after ``torch._dynamo.reset()``,
+    or a second run into the same root) gets ``0_0.1``, ``0_0.2``, ...
+    """
+    root = pathlib.Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with _lock:
+        base = safe_name(compile_id) if compile_id else f"graph_{next(_counter)}"
+    for n in itertools.count():
+        path = root / (base if n == 0 else f"{base}.{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------------------- plan.json
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if np.isfinite(value) else str(value)
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return str(value)
+
+
+def graph_statistics(summary, joint: fx.GraphModule | None, forward: fx.GraphModule | None,
+                     backward: fx.GraphModule | None) -> dict[str, Any]:
+    from passes.analysis import BACKWARD_ONLY, FORWARD, INPUT
+
+    def count(gm):
+        return None if gm is None else sum(1 for _ in gm.graph.nodes)
+
+    return {
+        "joint_nodes": count(joint),
+        "forward_nodes": count(forward),
+        "backward_nodes": count(backward),
+        "candidates": int(summary.num_nodes),
+        "candidate_inputs": int(np.sum(summary.kind == INPUT)),
+        "candidate_forward": int(np.sum(summary.kind == FORWARD)),
+        "candidate_backward_only": int(np.sum(summary.kind == BACKWARD_ONLY)),
+        "parameters_and_buffers": int(np.sum(summary.is_static)),
+        "data_edges": int(len(summary.edge_src)),
+        "needed_by_backward": int(np.sum(summary.needed_by_backward)),
+        "must_not_recompute": int(sum(r is not None for r in summary.no_recompute_reason)),
+        "cannot_save": int(sum(r is not None for r in summary.no_save_reason)),
+    }
+
+
+def plan_dict(report: PartitionReport, graph: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything plan.json holds: one JSON-ready dict."""
+    saved = report.saved_nodes()
+    recomputed = report.recomputed_nodes()
+    from . import __version__
+
+    return {
+        "schema": "rematpass.plan",
+        "schema_version": SCHEMA_VERSION,
+        "compile_id": report.compile_id,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch_version": torch.__version__,
+        "rematpass_version": __version__,
+        "knobs": _jsonable(dataclasses.asdict(report.knobs)),
+        "machine": {
+            "device": report.device,
+            "flops_per_second": report.flops_per_second,
+            "bytes_per_second": report.bytes_per_second,
+        },
+        "graph": _jsonable(graph or {"candidates": report.num_joint_candidates}),
+        "totals": _jsonable({
+            "saved_tensors": len(saved),
+            "saved_bytes": report.saved_bytes,
+            "default_saved_bytes": report.default_saved_bytes,
+            "recomputed_ops": len(recomputed),
+            "recompute_flops": report.recompute_flops,
+            "recompute_seconds": report.recompute_seconds,
+            "lambda": report.lam,
+            "lambda_default": report.lam_default,
+            "target_bytes": report.target_bytes,
+            "budget_met": report.budget_met,
+            "solver": report.solver,
+            "num_solves": report.num_solves,
+            "solve_seconds": report.solve_seconds,
+            "total_seconds": report.total_seconds,
+        }),
+        "summary": report.one_line(),
+        "nodes": [_jsonable(dataclasses.asdict(n)) for n in report.nodes],
+    }
+
+
+# ---------------------------------------------------------------------------- frontier
+
+
+def frontier(problem: CutProblem, plan: Plan, flops: np.ndarray | None = None, *,
+             max_solves: int = FRONTIER_MAX_SOLVES, max_seconds: float = FRONTIER_MAX_SECONDS) -> dict[str, Any]:
+    """The memory/recompute frontier: the min-cut plans along the lower convex hull.
+
+    Solves at both ends (lambda = default * 1e-7 and * 1e4) and at the default,
+    then repeatedly at the lambda where the lines of two neighbouring plans
+    cross (the Eisner-Severance walk): a new plan there is a new hull vertex,
+    none means the two are neighbours. Every vertex is the plan minimising
+    ``saved bytes + lambda * recompute seconds`` for the lambda it was found at.
+    """
+    from passes.analysis import INPUT
+
+    started = time.perf_counter()
+    flops = np.zeros(problem.summary.num_nodes) if flops is None else flops
+    cuts: list[Cut] = []
+    state = {"solves": 0, "complete": True}
+
+    def solve(lam: float) -> Cut | None:
+        if state["solves"] >= max_solves or time.perf_counter() - started > max_seconds:
+            state["complete"] = False
+            return None
+        state["solves"] += 1
+        cut = solve_min_cut(problem, lam)
+        cuts.append(cut)
+        return cut
+
+    lam0 = plan.lam_default
+    ends = [solve(lam0 * FRONTIER_LOW), solve(lam0), solve(lam0 * FRONTIER_HIGH)]
+    pending = [(a, b) for a, b in zip(ends, ends[1:]) if a is not None and b is not None]
+    while pending:
+        low, high = pending.pop()
+        if low.same_plan(high):
+            continue
+        gained = low.recompute_cost - high.recompute_cost
+        if gained <= 0:
+            continue
+        crossing = (high.saved_bytes - low.saved_bytes) / gained
+        if not low.lam < crossing < high.lam:
+            continue
+        middle = solve(crossing)
+        if middle is None:
+            break
+        if middle.same_plan(low) or middle.same_plan(high):
+            continue
+        if abs(middle.objective(crossing) - low.objective(crossing)) <= 1e-9 * max(1.0, low.objective(crossing)):
+            continue  # on the segment already: low and high are neighbours
+        pending += [(low, middle), (middle, high)]
+
+    points: dict[tuple[float, float], dict[str, Any]] = {}
+    on_hull = list(cuts)
+    if not any(c.same_plan(plan.cut) for c in cuts):
+        cuts = cuts + [plan.cut]  # e.g. an ILP plan: shown, but not part of the min-cut hull
+    for cut in sorted(cuts, key=lambda c: c.lam):
+        key = (round(cut.saved_bytes, 3), round(cut.recompute_cost, 15))
+        point = points.setdefault(key, {
+            "lam": cut.lam,
+            "saved_bytes": cut.saved_bytes,
+            "recompute_seconds": cut.recompute_cost,
+            "recompute_flops": int(flops[cut.recomputed].sum()),
+            "saved_tensors": int(np.sum(cut.saved & (problem.summary.kind != INPUT))),
+            "recomputed_ops": int(np.sum(cut.recomputed)),
+            "default": False,
+            "chosen": False,
+            "hull": False,
+        })
+        point["hull"] |= any(cut is c for c in on_hull)
+        point["default"] |= cut.lam == lam0
+        point["chosen"] |= cut.same_plan(plan.cut)
+    ordered = sorted(points.values(), key=lambda p: (p["saved_bytes"], -p["recompute_seconds"]))
+    return _jsonable({
+        "schema": "rematpass.frontier",
+        "schema_version": SCHEMA_VERSION,
+        "x": "saved_bytes",
+        "y": "recompute_seconds",
+        "lambda_default": lam0,
+        "lambda_chosen": plan.cut.lam,
+        "target_bytes": plan.target_bytes,
+        "num_solves": state["solves"],
+        "complete": state["complete"],
+        "seconds": time.perf_counter() - started,
+        "points": ordered,
+        "budget_search": [{"lam": lam, "saved_bytes": b, "recompute_seconds": c} for lam, b, c in plan.hull],
+    })
+
+
+def write_frontier_png(data: dict[str, Any], path: pathlib.Path) -> bool:
+    """frontier.png with matplotlib when it is installed; False when it is not."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except Exception:
+        return False
+    from .html_report import BYTE_UNITS, TIME_UNITS, pick_unit
+
+    points = data["points"]
+    x_unit, x_scale = pick_unit(max([p["saved_bytes"] for p in points] + [data.get("target_bytes") or 0]), BYTE_UNITS)
+    y_unit, y_scale = pick_unit(max(p["recompute_seconds"] for p in points), TIME_UNITS)
+    xs = [p["saved_bytes"] / x_scale for p in points]
+    ys = [p["recompute_seconds"] / y_scale for p in points]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    try:
+        ax.plot(xs, ys, "o-", color="#3465a4", label="min-cut plans (hull)")
+        for key, color, label in (("default", "#73d216", "default plan"), ("chosen", "#cc0000", "chosen plan")):
+            sel = [(x, y) for x, y, p in zip(xs, ys, points) if p[key]]
+            if sel:
+                ax.plot(*zip(*sel), "s" if key == "default" else "*", color=color, markersize=11, label=label)
+        if data.get("target_bytes") is not None:
+            ax.axvline(data["target_bytes"] / x_scale, color="#888", linestyle="--", label="budget")
+        ax.set_xlabel(f"saved activation memory ({x_unit})")
+        ax.set_ylabel(f"estimated recompute time ({y_unit})")
+        ax.set_title("memory / recompute frontier")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return True
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def graph_code(gm: fx.GraphModule, header: str = "") -> str:
+    code = gm.print_readable(print_output=False, include_stride=True, include_device=True)
+    return (header + "\n" if header else "") + code
+
+
+def _joint_header(report: PartitionReport) -> str:
+    def names(nodes):
+        return ", ".join(n.name for n in nodes) or "(none)"
+
+    lines = [
+        f"# rematpass joint graph {report.compile_id or ''} (after dead-code elimination and CSE)",
+        f"# {report.one_line()}",
+        f"# saved: {names(report.saved_nodes())}",
+        f"# recomputed in the backward: {names(report.recomputed_nodes())}",
+    ]
+    return "\n".join(lines)
+
+
+def _write(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_dump(dump_dir: str | os.PathLike, report: PartitionReport, *, joint: fx.GraphModule,
+               forward: fx.GraphModule, backward: fx.GraphModule, problem: CutProblem, plan: Plan,
+               costs: CostTable | None = None) -> pathlib.Path:
+    """Write one graph's folder under ``dump_dir``; returns it."""
+    from .html_report import render_html
+
+    flops = None if costs is None else np.array([c.flops for c in costs.costs], dtype=np.float64)
+    folder = claim_graph_dir(dump_dir, report.compile_id)
+    _write(folder / "joint.py", graph_code(joint, _joint_header(report)))
+    _write(folder / "forward.py", graph_code(forward, f"# rematpass forward graph {report.compile_id or ''}"))
+    _write(folder / "backward.py", graph_code(backward, f"# rematpass backward graph {report.compile_id or ''}"))
+    plan_data = plan_dict(report, graph_statistics(problem.summary, joint, forward, backward))
+    frontier_data = frontier(problem, plan, flops)
+    _write(folder / PLAN_FILE, json.dumps(plan_data, indent=1))
+    _write(folder / FRONTIER_FILE, json.dumps(frontier_data, indent=1))
+    write_frontier_png(frontier_data, folder / FRONTIER_PNG)
+    _write(folder / HTML_FILE, render_html(plan_data, frontier_data))
+    return folder
+
+
+def publish(report: PartitionReport, *, dump_dir: str | None, joint: fx.GraphModule, forward: fx.GraphModule,
+            backward: fx.GraphModule, problem: CutProblem, plan: Plan, costs: CostTable | None = None
+            ) -> pathlib.Path | None:
+    """Emit the plan as a structured-trace artifact, write the dump folder when ``dump_dir`` is set,
+    and tell a watching backend that this compile was partitioned."""
+    _mark_partitioned()
+    torch._logging.trace_structured(
+        "artifact",
+        metadata_fn=lambda: {"name": "remat_plan", "encoding": "json"},
+        payload_fn=lambda: json.dumps(plan_dict(report)),
+    )
+    if not dump_dir:
+        return None
+    folder = write_dump(dump_dir, report, joint=joint, forward=forward, backward=backward,
+                        problem=problem, plan=plan, costs=costs)
+    log.debug("rematpass: wrote the plan of graph %s to %s", report.compile_id, folder)
+    return folder
+
+
+# ---------------------------------------------------------------------------- cache hits
+
+_watch = threading.local()
+
+
+def _stack() -> list[dict[str, Any]]:
+    if not hasattr(_watch, "stack"):
+        _watch.stack = []
+    return _watch.stack
+
+
+def _mark_partitioned() -> None:
+    for entry in _stack():
+        entry["partitioned"] = True
+
+
+def _cache_hits() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["aot_autograd"]["autograd_cache_hit"])
+
+
+def note_compile_start(dump_dir: str | os.PathLike | None) -> dict[str, Any]:
+    """Call before ``compile_fx``; pass what it returns to ``note_compile_end``."""
+    token = {"dump_dir": os.fspath(dump_dir) if dump_dir else None, "compile_id": current_compile_id(),
+             "partitioned": False, "cache_hits": _cache_hits()}
+    _stack().append(token)
+    return token
+
+
+def note_compile_end(token: dict[str, Any]) -> pathlib.Path | None:
+    """Call after ``compile_fx`` returns. When our partitioner did not run for this compile
+    and a dump was asked for, write a note saying why there is no plan; returns its path."""
+    stack = _stack()
+    if token in stack:
+        stack.remove(token)
+    if not token["dump_dir"] or token["partitioned"]:
+        return None
+    cache_hit = _cache_hits() > token["cache_hits"]
+    folder = claim_graph_dir(token["dump_dir"], token["compile_id"])
+    graph = f"graph {token['compile_id']}" if token["compile_id"] else "this graph"
+    if cache_hit:
+        path = folder / CACHE_HIT_FILE
+        text = (
+            f"rematpass: {graph} came from the AOTAutograd cache.\n"
+            "On a cache hit the partitioner is not called, so there is no fresh plan.json for it here:\n"
+            "the cached forward and backward were cut by the plan rematpass made when the entry was\n"
+            "stored (the cache key covers every rematpass knob and source file).\n\n" + FORCE_FRESH
+        )
+    else:
+        path = folder / NOT_PARTITIONED_FILE
+        text = (
+            f"rematpass: {graph} finished compiling without rematpass's partitioner.\n"
+            "Likely causes: nothing in it needs a backward (inference, torch.no_grad, no input requires\n"
+            "grad); planning failed and fell back to PyTorch's partitioner (a RematFallbackWarning\n"
+            "says so); or the compiled graph came from a cache that did not count a hit.\n\n" + FORCE_FRESH
+        )
+    _write(path, text)
+    log.debug("rematpass: %s", text.splitlines()[0])
+    return path
+
+
+@contextlib.contextmanager
+def watch_compile(dump_dir: str | os.PathLike | None) -> Iterator[dict[str, Any]]:
+    """``with watch_compile(knobs.dump_dir): return compile_fx(...)``: notes a compile with no partition."""
+    token = note_compile_start(dump_dir)
+    ok = False
+    try:
+        yield token
+        ok = True
+    finally:
+        if ok:
+            try:
+                note_compile_end(token)
+            except Exception as exc:  # a note must never break a compile
+                import warnings
+
+                warnings.warn(f"rematpass could not write its cache-hit note: {exc}", RematDumpWarning, stacklevel=3)
+        else:
+            with contextlib.suppress(ValueError):
+                _stack().remove(token)
