@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import torch
 
 from . import config
+from .dump import watch_compile
 from .partitioner import RematPartitioner
 
 
@@ -27,4 +28,5 @@ def remat(gm: torch.fx.GraphModule, example_inputs, *, options: Mapping[str, Any
     if mode is not None and mode != "default":
         patches.update(torch._inductor.list_mode_options(mode))
     patches["custom_partitioner_fn"] = RematPartitioner(knobs)
-    return compile_fx(gm, example_inputs, config_patches=patches)
+    with watch_compile(knobs.dump_dir):
+        return compile_fx(gm, example_inputs, config_patches=patches)
