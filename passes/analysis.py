@@ -79,7 +79,32 @@ def _is_builtin_op(node: fx.Node) -> bool:
     return getattr(target, "__module__", None) in ("_operator", "operator", "math", "torch") or ti.is_sym_node(node)
 
 
-def _no_recompute_reason(node: fx.Node, never_recompute: frozenset[str]) -> str | None:
+class _OpFacts:
+    """What depends on a node's op or value type alone, computed once per op or type:
+    a joint graph repeats a few dozen ops over thousands of nodes."""
+
+    def __init__(self):
+        self._ops: dict[object, tuple[bool, bool, str]] = {}
+        self._opaque_types: dict[type, bool] = {}
+
+    def op(self, node: fx.Node) -> tuple[bool, bool, str]:
+        """(random, mutates its input, op name) of a call_function node."""
+        found = self._ops.get(node.target)
+        if found is None:
+            target = node.target
+            mutable = isinstance(target, torch._ops.OpOverload) and target._schema.is_mutable
+            found = self._ops[target] = (_is_random(node), mutable, op_name(node))
+        return found
+
+    def tensor_is_opaque(self, val: torch.Tensor) -> bool:
+        """``ti.is_opaque_value`` for a tensor value: a question about its type."""
+        found = self._opaque_types.get(type(val))
+        if found is None:
+            found = self._opaque_types[type(val)] = ti.is_opaque_type(type(val))
+        return found
+
+
+def _no_recompute_reason(node: fx.Node, never_recompute: frozenset[str], facts: _OpFacts | None = None) -> str | None:
     if node.op == "placeholder":
         return "input"
     if node.op != "call_function":
@@ -87,21 +112,25 @@ def _no_recompute_reason(node: fx.Node, never_recompute: frozenset[str]) -> str 
     policy = ti.checkpoint_policy(node)
     if policy == ti.CheckpointPolicy.MUST_SAVE:
         return "must save: collective, effectful op, source of a backward mutation, or checkpoint policy"
-    if _is_random(node):
+    random, mutable, name = (facts or _OpFacts()).op(node)
+    if random:
         return "random: recomputing would draw a new mask"
-    if isinstance(node.target, torch._ops.OpOverload) and node.target._schema.is_mutable:
+    if mutable:
         return "mutates its input"
     if ti.must_be_in_forward(node):
         return "tagged must_be_in_forward"
     if not _is_builtin_op(node):
-        return f"opaque op {op_name(node)}: may have side effects"
-    if op_name(node) in never_recompute:
-        return f"user policy: never_recompute {op_name(node)}"
+        return f"opaque op {name}: may have side effects"
+    if name in never_recompute:
+        return f"user policy: never_recompute {name}"
     return None
 
 
-def _no_save_reason(node: fx.Node, is_view: bool) -> str | None:
+def _no_save_reason(node: fx.Node, is_view: bool, facts: _OpFacts | None = None) -> str | None:
     val = node.meta.get("val")
+    if isinstance(val, torch.Tensor) and not (facts or _OpFacts()).tensor_is_opaque(val):
+        # The common case, answered without the symbolic and opaque-object checks below.
+        return "view: saving it keeps its base alive, so the base is priced instead" if is_view else None
     if isinstance(val, torch.SymFloat):
         return "symbolic float"
     if ti.is_sym_node(node):
@@ -143,6 +172,7 @@ def summarize_joint_graph(
     src: list[int] = []
     dst: list[int] = []
     static_inputs = set(roles.static_inputs)
+    facts = _OpFacts()
 
     for i, node in enumerate(nodes):
         if node.op == "placeholder":
@@ -163,14 +193,14 @@ def summarize_joint_graph(
             elif user.op != "output":
                 needed[i] = True
 
-        reason = _no_recompute_reason(node, never)
+        reason = _no_recompute_reason(node, never, facts)
         policy = ti.checkpoint_policy(node)
         if policy in (ti.CheckpointPolicy.MUST_RECOMPUTE, ti.CheckpointPolicy.PREFER_RECOMPUTE):
             must_recompute[i] = reason is None
-        save_reason = _no_save_reason(node, bool(is_view[i]))
+        save_reason = _no_save_reason(node, bool(is_view[i]), facts)
         if reason is not None and save_reason is not None and is_view[i]:
             save_reason = None  # a view we may not recompute is saved like any tensor
-        if reason is None and save_reason is None and kind[i] == FORWARD and op_name(node) in always:
+        if reason is None and save_reason is None and kind[i] == FORWARD and always and op_name(node) in always:
             save_reason = f"user policy: always_recompute {op_name(node)}"
         no_recompute.append(reason)
         no_save.append(save_reason)

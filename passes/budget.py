@@ -5,13 +5,19 @@ bytes (the source sides are nested). The plans form the lower convex hull of
 (saved bytes, recompute cost); each hull edge is found by one solve at the
 lambda where the lines of its two end plans cross (Eisner-Severance search),
 so a budget costs a handful of max-flow solves rather than a bisection's dozens.
+
+The search reuses its work: the network is built once, and a solve between
+two known plans merges what both plans agree on into the source and the sink,
+so the max-flows shrink as the search closes in on the budget.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-from .mincut import solve_min_cut
+import numpy as np
+
+from .mincut import CutNetwork, cut_from_source_side
 from .plan import Cut, CutProblem, Plan
 
 # The far end of the hull: recompute cost still breaks ties between plans of
@@ -23,14 +29,17 @@ MAX_SOLVES = 64
 class _Solver:
     def __init__(self, problem: CutProblem):
         self.problem = problem
+        self.network = CutNetwork(problem)  # built once: each lambda pays only its max-flow
         self.solves = 0
         self.seen: list[tuple[float, float, float]] = []
 
-    def __call__(self, lam: float) -> Cut:
+    def __call__(self, lam: float, between: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Cut, np.ndarray]:
+        """The plan at ``lam`` and the flow's source side."""
         self.solves += 1
-        cut = solve_min_cut(self.problem, lam)
+        side = self.network.min_cut(lam, between).source_side
+        cut = cut_from_source_side(self.problem, lam, side)
         self.seen.append((lam, cut.saved_bytes, cut.recompute_cost))
-        return cut
+        return cut, side
 
 
 def plan_for_budget(
@@ -45,10 +54,10 @@ def plan_for_budget(
     which is how a fraction of the default plan is expressed.
     """
     solve = _Solver(problem)
-    high = solve(lam_default)
+    high, high_side = solve(lam_default)
     if budget is None:
         return Plan(high, lam_default, None, True, solve.solves, tuple(solve.seen))
-    low = solve(lam_default * LOWEST_LAMBDA_FRACTION)
+    low, low_side = solve(lam_default * LOWEST_LAMBDA_FRACTION)
     target = budget(low.saved_bytes, high.saved_bytes) if callable(budget) else float(budget)
     if high.saved_bytes <= target:
         return Plan(high, lam_default, target, True, solve.solves, tuple(solve.seen))
@@ -61,13 +70,13 @@ def plan_for_budget(
         crossing = (high.saved_bytes - low.saved_bytes) / gained_time
         if not (low.lam < crossing < high.lam):
             break
-        middle = solve(crossing)
+        middle, middle_side = solve(crossing, (low_side, high_side))
         if middle.same_plan(low) or middle.same_plan(high):
             break
         if not (low.saved_bytes <= middle.saved_bytes <= high.saved_bytes):
             break  # quantisation broke the nesting; the last feasible plan stands
         if middle.saved_bytes <= target:
-            low = middle
+            low, low_side = middle, middle_side
         else:
-            high = middle
+            high, high_side = middle, middle_side
     return Plan(low, lam_default, target, True, solve.solves, tuple(solve.seen))

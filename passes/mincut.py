@@ -6,6 +6,9 @@ be recomputed); ``v_out -> sink`` is infinite when the backward reads v; data
 edges are infinite. A finite cut saves exactly the nodes with ``v_in`` on the
 source side and ``v_out`` on the sink side, recomputes those with ``v_in`` on
 the sink side, and its value is ``saved bytes + lam * recompute cost``.
+
+The edges do not depend on lambda, only the source edges' capacities do, so
+``CutNetwork`` builds the network once and solves it for many lambdas.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import breadth_first_order
 
 from .analysis import BACKWARD_ONLY, FORWARD, GraphSummary
-from .flow import InfeasibleCut, min_cut
+from .flow import FlowNetwork, InfeasibleCut, MinCut, quantize
 from .plan import Cut, CutProblem
 
 SOURCE, SINK = 0, 1
@@ -29,56 +34,127 @@ def vertex_out(i: np.ndarray | int):
     return 3 + 2 * np.asarray(i)
 
 
+def hard_rules(summary: GraphSummary) -> tuple[np.ndarray, np.ndarray]:
+    """(cannot save, cannot recompute) per candidate, from the summary's reasons."""
+    no_save = np.fromiter((r is not None for r in summary.no_save_reason), dtype=bool, count=summary.num_nodes)
+    no_recompute = np.fromiter((r is not None for r in summary.no_recompute_reason), dtype=bool, count=summary.num_nodes)
+    return no_save, no_recompute
+
+
+def _all_true(k: int) -> np.ndarray:
+    return np.ones(k, dtype=bool)
+
+
+class CutNetwork:
+    """The network of one ``CutProblem``, built once; ``solve(lam)`` gives the min-cut plan."""
+
+    def __init__(self, problem: CutProblem):
+        self.problem = problem
+        s = problem.summary
+        n = s.num_nodes
+        idx = np.arange(n)
+        self.no_save, self.no_recompute = hard_rules(s)
+        self._save_bytes = problem.save_bytes.astype(np.float64)
+        self._recompute_cost = problem.recompute_cost.astype(np.float64)
+        # A recomputable node whose recomputation is free needs no source edge.
+        self._sourced = idx[self.no_recompute | (self._recompute_cost > 0)]
+        needed = idx[s.needed_by_backward]
+        must = idx[s.must_recompute]
+        groups = [  # (tails, heads, infinite)
+            (vertex_in(idx), vertex_out(idx), self.no_save),
+            (np.full(len(self._sourced), SOURCE), vertex_in(self._sourced), self.no_recompute[self._sourced]),
+            (vertex_out(needed), np.full(len(needed), SINK), _all_true(len(needed))),
+            (vertex_in(must), np.full(len(must), SINK), _all_true(len(must))),
+            (vertex_out(s.edge_src), vertex_in(s.edge_dst), _all_true(len(s.edge_src))),
+        ]
+        self.tails = np.concatenate([g[0] for g in groups]).astype(np.int64)
+        self.heads = np.concatenate([g[1] for g in groups]).astype(np.int64)
+        self.infinite = np.concatenate([g[2] for g in groups])
+        self.num_vertices = 2 + 2 * n
+        self._flow: FlowNetwork | None = None
+
+    @property
+    def flow(self) -> FlowNetwork:
+        """The max-flow structure, built at first use; raises InfeasibleCut."""
+        if self._flow is None:
+            try:
+                self._flow = FlowNetwork(self.num_vertices, self.tails, self.heads, self.infinite, SOURCE, SINK)
+            except InfeasibleCut as exc:
+                raise InfeasibleCut([describe_vertex(self.problem.summary, v) for v in exc.path]) from None
+        return self._flow
+
+    def capacities(self, lam: float) -> np.ndarray:
+        """Float capacity per edge (``inf`` on the edges no cut may cross)."""
+        n = self.problem.summary.num_nodes
+        caps = np.full(len(self.tails), math.inf)
+        caps[:n] = np.where(self.no_save, math.inf, self._save_bytes)
+        sourced = np.where(self.no_recompute[self._sourced], math.inf, lam * self._recompute_cost[self._sourced])
+        caps[n : n + len(self._sourced)] = sourced
+        return caps
+
+    def quantized_node_costs(self, lam: float) -> tuple[np.ndarray, np.ndarray, float]:
+        """(save, recompute) cost per candidate in the flow's own integer units, and the scale.
+
+        The numbers a max-flow at ``lam`` cuts, so any plan scored with them is
+        compared with the min cut exactly. Entries that are hard rules hold INT_INF.
+        """
+        n = self.problem.summary.num_nodes
+        quantised, scale = quantize(self.capacities(lam))
+        save = quantised[:n].astype(np.int64)
+        recompute = np.zeros(n, dtype=np.int64)
+        recompute[self._sourced] = quantised[n : n + len(self._sourced)]
+        return save, recompute, scale
+
+    def min_cut(self, lam: float, between: tuple[np.ndarray, np.ndarray] | None = None) -> MinCut:
+        """The min cut at ``lam``. ``between``: the source sides at a smaller and a larger lambda.
+
+        Min-cut source sides grow with lambda, so the vertices both sides share
+        stay on the source side and those neither holds stay on the sink side:
+        only the difference is solved again.
+        """
+        if between is None:
+            return self.flow.min_cut(self.capacities(lam))
+        low, high = between
+        return self.flow.min_cut(self.capacities(lam), inside=low & high, outside=~(low | high))
+
+    def solve(self, lam: float) -> Cut:
+        """The plan minimising ``saved bytes + lam * recompute cost``."""
+        return cut_from_source_side(self.problem, lam, self.min_cut(lam).source_side)
+
+
 def build_network(problem: CutProblem, lam: float) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
     """The network as (number of vertices, tails, heads, float capacities)."""
-    s = problem.summary
-    n = s.num_nodes
-    idx = np.arange(n)
-    inf = math.inf
-    no_save = np.array([r is not None for r in s.no_save_reason], dtype=bool)
-    no_recompute = np.array([r is not None for r in s.no_recompute_reason], dtype=bool)
-
-    save_cap = np.where(no_save, inf, problem.save_bytes.astype(np.float64))
-    recompute_cap = np.where(no_recompute, inf, lam * problem.recompute_cost.astype(np.float64))
-    has_source_edge = no_recompute | (recompute_cap > 0)
-
-    parts = [
-        (vertex_in(idx), vertex_out(idx), save_cap),
-        (np.full(int(has_source_edge.sum()), SOURCE), vertex_in(idx[has_source_edge]), recompute_cap[has_source_edge]),
-        (vertex_out(idx[s.needed_by_backward]), np.full(int(s.needed_by_backward.sum()), SINK), np.full(int(s.needed_by_backward.sum()), inf)),
-        (vertex_in(idx[s.must_recompute]), np.full(int(s.must_recompute.sum()), SINK), np.full(int(s.must_recompute.sum()), inf)),
-        (vertex_out(s.edge_src), vertex_in(s.edge_dst), np.full(len(s.edge_src), inf)),
-    ]
-    tails = np.concatenate([p[0] for p in parts]).astype(np.int64)
-    heads = np.concatenate([p[1] for p in parts]).astype(np.int64)
-    caps = np.concatenate([p[2] for p in parts]).astype(np.float64)
-    return 2 + 2 * n, tails, heads, caps
+    network = CutNetwork(problem)
+    return network.num_vertices, network.tails, network.heads, network.capacities(lam)
 
 
 def used_in_backward(summary: GraphSummary, in_backward: np.ndarray) -> np.ndarray:
-    """Candidates whose value the backward reads, directly or through a recomputation."""
-    used = summary.needed_by_backward | summary.must_recompute
-    # Reverse topological order: graph order reversed.
-    users_of: dict[int, list[int]] = {}
-    for u, v in zip(summary.edge_src.tolist(), summary.edge_dst.tolist()):
-        users_of.setdefault(u, []).append(v)
-    used = used.copy()
-    for i in range(summary.num_nodes - 1, -1, -1):
-        if used[i]:
-            continue
-        used[i] = any(used[v] and in_backward[v] for v in users_of.get(i, ()))
-    return used
+    """Candidates whose value the backward reads, directly or through a recomputation.
+
+    A search from the nodes the backward reads, back along the data edges into
+    nodes computed in the backward: one sparse breadth-first search.
+    """
+    n = summary.num_nodes
+    seeds = np.flatnonzero(summary.needed_by_backward | summary.must_recompute)
+    keep = in_backward[summary.edge_dst]
+    rows = np.concatenate([np.full(len(seeds), n), summary.edge_dst[keep]])
+    cols = np.concatenate([seeds, summary.edge_src[keep]])
+    graph = sp.csr_array((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n + 1, n + 1))
+    reached = breadth_first_order(graph, n, directed=True, return_predecessors=False)
+    used = np.zeros(n + 1, dtype=bool)
+    used[reached] = True
+    return used[:n]
 
 
-def cut_from_source_side(problem: CutProblem, lam: float, source_side: np.ndarray) -> Cut:
+def cut_from_plan(problem: CutProblem, lam: float, saved: np.ndarray, in_backward: np.ndarray) -> Cut:
+    """A ``Cut`` from raw decisions, dropping what the backward does not use.
+
+    Every solver ends here, so every plan is pruned and scored the same way.
+    """
     s = problem.summary
-    idx = np.arange(s.num_nodes)
-    in_source = source_side[vertex_in(idx)]
-    out_source = source_side[vertex_out(idx)]
-    in_backward = ~in_source
     used = used_in_backward(s, in_backward)
-    saved = in_source & ~out_source & used
     in_backward = in_backward & used
+    saved = saved & ~in_backward & used
     recomputed = in_backward & (s.kind == FORWARD)
     return Cut(
         lam=lam,
@@ -90,14 +166,16 @@ def cut_from_source_side(problem: CutProblem, lam: float, source_side: np.ndarra
     )
 
 
+def cut_from_source_side(problem: CutProblem, lam: float, source_side: np.ndarray) -> Cut:
+    idx = np.arange(problem.summary.num_nodes)
+    in_source = source_side[vertex_in(idx)]
+    out_source = source_side[vertex_out(idx)]
+    return cut_from_plan(problem, lam, in_source & ~out_source, ~in_source)
+
+
 def solve_min_cut(problem: CutProblem, lam: float) -> Cut:
     """The plan minimising ``saved bytes + lam * recompute cost``; raises InfeasibleCut."""
-    num_vertices, tails, heads, caps = build_network(problem, lam)
-    try:
-        cut = min_cut(num_vertices, tails, heads, caps, SOURCE, SINK)
-    except InfeasibleCut as exc:
-        raise InfeasibleCut([describe_vertex(problem.summary, v) for v in exc.path]) from None
-    return cut_from_source_side(problem, lam, cut.source_side)
+    return CutNetwork(problem).solve(lam)
 
 
 def describe_vertex(summary: GraphSummary, vertex: int) -> str:
@@ -109,4 +187,7 @@ def describe_vertex(summary: GraphSummary, vertex: int) -> str:
     return f"{node.name}_{'in' if vertex % 2 == 0 else 'out'}"
 
 
-__all__ = ["build_network", "solve_min_cut", "cut_from_source_side", "used_in_backward", "BACKWARD_ONLY"]
+__all__ = [
+    "CutNetwork", "build_network", "solve_min_cut", "cut_from_plan", "cut_from_source_side",
+    "used_in_backward", "hard_rules", "BACKWARD_ONLY",
+]

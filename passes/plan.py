@@ -49,6 +49,7 @@ class Plan:
     budget_met: bool
     num_solves: int
     hull: tuple[tuple[float, float, float], ...] = field(default=())  # (lam, saved bytes, recompute cost) seen
+    solver: str = "mincut"  # which solver chose ``cut``: "mincut" or "ilp" (passes/ilp.py)
 
     @property
     def saved(self) -> np.ndarray:

@@ -55,9 +55,9 @@ def prepare_joint_graph(joint_module: fx.GraphModule) -> fx.GraphModule:
     on collectives, effectful ops and sources of mutations done in the backward.
     """
     joint_module.graph.eliminate_dead_code()
-    joint_module.recompile()
     if functorch_config.cse:
-        joint_module.graph = fx_graph_cse(joint_module.graph)
+        cse_in_place(joint_module.graph)
+    joint_module.recompile()
     if _p.has_recomputable_ops(joint_module):
         joint_module = _p.cleanup_recompute_tags(joint_module, is_default_partition=False)
     if not functorch_config.unsafe_allow_optimization_of_collectives:
@@ -65,6 +65,77 @@ def prepare_joint_graph(joint_module: fx.GraphModule) -> fx.GraphModule:
     _p.force_save_effectful_ops(joint_module)
     _p.force_save_bw_mutation_src(joint_module)
     return joint_module
+
+
+def _cse_key(node: fx.Node):
+    """What makes two nodes the same computation, as ``fx_graph_cse`` compares them:
+    the target and the arguments, with each leaf's type (so 1 and 1.0 differ) and
+    symbolic sizes by their SymNode. None when an argument is not hashable."""
+
+    def freeze(a):
+        if isinstance(a, (list, tuple)):
+            return (type(a), tuple(freeze(x) for x in a))
+        if isinstance(a, dict):
+            return (type(a), tuple((k, freeze(v)) for k, v in a.items()))
+        if isinstance(a, (torch.SymBool, torch.SymInt, torch.SymFloat)):
+            a = a.node
+        return (a, type(a))
+
+    key = (node.target, freeze(node.args), freeze(node.kwargs))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def cse_in_place(graph: fx.Graph) -> int:
+    """``fx_graph_cse`` without copying the graph: the same rules, duplicates erased in place.
+
+    Copying every node of a 100k-node joint graph dominates PyTorch's pass; here
+    only the duplicates are touched. Keeps the first of each group of equal
+    nodes (and its name), as ``fx_graph_cse`` does. Returns how many it erased.
+    """
+    from torch._functorch.compile_utils import rand_ops
+    from torch._inductor.pattern_matcher import compute_mutation_region_ids, same_mutation_regions
+    from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    compute_mutation_region_ids(graph)
+
+    def storage(n: fx.Node):
+        val = n.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            return None
+        try:
+            return StorageWeakRef(val.untyped_storage())
+        except NotImplementedError:
+            return None
+
+    output = graph.output_node()
+    output_storages = {st for st in map(storage, output.all_input_nodes) if st is not None}
+    never = set(rand_ops) | {torch.ops.aten.empty}
+    first: dict = {}
+    erased = 0
+    for n in list(graph.nodes):
+        if n.op in ("placeholder", "output", "get_attr") or get_aten_target(n) in never:
+            continue
+        if output_storages and storage(n) in output_storages:
+            continue  # separate tensors the caller gets back: never merged
+        val = n.meta.get("val")
+        if isinstance(val, sympy.Symbol) and free_unbacked_symbols(val):
+            continue
+        key = _cse_key(n)
+        if key is None:
+            continue
+        previous = first.get(key)
+        if previous is not None and same_mutation_regions(n, previous):
+            n.replace_all_uses_with(previous)
+            graph.erase_node(n)
+            erased += 1
+        else:
+            first[key] = n
+    return erased
 
 
 def classify_joint_graph(
@@ -96,6 +167,13 @@ def is_opaque_value(node: fx.Node) -> bool:
     from torch._functorch._aot_autograd.graph_compile import is_opaque_node
 
     return is_opaque_node(node)
+
+
+def is_opaque_type(cls: type) -> bool:
+    """Whether values of this type are opaque objects (``is_opaque_value`` asks this first)."""
+    from torch._library.opaque_object import is_opaque_type as _is_opaque_type
+
+    return bool(_is_opaque_type(cls))
 
 
 def is_backward_state_or_script_object(val: object) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import sympy
@@ -143,22 +144,56 @@ def _arg_vals(node: fx.Node):
     return args, kwargs
 
 
-def node_flops(node: fx.Node) -> int:
-    """FLOPs of one node: the flop counter's formula where it has one, else element counts."""
+def _node_numel(node: fx.Node) -> int:
+    return _numel(node.meta.get("val"))
+
+
+def node_flops(node: fx.Node, numel_of: Callable[[fx.Node], int] = _node_numel) -> int:
+    """FLOPs of one node: the flop counter's formula where it has one, else element counts.
+
+    ``numel_of`` gives a node's element count (``CostModel.table`` passes a cached one).
+    """
     if node.op != "call_function" or ti.is_getitem(node):
         return 0
     packet = getattr(node.target, "overloadpacket", None)
-    out = node.meta.get("val")
     if packet is not None and packet in flop_registry:
         args, kwargs = _arg_vals(node)
         try:
-            return _to_int(flop_registry[packet](*args, **kwargs, out_val=out))
+            return _to_int(flop_registry[packet](*args, **kwargs, out_val=node.meta.get("val")))
         except Exception:
             pass
-    input_numel = max(
-        (_numel(a.meta.get("val")) for a in node.all_input_nodes), default=0
-    )
-    return max(_numel(out), input_numel)
+    input_numel = max((numel_of(a) for a in node.all_input_nodes), default=0)
+    return max(numel_of(node), input_numel)
+
+
+class _Sizes:
+    """Each node's bytes (as ``_tensor_bytes`` gives them, and hinted to an int) and
+    element count, computed once. Static shapes take a plain-int path, no sympy."""
+
+    def __init__(self):
+        self._cache: dict[fx.Node, tuple[sympy.Expr | int, int, int]] = {}
+
+    def __call__(self, node: fx.Node) -> tuple[sympy.Expr | int, int, int]:
+        found = self._cache.get(node)
+        if found is None:
+            found = self._cache[node] = self._measure(node.meta.get("val"))
+        return found
+
+    @staticmethod
+    def _measure(val: object) -> tuple[sympy.Expr | int, int, int]:
+        if isinstance(val, torch.Tensor):
+            shape = val.shape
+            if not any(isinstance(size, torch.SymInt) for size in shape):
+                numel = math.prod(shape)
+                return numel * val.dtype.itemsize, numel * val.dtype.itemsize, numel
+        raw = _tensor_bytes(val)
+        return raw, _hint(raw, val), _numel(val)
+
+    def bytes(self, node: fx.Node) -> int:
+        return self(node)[1]
+
+    def numel(self, node: fx.Node) -> int:
+        return self(node)[2]
 
 
 class CostModel:
@@ -168,6 +203,7 @@ class CostModel:
         self._flops_per_second = flops_per_second
         self._bytes_per_second = bytes_per_second
         self._types = ti.op_types()
+        self._fusible: dict[object, bool] = {}
 
     def rates_for(self, device: str) -> tuple[float, float]:
         default_flops, default_bytes = DEFAULT_RATES.get(device, DEFAULT_RATES["cpu"])
@@ -176,9 +212,13 @@ class CostModel:
     def _is_fusible(self, node: fx.Node) -> bool:
         if node.op != "call_function":
             return False
-        if ti.is_getitem(node) or self._types.is_fusible(node) or self._types.is_view(node):
-            return True
-        return torch.Tag.pointwise in getattr(node.target, "tags", ())
+        found = self._fusible.get(node.target)  # a property of the op alone: cached per target
+        if found is None:
+            found = self._fusible[node.target] = bool(
+                ti.is_getitem(node) or self._types.is_fusible(node) or self._types.is_view(node)
+                or torch.Tag.pointwise in getattr(node.target, "tags", ())
+            )
+        return found
 
     def _materialized_in_backward(self, node: fx.Node, forward_nodes: set[fx.Node]) -> bool:
         """Whether some backward op that cannot fuse it reads it (through views)."""
@@ -197,25 +237,19 @@ class CostModel:
     def table(self, summary: GraphSummary) -> CostTable:
         device = _graph_device(summary)
         flops_rate, bytes_rate = self.rates_for(device)
-        forward_nodes = {n for n, k in zip(summary.nodes, summary.kind) if k == FORWARD}
-        sizes: dict[fx.Node, int] = {}
-
-        def size_of(node: fx.Node) -> int:
-            if node not in sizes:
-                val = node.meta.get("val")
-                sizes[node] = _hint(_tensor_bytes(val), val)
-            return sizes[node]
+        forward_nodes = {n for n, k in zip(summary.nodes, summary.kind.tolist()) if k == FORWARD}
+        sizes = _Sizes()
+        is_view = summary.is_view.tolist()
 
         costs = []
         for i, node in enumerate(summary.nodes):
-            raw = _tensor_bytes(node.meta.get("val"))
+            raw, nbytes, _ = sizes(node)
             expr = sympy.expand(raw) if not isinstance(raw, int) else sympy.Integer(raw)
-            nbytes = size_of(node)
-            if node.op != "call_function" or summary.is_view[i] or ti.is_getitem(node) or ti.is_sym_node(node):
+            if node.op != "call_function" or is_view[i] or ti.is_getitem(node) or ti.is_sym_node(node):
                 costs.append(NodeCost(expr, nbytes, 0, 0.0, 0.0, True))
                 continue
-            flops = node_flops(node)
-            moved = nbytes + sum(size_of(a) for a in node.all_input_nodes)
+            flops = node_flops(node, sizes.numel)
+            moved = nbytes + sum(sizes.bytes(a) for a in node.all_input_nodes)
             time = max(flops / flops_rate, moved / bytes_rate)
             fused = self._is_fusible(node)
             if fused:

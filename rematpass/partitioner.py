@@ -99,7 +99,12 @@ class RematPartitioner(CustomPartitionerFn):
         costs = CostModel(self.knobs.flops_per_second, self.knobs.bytes_per_second).table(summary)
         solve_started = time.perf_counter()
         problem = costs.problem(summary)
-        plan = plan_for_budget(problem, costs.default_lambda, budget_target(self.knobs))
+        if self.knobs.solver == "ilp":  # exact; falls back to the min-cut plan with a warning
+            from passes.ilp import ilp_plan
+
+            plan = ilp_plan(problem, costs.default_lambda, budget_target(self.knobs), time_limit=self.knobs.ilp_time_limit)
+        else:
+            plan = plan_for_budget(problem, costs.default_lambda, budget_target(self.knobs))
         solve_seconds = time.perf_counter() - solve_started
         saved = [node for node, keep in zip(summary.nodes, plan.saved) if keep]
         fw_module, bw_module = ti.extract_forward_backward(gm, saved, roles, num_fwd_outputs)

@@ -1,0 +1,148 @@
+"""The fast paths agree with the slow ones they replace.
+
+In-place CSE against PyTorch's copying ``fx_graph_cse``; a reused flow network
+against fresh one-off solves; the vectorised "used by the backward" search
+against the plain loop; the cost table's static-shape path against the
+general one.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch._functorch.compile_utils import fx_graph_cse
+
+from helpers import _eager_compiler, compiled_step
+from models import ConvBN, ResidualMLP, TinyGPT
+from passes import torch_internals as ti
+from passes.analysis import summarize_joint_graph
+from passes.flow import FlowNetwork, min_cut
+from passes.mincut import used_in_backward
+from rematpass.cost import CostModel, _hint, _tensor_bytes
+
+
+def _joint_graph(model, inputs):
+    """The joint graph and partitioner kwargs as Inductor hands them over (decomposed, joint passes run)."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._guards import detect_fake_mode
+    from torch._inductor.compile_fx import partition_fn
+    from torch._inductor.decomposition import select_decomp_table
+    from torch._inductor.virtualized import V
+
+    captured = {}
+
+    def spy(gm, joint_inputs, **kwargs):
+        captured.update(joint=copy.deepcopy(gm), kwargs=dict(kwargs), fake=detect_fake_mode(joint_inputs))
+        return ti.torch_min_cut_partition(gm, joint_inputs, **kwargs)
+
+    def partition(gm, joint_inputs, **kwargs):
+        with V.set_fake_mode(detect_fake_mode(joint_inputs)):
+            return partition_fn(gm, joint_inputs, partitioner_fn_override=spy, **kwargs)
+
+    backend = aot_autograd(
+        fw_compiler=_eager_compiler, bw_compiler=_eager_compiler, partition_fn=partition,
+        decompositions=select_decomp_table(),
+    )
+    compiled_step(model, inputs, backend)
+    return captured
+
+
+@pytest.fixture(scope="module")
+def joint_graphs():
+    torch.manual_seed(0)
+    gpt = TinyGPT(layers=2, dropout=0.1)
+    return [
+        _joint_graph(ResidualMLP(depth=3), (ResidualMLP.example(),)),
+        _joint_graph(ConvBN(), (ConvBN.example(),)),
+        _joint_graph(gpt, (gpt.example(),)),
+    ]
+
+
+def test_cse_in_place_matches_fx_graph_cse(joint_graphs):
+    from torch._inductor.virtualized import V
+
+    erased = 0
+    for captured in joint_graphs:
+        with V.set_fake_mode(captured["fake"]):
+            theirs = copy.deepcopy(captured["joint"]).graph
+            ours = copy.deepcopy(captured["joint"]).graph
+            theirs.eliminate_dead_code()
+            ours.eliminate_dead_code()
+            expected = fx_graph_cse(theirs)
+            erased += ti.cse_in_place(ours)
+            ours.lint()
+            assert str(ours) == str(expected)
+    assert erased > 0, "no duplicates in any graph: the test proves nothing"
+
+
+def test_cost_table_matches_the_general_size_path(joint_graphs):
+    from torch._inductor.virtualized import V
+
+    for captured in joint_graphs:
+        with V.set_fake_mode(captured["fake"]):
+            gm = ti.prepare_joint_graph(copy.deepcopy(captured["joint"]))
+            kwargs = captured["kwargs"]
+            roles = ti.classify_joint_graph(gm, kwargs["static_lifetime_input_indices"], kwargs["num_fwd_outputs"])
+            summary = summarize_joint_graph(gm, roles)
+            table = CostModel().table(summary)
+            for node, cost in zip(summary.nodes, table.costs):
+                val = node.meta.get("val")
+                raw = _tensor_bytes(val)
+                assert cost.bytes == _hint(raw, val), node.name
+                assert int(cost.bytes_expr) == cost.bytes
+
+
+def _random_network(rng, n_vertices=40, n_edges=160):
+    tails = rng.integers(0, n_vertices, n_edges)
+    heads = rng.integers(0, n_vertices, n_edges)
+    keep = tails != heads
+    return tails[keep], heads[keep]
+
+
+def test_reused_flow_network_matches_fresh_solves():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        tails, heads = _random_network(rng)
+        infinite = rng.random(len(tails)) < 0.1
+        try:
+            network = FlowNetwork(40, tails, heads, infinite, 0, 1)
+        except Exception:
+            continue
+        for _ in range(3):
+            caps = np.where(infinite, np.inf, rng.integers(0, 50, len(tails)).astype(float))
+            reused = network.min_cut(caps)
+            fresh = min_cut(40, tails, heads, caps, 0, 1)
+            assert reused.value == fresh.value
+            assert np.array_equal(reused.source_side, fresh.source_side)
+            # Merging a known source-side vertex set changes nothing when it is the answer's own.
+            merged = network.min_cut(caps, inside=fresh.source_side, outside=~fresh.source_side)
+            assert merged.value == fresh.value and np.array_equal(merged.source_side, fresh.source_side)
+
+
+def _used_reference(summary, in_backward):
+    used = summary.needed_by_backward | summary.must_recompute
+    users = {}
+    for u, v in zip(summary.edge_src.tolist(), summary.edge_dst.tolist()):
+        users.setdefault(u, []).append(v)
+    used = used.copy()
+    for i in range(summary.num_nodes - 1, -1, -1):
+        used[i] = used[i] or any(used[v] and in_backward[v] for v in users.get(i, ()))
+    return used
+
+
+def test_used_in_backward_matches_the_plain_loop(joint_graphs):
+    from torch._inductor.virtualized import V
+
+    rng = np.random.default_rng(1)
+    for captured in joint_graphs:
+        with V.set_fake_mode(captured["fake"]):
+            gm = ti.prepare_joint_graph(copy.deepcopy(captured["joint"]))
+            kwargs = captured["kwargs"]
+            roles = ti.classify_joint_graph(gm, kwargs["static_lifetime_input_indices"], kwargs["num_fwd_outputs"])
+            summary = summarize_joint_graph(gm, roles)
+        for p in (0.1, 0.5, 0.9):
+            in_backward = rng.random(summary.num_nodes) < p
+            assert np.array_equal(used_in_backward(summary, in_backward), _used_reference(summary, in_backward))
