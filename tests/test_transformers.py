@@ -1,0 +1,214 @@
+"""Hugging Face transformers models, built from small configs (random weights, no downloads).
+
+Each model trains one step through the remat partitioner (on the graph Inductor
+would hand it, see helpers.cheap_backend) at the default plan and at
+memory_budget=0.3, and its loss and gradients must equal eager's. Dropout is
+off in every config so that eager is a fair reference (dropout mask replay has
+its own tests in test_correctness.py and test_inductor_e2e.py).
+
+docs/transformers.md lists the pitfalls these tests step around.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+import rematpass
+from helpers import assert_close_grads, cheap_backend, clone, compiled_step, train_step
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 128
+BATCH, SEQ = 2, 16
+
+
+class LossOf(nn.Module):
+    """``model(**kwargs).loss`` as a module of positional tensors, for train_step."""
+
+    def __init__(self, model: nn.Module, *names: str):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *tensors):
+        return self.model(**dict(zip(self.names, tensors))).loss
+
+
+def gpt2(layers: int = 2, **config):
+    cfg = transformers.GPT2Config(
+        vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=layers, n_head=4,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False, **config,
+    )
+    model = transformers.GPT2LMHeadModel(cfg)
+    # "GPT2LMHeadModel" matches no name in transformers' LOSS_MAPPING, so the loss
+    # property logs a warning_once on every call, which fullgraph=True rejects.
+    model.loss_type = "ForCausalLM"
+    return model
+
+
+def llama(**config):
+    cfg = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        attention_dropout=0.0, use_cache=False, **config,
+    )
+    return transformers.LlamaForCausalLM(cfg)
+
+
+def bert(**config):
+    cfg = transformers.BertConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=64,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **config,
+    )
+    return transformers.BertForMaskedLM(cfg)
+
+
+def t5(**config):
+    cfg = transformers.T5Config(
+        vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+        num_heads=4, dropout_rate=0.0, use_cache=False, decoder_start_token_id=0, pad_token_id=0,
+        **config,
+    )
+    return transformers.T5ForConditionalGeneration(cfg)
+
+
+def tokens(seq: int = SEQ) -> torch.Tensor:
+    return torch.randint(1, VOCAB, (BATCH, seq))
+
+
+def causal_lm(make, **config):
+    """A decoder trained on next-token prediction: labels are the inputs."""
+    ids = tokens()
+    return LossOf(make(**config), "input_ids", "labels"), (ids, ids)
+
+
+def masked_lm(**config):
+    ids = tokens()
+    labels = ids.clone()
+    labels[:, ::2] = -100  # only every other position is scored
+    attention_mask = torch.ones_like(ids)
+    attention_mask[1, -3:] = 0  # the second sequence is padded
+    return LossOf(bert(**config), "input_ids", "attention_mask", "labels"), (ids, attention_mask, labels)
+
+
+def seq2seq(**config):
+    """T5: encoder reads the source, decoder is teacher-forced on the labels (shifted inside T5)."""
+    return LossOf(t5(**config), "input_ids", "labels"), (tokens(), tokens(SEQ // 2))
+
+
+MODELS = {
+    "gpt2": lambda: causal_lm(gpt2),
+    "llama": lambda: causal_lm(llama),
+    "bert": masked_lm,
+    "t5": seq2seq,
+}
+
+
+def _knobs(budget):
+    return {} if budget is None else {"memory_budget": budget}
+
+
+@pytest.mark.parametrize("budget", [None, 0.3], ids=["default", "budget0.3"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_gradients_match_eager(name, budget):
+    torch.manual_seed(0)
+    model, inputs = MODELS[name]()
+    expected = train_step(clone(model), inputs)
+    got = compiled_step(clone(model), inputs, cheap_backend(**_knobs(budget)), fullgraph=True)
+    assert_close_grads(expected, got)
+
+    reports = rematpass.recent_reports()
+    assert len(reports) == 1, f"expected one graph for the whole model, got {len(reports)}"
+    report = reports[0]
+    assert report.saved_nodes(), "nothing saved for the backward: the partitioner saw no real graph"
+    if budget is not None:
+        assert report.default_saved_bytes is not None
+        assert report.saved_bytes < report.default_saved_bytes, (
+            f"memory_budget={budget} saved {report.saved_bytes} bytes, the default plan {report.default_saved_bytes}"
+        )
+        assert report.recomputed_nodes()
+
+
+def test_llama_eager_attention_with_padding_mask():
+    """attn_implementation="eager" (explicit softmax, not SDPA) and a padded batch."""
+    torch.manual_seed(0)
+    model = LossOf(llama(attn_implementation="eager"), "input_ids", "attention_mask", "labels")
+    ids = tokens()
+    attention_mask = torch.ones_like(ids)
+    attention_mask[0, -4:] = 0
+    labels = ids.masked_fill(attention_mask == 0, -100)
+    inputs = (ids, attention_mask, labels)
+    got = compiled_step(clone(model), inputs, cheap_backend(memory_budget=0.3), fullgraph=True)
+    assert_close_grads(train_step(clone(model), inputs), got)
+    ops = {n.op for n in rematpass.recent_reports()[-1].nodes}
+    assert "aten.bmm" in ops and not any("scaled_dot_product" in op for op in ops), "SDPA was used"
+
+
+def test_llama_varying_sequence_length_compiles_once():
+    torch.manual_seed(0)
+    model = LossOf(llama(), "input_ids", "labels")
+    reference = clone(model)
+    compiled = torch.compile(clone(model), backend=cheap_backend(memory_budget=0.3), fullgraph=True)
+    for seq in (16, 24, 12):
+        ids = tokens(seq)
+        torch._dynamo.mark_dynamic(ids, 1)
+        assert_close_grads(train_step(reference, (ids, ids)), train_step(compiled, (ids, ids)))
+    assert len(rematpass.recent_reports()) == 1, "a dynamic sequence length should not recompile"
+
+
+def _hf_gradient_checkpointing_model():
+    model = llama()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return LossOf(model, "input_ids", "labels")
+
+
+def test_hf_gradient_checkpointing_trains_to_eager_gradients():
+    """``model.gradient_checkpointing_enable()`` under torch.compile: checkpoint regions reach the
+    partitioner as recompute tags. What a user gets (strict=False, the default) must train right,
+    whether rematpass plans the graph or falls back to PyTorch's partitioner."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # gradient_checkpointing_enable is being renamed
+        model = _hf_gradient_checkpointing_model()
+    ids = tokens()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rematpass.RematFallbackWarning)
+        got = compiled_step(clone(model), (ids, ids), cheap_backend(strict=False), fullgraph=True)
+    assert_close_grads(train_step(clone(model), (ids, ids)), got)
+
+
+@pytest.mark.xfail(
+    reason="known bug: inside a checkpoint region, SDPA's getitems are MUST_RECOMPUTE but the SDPA op "
+    "carries the nondeterministic_seeded tag (dropout) and is never recomputed, while its tuple "
+    "cannot be saved: InfeasibleCut, so strict=True raises and strict=False falls back",
+    raises=Exception,
+    strict=False,
+)
+def test_hf_gradient_checkpointing_is_planned_by_rematpass():
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        model = _hf_gradient_checkpointing_model()
+    ids = tokens()
+    got = compiled_step(clone(model), (ids, ids), cheap_backend(strict=True), fullgraph=True)
+    assert_close_grads(train_step(clone(model), (ids, ids)), got)
+    assert rematpass.recent_reports()
+
+
+def test_gpt2_through_inductor():
+    """The real backend="remat" (Inductor's C++ codegen) on a 1-layer GPT-2."""
+    torch.manual_seed(0)
+    model = LossOf(gpt2(layers=1), "input_ids", "labels")
+    ids = tokens()
+    started = time.perf_counter()
+    got = compiled_step(clone(model), (ids, ids), "remat", fullgraph=True,
+                        options={"memory_budget": 0.3, "strict": True})
+    assert_close_grads(train_step(clone(model), (ids, ids)), got)
+    assert len(rematpass.recent_reports()) == 1
+    print(f"backend='remat' compile + step: {time.perf_counter() - started:.1f} s")
+
