@@ -213,6 +213,60 @@ def hint_expr(shape_env, expr: sympy.Expr, fallback: int = 4096) -> int:
     return int(shape_env.size_hint(expr))
 
 
+def reorder_like_autograd_engine(gm: fx.GraphModule) -> fx.GraphModule:
+    """``reordering_to_mimic_autograd_engine`` in place: the same node order, no graph copy.
+
+    From the first node that reads a tangent on, each node is placed right
+    after whatever it needs that is not placed yet (in graph order), so a
+    recomputation lands just before its first use; ``copy_`` nodes before that
+    point are placed first, and forward nodes nothing needs are dropped, as in
+    PyTorch's pass. Moving nodes instead of copying them also keeps ``gm`` a
+    lazy graph module when Inductor made it one, so no Python code is
+    generated here.
+    """
+    graph = gm.graph
+    nodes = list(graph.nodes)
+    order = {node: i for i, node in enumerate(nodes)}
+    first_bwd = min(
+        (user for node in nodes if _p._is_tangent(node) for user in node.users), key=order.__getitem__, default=None
+    )
+    if first_bwd is None:
+        return gm
+    placed = {node: None for node in graph.find_nodes(op="placeholder")}  # insertion-ordered set
+
+    def place(node: fx.Node) -> None:
+        pending, needed = [node], {}
+        while pending:
+            current = pending.pop()
+            if current in needed or current in placed:
+                continue
+            needed[current] = None
+            pending += current.all_input_nodes
+        for current in sorted(needed, key=order.__getitem__):
+            placed[current] = None
+
+    start = order[first_bwd]
+    for node in nodes[:start]:
+        if node.op == "call_function" and node.target is torch.ops.aten.copy_.default:
+            place(node)
+    for node in nodes[start:]:
+        place(node)
+    for node in reversed(nodes):  # nothing placed reads these: users go first
+        if node not in placed:
+            graph.erase_node(node)
+    cursor = None
+    for node in placed:
+        if cursor is None:
+            head = next(iter(graph.nodes))
+            if head is not node:
+                head.prepend(node)
+        elif cursor.next is not node:
+            cursor.append(node)
+        cursor = node
+    gm.recompile()
+    return gm
+
+
 def extract_forward_backward(
     joint_module: fx.GraphModule,
     saved: Sequence[fx.Node],
@@ -240,7 +294,7 @@ def extract_forward_backward(
         fw_module, bw_module = _p.functionalize_rng_ops(
             joint_module, fw_module, bw_module, len(saved_sym)
         )
-    bw_module = _p.reordering_to_mimic_autograd_engine(bw_module)
+    bw_module = reorder_like_autograd_engine(bw_module)
     fw_module = raise_getitems(fw_module)
     bw_module = raise_getitems(bw_module)
     fw_module = _p.thread_graphsafe_rng_from_hops(fw_module, is_backward=False)

@@ -146,3 +146,36 @@ def test_used_in_backward_matches_the_plain_loop(joint_graphs):
         for p in (0.1, 0.5, 0.9):
             in_backward = rng.random(summary.num_nodes) < p
             assert np.array_equal(used_in_backward(summary, in_backward), _used_reference(summary, in_backward))
+
+
+def test_reorder_in_place_matches_pytorchs_reordering(joint_graphs):
+    import torch._functorch.partitioners as p
+    from torch._inductor.virtualized import V
+
+    from passes.analysis import summarize_joint_graph
+    from passes.budget import plan_for_budget
+
+    moved = 0
+    for captured in joint_graphs:
+        with V.set_fake_mode(captured["fake"]):
+            gm = ti.prepare_joint_graph(copy.deepcopy(captured["joint"]))
+            kwargs = captured["kwargs"]
+            roles = ti.classify_joint_graph(gm, kwargs["static_lifetime_input_indices"], kwargs["num_fwd_outputs"])
+            summary = summarize_joint_graph(gm, roles)
+            table = CostModel().table(summary)
+            for budget in (None, 0.0):  # budget 0 recomputes a lot: much to reorder
+                fraction = None if budget is None else (lambda least, default: least)
+                plan = plan_for_budget(table.problem(summary), table.default_lambda, fraction)
+                saved = [n for n, keep in zip(summary.nodes, plan.saved) if keep]
+                saved_tensors = [n for n in saved if not ti.is_sym_node(n)]
+                _, bw = p._extract_fwd_bwd_modules(
+                    gm, saved_tensors, saved_sym_nodes=[n for n in saved if ti.is_sym_node(n)],
+                    num_fwd_outputs=kwargs["num_fwd_outputs"], static_lifetime_input_nodes=roles.static_inputs,
+                )
+                before = [n.name for n in bw.graph.nodes]
+                expected = str(p.reordering_to_mimic_autograd_engine(copy.deepcopy(bw)).graph)
+                ours = ti.reorder_like_autograd_engine(bw)
+                ours.graph.lint()
+                assert str(ours.graph) == expected
+                moved += before != [n.name for n in ours.graph.nodes]
+    assert moved, "no graph was reordered: the test proves nothing"
