@@ -57,6 +57,10 @@ class Knobs:
     solver: str = "mincut"
     # Seconds the ILP solver may take before we fall back to the min-cut plan.
     ilp_time_limit: float = 30.0
+    # How the peak predictor models allocation: "fused" (Inductor: pointwise ops
+    # fused into their consumers allocate nothing) or "unfused" (every op allocates,
+    # as in aot_eager-style backends).
+    peak_model: str = "fused"
 
 
 KNOB_HELP = {
@@ -69,6 +73,7 @@ KNOB_HELP = {
     "dump_dir": "None or a folder path (string or os.PathLike)",
     "solver": "'mincut' or 'ilp'",
     "ilp_time_limit": "a positive number of seconds",
+    "peak_model": "'fused' (Inductor) or 'unfused' (every op allocates)",
 }
 
 _UNITS = {
@@ -191,6 +196,12 @@ def _solver(value: Any) -> str:
     raise _fail("solver", value)
 
 
+def _peak_model(value: Any) -> str:
+    if isinstance(value, str) and value.strip().lower() in ("fused", "unfused"):
+        return value.strip().lower()
+    raise _fail("peak_model", value)
+
+
 def _time_limit(value: Any) -> float:
     rate = _rate("ilp_time_limit", value)
     if rate is None:
@@ -208,6 +219,7 @@ _VALIDATORS = {
     "dump_dir": _dump_dir,
     "solver": _solver,
     "ilp_time_limit": _time_limit,
+    "peak_model": _peak_model,
 }
 KNOB_NAMES = tuple(f.name for f in dataclasses.fields(Knobs))
 assert set(KNOB_NAMES) == set(_VALIDATORS) == set(KNOB_HELP)

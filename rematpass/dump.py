@@ -197,7 +197,13 @@ def plan_dict(report: PartitionReport, graph: dict[str, Any] | None = None) -> d
             "num_solves": report.num_solves,
             "solve_seconds": report.solve_seconds,
             "total_seconds": report.total_seconds,
+            "predicted_peak_bytes": report.predicted_peak_bytes,
+            "predicted_peak_at": report.predicted_peak_at,
+            "target_peak_bytes": report.target_peak_bytes,
         }),
+        "peak_plans": [
+            {"saved_bytes": b, "recompute_seconds": c, "predicted_peak_bytes": p} for b, c, p in report.peak_plans
+        ],
         "summary": report.one_line(),
         "nodes": [_jsonable(dataclasses.asdict(n)) for n in report.nodes],
     }

@@ -9,6 +9,7 @@ partitioner with one warning, so training goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import pathlib
@@ -25,6 +26,7 @@ from passes.budget import plan_for_budget
 
 from .config import Knobs
 from .cost import CostModel
+from .peak_planning import PeakPredictor, plan_for_peak
 from .report import PartitionReport, build_report, record
 
 log = logging.getLogger("rematpass")
@@ -99,12 +101,17 @@ class RematPartitioner(CustomPartitionerFn):
         costs = CostModel(self.knobs.flops_per_second, self.knobs.bytes_per_second).table(summary)
         solve_started = time.perf_counter()
         problem = costs.problem(summary)
+        predictor = PeakPredictor(gm, summary, roles, num_fwd_outputs, self.knobs.peak_model)
+        peak_plan = None
         if self.knobs.solver == "ilp":  # exact; falls back to the min-cut plan with a warning
             from passes.ilp import ilp_plan
 
             plan = ilp_plan(problem, costs.default_lambda, budget_target(self.knobs), time_limit=self.knobs.ilp_time_limit)
+        elif budget_target(self.knobs) is None:
+            plan = plan_for_budget(problem, costs.default_lambda, None)
         else:
-            plan = plan_for_budget(problem, costs.default_lambda, budget_target(self.knobs))
+            peak_plan = plan_for_peak(problem, costs.default_lambda, self.knobs.memory_budget, predictor)
+            plan = peak_plan.plan
         solve_seconds = time.perf_counter() - solve_started
         saved = [node for node, keep in zip(summary.nodes, plan.saved) if keep]
         fw_module, bw_module = ti.extract_forward_backward(gm, saved, roles, num_fwd_outputs)
@@ -112,6 +119,14 @@ class RematPartitioner(CustomPartitionerFn):
             self.knobs, summary, costs, plan,
             solve_seconds=solve_seconds, total_seconds=time.perf_counter() - started,
             default_saved=default_plan_saved(problem, plan), compile_id=dump.current_compile_id(),
+        )
+        estimate = predictor.estimate(fw_module, bw_module)
+        report = dataclasses.replace(
+            report,
+            predicted_peak_bytes=estimate.peak_bytes,
+            predicted_peak_at=f"{estimate.peak_phase}:{estimate.peak_node}",
+            target_peak_bytes=peak_plan.target_peak if peak_plan else None,
+            peak_plans=peak_plan.scored if peak_plan else (),
         )
         record(report)
         try:
@@ -123,7 +138,8 @@ class RematPartitioner(CustomPartitionerFn):
         if not plan.budget_met:
             warnings.warn(
                 f"rematpass: memory_budget={self.knobs.memory_budget!r} cannot be met on this graph; "
-                f"the least-memory plan saves {report.saved_bytes:,} bytes",
+                f"the least-memory plan saves {report.saved_bytes:,} bytes "
+                f"and is predicted to peak at {report.predicted_peak_bytes:,} bytes",
                 stacklevel=2,
             )
         log.info("%s", report.one_line())

@@ -97,6 +97,12 @@ class PartitionReport:
     default_saved_bytes: float | None = None  # the default plan's, when a budget moved away from it
     hull: tuple[tuple[float, float, float], ...] = field(default=(), repr=False)
     solver: str = "mincut"  # which solver chose the plan
+    # Peak memory the step allocates, as passes.liveness predicts it for this plan.
+    predicted_peak_bytes: int | None = None
+    predicted_peak_at: str = ""  # "forward:<node>" or "backward:<node>"
+    target_peak_bytes: float | None = None  # an absolute memory_budget caps the predicted peak
+    # (saved bytes, recompute seconds, predicted peak) of the hull plans scored for peak
+    peak_plans: tuple[tuple[float, float, int], ...] = field(default=(), repr=False)
 
     def saved_nodes(self) -> list[NodeDecision]:
         return [n for n in self.nodes if n.decision == SAVED]

@@ -30,7 +30,20 @@ def _eager_compiler(gm, example_inputs):
     return make_boxed_func(gm.forward)
 
 
-def cheap_backend(**knobs):
+def freeing_compiler(gm, example_inputs):
+    """Like ``_eager_compiler``, but frees each input at its last use, as Inductor's code does."""
+    _eager_compiler(gm, example_inputs)
+    gm.graph.set_codegen(torch.fx.graph._BoxedCodeGen())
+    gm.recompile()
+
+    def run(args):
+        return gm.forward(args)
+
+    run._boxed_call = True
+    return run
+
+
+def cheap_backend(compiler=None, **knobs):
     """AOTAutograd with Inductor's decompositions and joint passes, our partitioner, and eager fw/bw.
 
     The graph the partitioner sees is the one Inductor would hand it (dropout
@@ -49,8 +62,8 @@ def cheap_backend(**knobs):
             return partition_fn(gm, joint_inputs, partitioner_fn_override=partitioner, **kwargs)
 
     return aot_autograd(
-        fw_compiler=_eager_compiler,
-        bw_compiler=_eager_compiler,
+        fw_compiler=compiler or _eager_compiler,
+        bw_compiler=compiler or _eager_compiler,
         partition_fn=partition,
         decompositions=select_decomp_table(),
     )

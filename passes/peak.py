@@ -1,0 +1,98 @@
+"""Choose among min-cut plans by the step's predicted peak memory, not summed saved bytes.
+
+Summed saved bytes is what the flow network prices, but what runs out is the
+peak: recomputation in the backward allocates too, and a plan that saves less
+can peak higher. ``hull_plans`` walks the whole convex hull of min-cut plans
+(saved bytes against recompute cost); ``choose_by_peak`` scores each with a
+peak predictor (``passes.liveness`` on the plan's forward and backward) and
+takes the least-recompute plan whose peak fits the target.
+
+Because the plans that fit a lower target are a subset of those that fit a
+higher one, the chosen plan's predicted peak never rises as the target falls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .budget import LOWEST_LAMBDA_FRACTION
+from .mincut import CutNetwork
+from .plan import Cut, CutProblem
+
+MAX_HULL_SOLVES = 48
+
+
+def hull_plans(problem: CutProblem, lam_default: float, max_solves: int = MAX_HULL_SOLVES) -> tuple[list[Cut], int]:
+    """Distinct plans on the hull from the default (most bytes) to the least-bytes plan, and the solves spent."""
+    network = CutNetwork(problem)
+    high = network.solve(lam_default)
+    low = network.solve(lam_default * LOWEST_LAMBDA_FRACTION)
+    solves = 2
+    plans = [high] if high.same_plan(low) else [high, low]
+    pending = [] if high.same_plan(low) else [(low, high)]
+    while pending and solves < max_solves:
+        low_end, high_end = pending.pop()
+        gained = low_end.recompute_cost - high_end.recompute_cost
+        if gained <= 0:
+            continue
+        lam = (high_end.saved_bytes - low_end.saved_bytes) / gained
+        if not low_end.lam < lam < high_end.lam:
+            continue
+        middle = network.solve(lam)
+        solves += 1
+        if middle.same_plan(low_end) or middle.same_plan(high_end):
+            continue
+        if not low_end.saved_bytes <= middle.saved_bytes <= high_end.saved_bytes:
+            continue
+        plans.append(middle)
+        pending += [(low_end, middle), (middle, high_end)]
+    plans.sort(key=lambda c: (-c.saved_bytes, c.recompute_cost))
+    return plans, solves
+
+
+MAX_PEAK_EVALUATIONS = 16
+
+
+@dataclass(frozen=True)
+class PeakPoint:
+    cut: Cut
+    peak: int
+
+
+def peak_frontier(plans: list[Cut], peak_of: Callable[[Cut], int], max_evaluations: int = MAX_PEAK_EVALUATIONS) -> tuple[list[PeakPoint], list[PeakPoint]]:
+    """(frontier, everything scored): the plans worth choosing, most saved bytes first.
+
+    A plan is kept only if its predicted peak is below that of every plan that
+    saves more (and so recomputes less): saving less only to peak higher is
+    never worth its recomputation. Along the frontier saved bytes and peak both
+    fall while recompute cost rises. At most ``max_evaluations`` plans are
+    scored, spread evenly along the hull (the default and the least-bytes plan
+    always among them).
+    """
+    if len(plans) > max_evaluations:
+        step = (len(plans) - 1) / (max_evaluations - 1)
+        plans = [plans[round(i * step)] for i in range(max_evaluations)]
+    scored = [PeakPoint(cut, int(peak_of(cut))) for cut in plans]
+    frontier: list[PeakPoint] = []
+    for point in scored:
+        if not frontier or point.peak < frontier[-1].peak:
+            frontier.append(point)
+    return frontier, scored
+
+
+def choose_on_frontier(
+    frontier: list[PeakPoint], *, saved_target: float | None = None, peak_cap: float | None = None
+) -> tuple[PeakPoint, bool]:
+    """The first frontier plan (least recompute) within the target; the last one if none is.
+
+    ``saved_target`` caps summed saved bytes (fractions of the budget scale),
+    ``peak_cap`` the predicted peak (absolute budgets). Returns (plan, met).
+    """
+    for point in frontier:
+        if saved_target is not None and point.cut.saved_bytes > saved_target:
+            continue
+        if peak_cap is not None and point.peak > peak_cap:
+            continue
+        return point, True
+    return frontier[-1], False

@@ -1,0 +1,71 @@
+"""The peak-aware budget stage: meet ``memory_budget`` by the step's predicted peak.
+
+For a budget, the min-cut hull gives a family of plans (saved bytes against
+recompute). Each is cut into forward and backward modules and its peak
+predicted (passes.liveness); plans that save less only to peak higher are
+dropped (passes.peak.peak_frontier). Then:
+
+- a fraction ``f`` picks, along that frontier, the first plan whose summed
+  saved bytes fit ``least + f * (default - least)``, where ``default`` is the
+  default plan's and ``least`` the least-peak plan's saved bytes. So 1 is the
+  default plan, 0 the plan with the least predicted peak, and both saved bytes
+  and predicted peak never rise as ``f`` falls;
+- a byte count caps the predicted peak of the step: what the step allocates on
+  top of what exists before it (saved activations, transients of forward and
+  backward, the gradients the backward returns; not parameters, buffers,
+  optimizer state or the batch). The least-recompute plan under the cap wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch.fx as fx
+
+from passes import torch_internals as ti
+from passes.analysis import GraphSummary
+from passes.liveness import PeakEstimate, inductor_materialized, simulate_step
+from passes.peak import choose_on_frontier, hull_plans, peak_frontier
+from passes.plan import Cut, CutProblem, Plan
+
+
+@dataclass(frozen=True)
+class PeakPlan:
+    plan: Plan
+    target_peak: float | None  # the cap, for absolute budgets
+    scored: tuple[tuple[float, float, int], ...]  # (saved bytes, recompute seconds, predicted peak)
+
+
+class PeakPredictor:
+    """Predicts a plan's step peak by extracting its modules and simulating their allocations."""
+
+    def __init__(self, joint: fx.GraphModule, summary: GraphSummary, roles, num_fwd_outputs: int, peak_model: str):
+        self.joint, self.summary, self.roles, self.num_fwd_outputs = joint, summary, roles, num_fwd_outputs
+        self.materialized: Callable[[fx.Node], bool] = inductor_materialized if peak_model == "fused" else (lambda node: True)
+
+    def saved_nodes(self, cut: Cut) -> list[fx.Node]:
+        return [node for node, keep in zip(self.summary.nodes, cut.saved) if keep]
+
+    def modules(self, cut: Cut) -> tuple[fx.GraphModule, fx.GraphModule]:
+        return ti.extract_forward_backward(self.joint, self.saved_nodes(cut), self.roles, self.num_fwd_outputs)
+
+    def estimate(self, forward: fx.GraphModule, backward: fx.GraphModule) -> PeakEstimate:
+        return simulate_step(forward, backward, num_fwd_outputs=self.num_fwd_outputs, materialized=self.materialized)
+
+    def __call__(self, cut: Cut) -> int:
+        return self.estimate(*self.modules(cut)).peak_bytes
+
+
+def plan_for_peak(problem: CutProblem, lam_default: float, budget: float | int, predict: PeakPredictor) -> PeakPlan:
+    plans, solves = hull_plans(problem, lam_default)
+    frontier, scored = peak_frontier(plans, predict)
+    hull = tuple((c.lam, c.saved_bytes, c.recompute_cost) for c in plans)
+    table = tuple((p.cut.saved_bytes, p.cut.recompute_cost, p.peak) for p in scored)
+    if isinstance(budget, float):
+        least, default = frontier[-1].cut.saved_bytes, frontier[0].cut.saved_bytes
+        target = least + budget * (default - least)
+        point, met = choose_on_frontier(frontier, saved_target=target)
+        return PeakPlan(Plan(point.cut, lam_default, target, met, solves, hull), None, table)
+    point, met = choose_on_frontier(frontier, peak_cap=float(budget))
+    return PeakPlan(Plan(point.cut, lam_default, None, met, solves, hull), float(budget), table)
