@@ -89,105 +89,99 @@ class _Storages:
             self.readers.pop(key, None)
 
 
-def _run_graph(
-    graph: fx.Graph,
+def _run(
     phase: str,
+    inputs: list[fx.Node],
+    nodes: list[fx.Node],
+    readers: Callable[[fx.Node], int],
+    outputs: set[fx.Node],
     storages: _Storages,
     preexisting: dict[fx.Node, object],
-    materialized: Callable[[fx.Node], bool],
+    materialized: Callable[..., bool],
     size_hint: Callable[[object], int],
-    keep_outputs: bool,
     timeline: list,
 ) -> tuple[int, str]:
-    """Run one graph's allocations; returns its peak and the node at the peak."""
-    nodes = list(graph.nodes)
-    output = nodes[-1]
-    outputs = {a for a in output.all_input_nodes} if keep_outputs else set()
-    # Per storage, count reading nodes (users of any alias), so it dies after the last.
+    """Allocate and free for ``nodes`` run in order; returns the phase's peak and the node at it.
+
+    ``readers(n)`` counts the nodes of this phase that read n; an input's
+    storage comes from ``preexisting`` (values carried over from the forward)
+    or existed before the step and is not counted.
+    """
     owner = storages.owner
-    for node in nodes:
-        if node.op == "placeholder":
-            key = preexisting.get(node)
-            if key is None:
-                key = ("pre", phase, node.name)  # allocated before the step: not counted
-            owner[node] = key
-            storages.readers.setdefault(key, 0)
+    phase_nodes = set(nodes)
+    for node in inputs:
+        key = preexisting.get(node, ("pre", phase, node.name))
+        owner[node] = key
+        storages.readers[key] = storages.readers.get(key, 0) + readers(node)
     peak, peak_node = storages.live, "start"
-
-    def readers_of(n: fx.Node) -> int:
-        return sum(1 for u in n.users if u.op != "output")
-
     for node in nodes:
-        if node.op in ("placeholder", "output", "get_attr"):
-            if node.op == "placeholder":
-                storages.readers[owner[node]] = storages.readers.get(owner[node], 0) + readers_of(node)
-            continue
         base = aliased_input(node)
         if base is not None and base in owner:
             key = owner[base]
-            storages.readers[key] = storages.readers.get(key, 0) + readers_of(node)
+            storages.readers[key] = storages.readers.get(key, 0) + readers(node)
         elif node.target is operator.getitem and isinstance(node.args[0], fx.Node):
             key = (node.args[0], node.args[1])
-            storages.allocate(key, _tensor_bytes(node.meta.get("val"), size_hint) if materialized(node.args[0]) else 0, readers_of(node))
+            parent = node.args[0]
+            keep = materialized(parent, [u for u in parent.users if u in phase_nodes], parent in outputs)
+            storages.allocate(key, _tensor_bytes(node.meta.get("val"), size_hint) if keep else 0, readers(node))
         else:
-            val = node.meta.get("val")
             key = node
-            if isinstance(val, (list, tuple)):
-                storages.allocate(key, 0, readers_of(node))
-            else:
-                nbytes = _tensor_bytes(val, size_hint) if materialized(node) else 0
-                storages.allocate(key, nbytes, readers_of(node))
+            val = node.meta.get("val")
+            keep = materialized(node, [u for u in node.users if u in phase_nodes], node in outputs)
+            nbytes = 0 if isinstance(val, (list, tuple)) or not keep else _tensor_bytes(val, size_hint)
+            storages.allocate(key, nbytes, readers(node))
         owner[node] = key
         if node in outputs:
             storages.pinned.add(key)
         if storages.live > peak:
             peak, peak_node = storages.live, node.name
-        # This node has read its inputs: release storages it was the last reader of.
-        for arg in node.all_input_nodes:
+        for arg in node.all_input_nodes:  # this node has read its inputs
             arg_key = owner.get(arg)
-            if arg_key is None:
-                continue
-            storages.readers[arg_key] -= 1
-            storages.release(arg_key)
+            if arg_key is not None:
+                storages.readers[arg_key] -= 1
+                storages.release(arg_key)
         storages.release(key)
         timeline.append((phase, node.name, storages.live))
     return peak, peak_node
 
 
-def simulate_step(
-    forward: fx.GraphModule,
-    backward: fx.GraphModule,
-    *,
-    num_fwd_outputs: int,
-    materialized: Callable[[fx.Node], bool] = lambda node: True,
-    size_hint: Callable[[object], int] = _default_hint,
-) -> PeakEstimate:
-    """Simulate forward then backward; see the module docstring for what is counted."""
+def _graph_parts(graph: fx.Graph):
+    nodes = list(graph.nodes)
+    inputs = [n for n in nodes if n.op == "placeholder"]
+    body = [n for n in nodes if n.op == "call_function"]
+    outputs = list(nodes[-1].all_input_nodes)
+    return inputs, body, outputs
+
+
+def _phase_readers(phase_nodes: set[fx.Node]) -> Callable[[fx.Node], int]:
+    return lambda node: sum(1 for user in node.users if user in phase_nodes)
+
+
+def _simulate(forward_parts, backward_parts, saved: list[fx.Node], carried: Callable[[fx.Node], fx.Node | None],
+              real_outputs: list[fx.Node], materialized, size_hint) -> PeakEstimate:
     storages = _Storages()
     timeline: list[tuple[str, str, int]] = []
-    fw_peak, fw_node = _run_graph(forward.graph, "forward", storages, {}, materialized, size_hint, True, timeline)
-    fw_outputs = list(forward.graph.nodes)[-1].args[0]
-    saved = list(fw_outputs[num_fwd_outputs:])
-    real_outputs = list(fw_outputs[:num_fwd_outputs])
-    # Saved values reach the backward in order, after any saved symints; the
-    # backward's placeholders are [saved symints..., saved tensors..., tangents...]
-    # as AOTAutograd lays them out; match by name, which the partition keeps.
-    by_name = {n.name: storages.owner[n] for n in saved if isinstance(n, fx.Node) and n in storages.owner}
-    # Between the passes only the outputs and saved tensors are alive.
-    for n in saved:
-        if isinstance(n, fx.Node) and n in storages.owner:
-            storages.pinned.discard(storages.owner[n])
-    pinned_outputs = {storages.owner[n] for n in real_outputs if isinstance(n, fx.Node) and n in storages.owner}
-    storages.pinned = set(pinned_outputs)
+    fw_inputs, fw_body, fw_outputs = forward_parts
+    fw_peak, fw_node = _run("forward", fw_inputs, fw_body, _phase_readers(set(fw_body)), set(fw_outputs),
+                            storages, {}, materialized, size_hint, timeline)
+    # Between the passes only the real outputs and the saved tensors stay alive;
+    # saved tensors live until the backward's last read of them.
+    saved_keys = {storages.owner[n] for n in saved if n in storages.owner}
+    storages.pinned = {storages.owner[n] for n in real_outputs if n in storages.owner} | saved_keys
+    for key in list(storages.size):
+        storages.release(key)
     boundary = storages.live
-    preexisting = {}
-    for node in backward.graph.nodes:
-        if node.op == "placeholder" and node.name in by_name:
-            preexisting[node] = by_name[node.name]
-    # Saved tensors stay alive until the backward's last read of them.
-    for key in set(preexisting.values()):
+    storages.pinned -= saved_keys
+    for key in saved_keys:
         storages.readers[key] = 0
-    bw_peak, bw_node = _run_graph(backward.graph, "backward", storages, preexisting, materialized, size_hint, True, timeline)
+    bw_inputs, bw_body, bw_outputs = backward_parts
+    preexisting = {}
+    for node in bw_inputs:
+        source = carried(node)
+        if source is not None and source in storages.owner:
+            preexisting[node] = storages.owner[source]
+    bw_peak, bw_node = _run("backward", bw_inputs, bw_body, _phase_readers(set(bw_body)), set(bw_outputs),
+                            storages, preexisting, materialized, size_hint, timeline)
     for key in set(preexisting.values()):
         storages.release(key)
     if bw_peak >= fw_peak:
@@ -197,15 +191,86 @@ def simulate_step(
     return PeakEstimate(peak, phase, where, fw_peak, boundary, bw_peak, tuple(timeline))
 
 
+def simulate_step(
+    forward: fx.GraphModule,
+    backward: fx.GraphModule,
+    *,
+    num_fwd_outputs: int,
+    materialized: Callable[..., bool] = lambda node, users=None, is_output=False: True,
+    size_hint: Callable[[object], int] = _default_hint,
+) -> PeakEstimate:
+    """Simulate a partition's forward then backward module; see the module docstring."""
+    forward_parts = _graph_parts(forward.graph)
+    fw_outputs = list(forward.graph.nodes)[-1].args[0]
+    saved = [n for n in fw_outputs[num_fwd_outputs:] if isinstance(n, fx.Node)]
+    real_outputs = [n for n in fw_outputs[:num_fwd_outputs] if isinstance(n, fx.Node)]
+    # The partition keeps names: a backward placeholder named like a saved value is that value.
+    by_name = {n.name: n for n in saved}
+    return _simulate(forward_parts, _graph_parts(backward.graph), saved, lambda node: by_name.get(node.name),
+                     real_outputs, materialized, size_hint)
+
+
+def simulate_joint_plan(
+    joint: fx.GraphModule,
+    forward_nodes: set[fx.Node],
+    saved: list[fx.Node],
+    recomputed: set[fx.Node],
+    backward_nodes: set[fx.Node],
+    *,
+    num_fwd_outputs: int,
+    materialized: Callable[..., bool] = lambda node, users=None, is_output=False: True,
+    size_hint: Callable[[object], int] = _default_hint,
+) -> PeakEstimate:
+    """Simulate a plan straight from the joint graph, without extracting modules.
+
+    The forward runs ``forward_nodes`` in graph order; the backward runs
+    ``backward_nodes`` in graph order with each recomputed node placed just
+    before its first reader, as AOTAutograd's reordering does. Much cheaper
+    than extracting modules, so a budget search can score many plans.
+    """
+    nodes = list(joint.graph.nodes)
+    output = nodes[-1]
+    primals = [n for n in nodes if n.op == "placeholder" and n not in backward_nodes]
+    fw_body = [n for n in nodes if n in forward_nodes and n.op == "call_function"]
+    real_outputs = [n for n in output.args[0][:num_fwd_outputs] if isinstance(n, fx.Node)]
+    fw_outputs = real_outputs + saved
+    order: list[fx.Node] = []
+    placed: set[fx.Node] = set()
+
+    def place(node: fx.Node) -> None:
+        stack = [(node, False)]
+        while stack:
+            current, ready = stack.pop()
+            if current in placed:
+                continue
+            if ready:
+                placed.add(current)
+                order.append(current)
+                continue
+            stack.append((current, True))
+            for arg in current.all_input_nodes:
+                if arg in recomputed and arg not in placed:
+                    stack.append((arg, False))
+
+    for node in nodes:
+        if node in backward_nodes and node.op == "call_function":
+            place(node)
+    bw_inputs = list(saved) + [n for n in nodes if n.op == "placeholder" and n in backward_nodes]
+    bw_outputs = [n for n in output.args[0][num_fwd_outputs:] if isinstance(n, fx.Node) and n in placed]
+    saved_set = set(saved)
+    return _simulate((primals, fw_body, fw_outputs), (bw_inputs, order, bw_outputs), saved,
+                     lambda node: node if node in saved_set else None, real_outputs, materialized, size_hint)
+
+
 def saved_names(forward: fx.GraphModule, num_fwd_outputs: int) -> list[str]:
     outputs = list(forward.graph.nodes)[-1].args[0]
     return [n.name for n in outputs[num_fwd_outputs:] if isinstance(n, fx.Node)]
 
 
-__all__: Iterable[str] = ["PeakEstimate", "aliased_input", "simulate_step", "saved_names"]
+__all__: Iterable[str] = ["PeakEstimate", "aliased_input", "simulate_step", "simulate_joint_plan", "saved_names"]
 
 
-def inductor_materialized(node: fx.Node) -> bool:
+def inductor_materialized(node: fx.Node, users: Iterable[fx.Node] | None = None, is_output: bool = False) -> bool:
     """Whether Inductor gives ``node`` a buffer of its own (a fusion heuristic).
 
     Pointwise ops are inlined into their consumers unless a consumer cannot
@@ -217,7 +282,9 @@ def inductor_materialized(node: fx.Node) -> bool:
         return True
     if not _is_pointwise(node):
         return True
-    return any(u.op == "output" or not _is_fusible_consumer(u) for u in node.users)
+    if users is None:
+        users = node.users
+    return is_output or any(u.op == "output" or not _is_fusible_consumer(u) for u in users)
 
 
 def _is_pointwise(node: fx.Node) -> bool:

@@ -23,15 +23,15 @@ from .plan import Cut, CutProblem
 MAX_HULL_SOLVES = 48
 
 
-def hull_plans(problem: CutProblem, lam_default: float, max_solves: int = MAX_HULL_SOLVES) -> tuple[list[Cut], int]:
-    """Distinct plans on the hull from the default (most bytes) to the least-bytes plan, and the solves spent."""
+def hull_plans(problem: CutProblem, lam_default: float, max_solves: int = MAX_HULL_SOLVES) -> tuple[list[Cut], list[Cut]]:
+    """(distinct hull plans from the default to the least-bytes plan, every solve's plan in order)."""
     network = CutNetwork(problem)
     high = network.solve(lam_default)
     low = network.solve(lam_default * LOWEST_LAMBDA_FRACTION)
-    solves = 2
+    solved = [high, low]
     plans = [high] if high.same_plan(low) else [high, low]
     pending = [] if high.same_plan(low) else [(low, high)]
-    while pending and solves < max_solves:
+    while pending and len(solved) < max_solves:
         low_end, high_end = pending.pop()
         gained = low_end.recompute_cost - high_end.recompute_cost
         if gained <= 0:
@@ -40,7 +40,7 @@ def hull_plans(problem: CutProblem, lam_default: float, max_solves: int = MAX_HU
         if not low_end.lam < lam < high_end.lam:
             continue
         middle = network.solve(lam)
-        solves += 1
+        solved.append(middle)
         if middle.same_plan(low_end) or middle.same_plan(high_end):
             continue
         if not low_end.saved_bytes <= middle.saved_bytes <= high_end.saved_bytes:
@@ -48,7 +48,7 @@ def hull_plans(problem: CutProblem, lam_default: float, max_solves: int = MAX_HU
         plans.append(middle)
         pending += [(low_end, middle), (middle, high_end)]
     plans.sort(key=lambda c: (-c.saved_bytes, c.recompute_cost))
-    return plans, solves
+    return plans, solved
 
 
 MAX_PEAK_EVALUATIONS = 16

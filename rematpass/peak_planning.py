@@ -25,7 +25,7 @@ import torch.fx as fx
 
 from passes import torch_internals as ti
 from passes.analysis import GraphSummary
-from passes.liveness import PeakEstimate, inductor_materialized, simulate_step
+from passes.liveness import PeakEstimate, inductor_materialized, simulate_joint_plan, simulate_step
 from passes.peak import choose_on_frontier, hull_plans, peak_frontier
 from passes.plan import Cut, CutProblem, Plan
 
@@ -42,7 +42,9 @@ class PeakPredictor:
 
     def __init__(self, joint: fx.GraphModule, summary: GraphSummary, roles, num_fwd_outputs: int, peak_model: str):
         self.joint, self.summary, self.roles, self.num_fwd_outputs = joint, summary, roles, num_fwd_outputs
-        self.materialized: Callable[[fx.Node], bool] = inductor_materialized if peak_model == "fused" else (lambda node: True)
+        self.materialized: Callable[..., bool] = (
+            inductor_materialized if peak_model == "fused" else (lambda node, users=None, is_output=False: True)
+        )
 
     def saved_nodes(self, cut: Cut) -> list[fx.Node]:
         return [node for node, keep in zip(self.summary.nodes, cut.saved) if keep]
@@ -53,14 +55,32 @@ class PeakPredictor:
     def estimate(self, forward: fx.GraphModule, backward: fx.GraphModule) -> PeakEstimate:
         return simulate_step(forward, backward, num_fwd_outputs=self.num_fwd_outputs, materialized=self.materialized)
 
+    def joint_estimate(self, cut: Cut) -> PeakEstimate:
+        """The plan's peak simulated on the joint graph: no module extraction, so cheap."""
+        nodes = self.summary.nodes
+        saved = self.saved_nodes(cut)
+        forward = set(self.roles.required_fw)
+        pending = [n for n in saved if n not in forward]
+        while pending:  # values saved but not needed by the forward outputs are computed there too
+            node = pending.pop()
+            if node not in forward and node.op != "placeholder":
+                forward.add(node)
+                pending.extend(node.all_input_nodes)
+        recomputed = {node for node, again in zip(nodes, cut.in_backward) if again}
+        return simulate_joint_plan(
+            self.joint, forward, saved, recomputed, set(self.roles.tangents_closure),
+            num_fwd_outputs=self.num_fwd_outputs, materialized=self.materialized,
+        )
+
     def __call__(self, cut: Cut) -> int:
-        return self.estimate(*self.modules(cut)).peak_bytes
+        return self.joint_estimate(cut).peak_bytes
 
 
 def plan_for_peak(problem: CutProblem, lam_default: float, budget: float | int, predict: PeakPredictor) -> PeakPlan:
-    plans, solves = hull_plans(problem, lam_default)
+    plans, solved = hull_plans(problem, lam_default)
     frontier, scored = peak_frontier(plans, predict)
-    hull = tuple((c.lam, c.saved_bytes, c.recompute_cost) for c in plans)
+    solves = len(solved)
+    hull = tuple((c.lam, c.saved_bytes, c.recompute_cost) for c in solved)
     table = tuple((p.cut.saved_bytes, p.cut.recompute_cost, p.peak) for p in scored)
     if isinstance(budget, float):
         least, default = frontier[-1].cut.saved_bytes, frontier[0].cut.saved_bytes

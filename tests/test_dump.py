@@ -20,7 +20,7 @@ from rematpass.report import (
     BACKWARD, CHEAPER_TO_RECOMPUTE, CHEAPER_TO_SAVE, INPUT_DECISION, NOT_NEEDED, RECOMPUTED, SAVED,
 )
 from helpers import cheap_backend
-from models import ResidualMLP
+from models import ConvBN, ResidualMLP
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -31,13 +31,13 @@ NODE_FIELDS = {"name", "op", "shape", "dtype", "bytes", "flops", "recompute_seco
                "reason", "reason_kind", "module_path", "module_type", "source", "source_code"}
 
 
-def _compile(dump_dir, **knobs):
+def _compile(dump_dir, model=ResidualMLP, **knobs):
     torch._dynamo.reset()
     rematpass.clear_reports()
     torch.manual_seed(0)
-    model = ResidualMLP()
-    compiled = torch.compile(model, backend=cheap_backend(dump_dir=str(dump_dir), **knobs))
-    compiled(ResidualMLP.example()).backward()
+    module = model()
+    compiled = torch.compile(module, backend=cheap_backend(dump_dir=str(dump_dir), **knobs))
+    compiled(module.example()).backward()
     reports = rematpass.recent_reports()
     assert len(reports) == 1
     return reports[0]
@@ -155,9 +155,10 @@ def test_budget_reasons_tell_forced_from_chosen(runs):
 
 
 def test_user_policy_is_named_as_the_reason(tmp_path):
-    report = _compile(tmp_path, memory_budget=0.0, never_recompute=["aten.addmm"])
-    addmm = [n for n in report.nodes if n.op == "aten.addmm" and n.decision == SAVED]
-    assert addmm and all(n.reason_kind == "user_policy" and "never_recompute" in n.reason for n in addmm)
+    # A convolution's output feeds BatchNorm's backward: banned from recomputation, it must be saved.
+    report = _compile(tmp_path, model=ConvBN, memory_budget=0.0, never_recompute=["aten.convolution"])
+    convs = [n for n in report.nodes if n.op == "aten.convolution" and n.decision == SAVED]
+    assert convs and all(n.reason_kind == "user_policy" and "never_recompute" in n.reason for n in convs)
 
 
 def test_frontier_walks_the_hull(runs):
@@ -352,7 +353,7 @@ def test_torch_logs_shows_one_line_per_graph_and_torch_trace_gets_the_plan(tmp_p
     script = textwrap.dedent("""
         import torch
         from helpers import cheap_backend
-        from models import ResidualMLP
+        from models import ConvBN, ResidualMLP
         model = torch.compile(ResidualMLP(depth=1), backend=cheap_backend())
         model(ResidualMLP.example()).backward()
     """)
