@@ -110,7 +110,11 @@ class CutNetwork:
 
         Min-cut source sides grow with lambda, so the vertices both sides share
         stay on the source side and those neither holds stay on the sink side:
-        only the difference is solved again.
+        only the difference is solved again. Exact when the cuts nest; each
+        lambda is quantised on its own scale, which can break the nesting by a
+        rounding unit, and then the merged cut may cost a unit or so more than a
+        full solve (seen: 1 unit in 1e8 on a 100k-node graph). The cut is valid
+        either way.
         """
         if between is None:
             return self.flow.min_cut(self.capacities(lam))
