@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import os
 import warnings
 
@@ -83,16 +84,42 @@ def parse_args():
     return parser.parse_args()
 
 
-def main():
-    args = parse_args()
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+def init_distributed() -> torch.device:
+    """One process a CPU (gloo) or a GPU (NCCL); torchrun sets RANK, WORLD_SIZE and the rendezvous."""
     if torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
         dist.init_process_group("nccl")
-    else:
-        device = torch.device("cpu")
-        dist.init_process_group("gloo")
+        return device
+    dist.init_process_group("gloo")
+    return torch.device("cpu")
+
+
+def shut_down_distributed() -> None:
+    """Destroy the process group only after the models that use it are gone.
+
+    DDP's reducer holds the process group. If the reducer is the group's last
+    owner, the group is destroyed inside the reducer's destructor with the GIL
+    held, and a gloo worker thread that needs the GIL to free a finished
+    all-reduce's tensors deadlocks it (PyTorch issue 56297; seen now and then on
+    the development machine). So train() returns first, compiled code is dropped, and the
+    group goes last.
+    """
+    torch._dynamo.reset()  # compiled code can hold on to the model
+    gc.collect()  # modules with hooks sit in reference cycles
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def main():
+    args = parse_args()
+    device = init_distributed()
+    train(args, device)  # returns with the model and its DDP/FSDP state freed
+    shut_down_distributed()
+
+
+def train(args, device):
+    rank, world = dist.get_rank(), dist.get_world_size()
     warnings.filterwarnings("ignore", message="dynamo_pgo force disabled")
     torch._dynamo.config.optimize_ddp = not args.no_optimize_ddp
 
@@ -125,7 +152,6 @@ def main():
               + (" (DDP split the model at bucket boundaries)" if len(reports) > 1 else ""))
         for report in reports:
             print("  " + report.one_line())
-    dist.destroy_process_group()
 
 
 def check_against_eager(model, replica, global_batch, rank):

@@ -33,7 +33,7 @@ from torch.distributed.fsdp import fully_shard
 import rematpass
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ddp_train import GPT  # noqa: E402  (the same model as the DDP example)
+from ddp_train import GPT, init_distributed, shut_down_distributed  # noqa: E402  (shared with the DDP example)
 
 
 def parse_args():
@@ -51,14 +51,13 @@ def parse_args():
 
 def main():
     args = parse_args()
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-        dist.init_process_group("nccl")
-    else:
-        device = torch.device("cpu")
-        dist.init_process_group("gloo")
+    device = init_distributed()
+    train(args, device)  # returns with the model and its DDP/FSDP state freed
+    shut_down_distributed()
+
+
+def train(args, device):
+    rank, world = dist.get_rank(), dist.get_world_size()
     warnings.filterwarnings("ignore", message="dynamo_pgo force disabled")
     mesh = init_device_mesh(device.type, (world,))
 
@@ -92,7 +91,6 @@ def main():
         print(f"rank 0: rematpass planned {len(reports)} graph(s)")
         for report in reports:
             print("  " + report.one_line())
-    dist.destroy_process_group()
 
 
 def check_against_eager(model, replica, global_batch, rank):

@@ -8,6 +8,8 @@ The functions are thin: they name what we use and pin the contract we rely on
 
 from __future__ import annotations
 
+import functools
+import inspect
 import operator
 from typing import Any, Sequence
 
@@ -164,9 +166,19 @@ def checkpoint_policy(node: fx.Node) -> CheckpointPolicy | None:
 
 
 def is_opaque_value(node: fx.Node) -> bool:
-    from torch._functorch._aot_autograd.graph_compile import is_opaque_node
-
+    try:
+        from torch._functorch._aot_autograd.graph_compile import is_opaque_node
+    except ImportError:  # torch 2.11: the same test, written out
+        return _is_opaque_node_211(node)
     return is_opaque_node(node)
+
+
+def _is_opaque_node_211(node: fx.Node) -> bool:
+    from torch._library.fake_class_registry import FakeScriptObject
+    from torch._library.opaque_object import is_opaque_value as _is_opaque
+
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return val is not None and (_is_opaque(val) or isinstance(val, (torch.ScriptObject, FakeScriptObject)))
 
 
 def is_opaque_type(cls: type) -> bool:
@@ -184,7 +196,19 @@ def is_backward_state_or_script_object(val: object) -> bool:
 
 
 def is_assert_only_symbool(node: fx.Node) -> bool:
-    return _p._is_assert_only_symbool(node)
+    """A SymBool whose only users are ``_assert_scalar``: a runtime check, never saved for the backward.
+
+    torch >= 2.13 names it ``partitioners._is_assert_only_symbool``; 2.11 and 2.12 define it
+    only inside ``min_cut_rematerialization_partition``, so it is written out for them.
+    """
+    impl = getattr(_p, "_is_assert_only_symbool", None)
+    if impl is not None:
+        return impl(node)
+    return (
+        isinstance(node.meta.get("val"), torch.SymBool)
+        and len(node.users) > 0
+        and all(user.target is torch.ops.aten._assert_scalar.default for user in node.users)
+    )
 
 
 def op_types() -> Any:
@@ -201,7 +225,10 @@ def sym_expr(value: int | torch.SymInt) -> sympy.Expr:
 
 def hint_int(value: int | torch.SymInt, fallback: int = 4096) -> int:
     """A concrete value for a possibly symbolic size: the shape environment's hint."""
-    from torch.fx.experimental.symbolic_shapes import optimization_hint
+    try:
+        from torch.fx.experimental.symbolic_shapes import optimization_hint
+    except ImportError:  # torch 2.11
+        from torch.fx.experimental.symbolic_shapes import size_hint as optimization_hint
 
     return int(optimization_hint(value, fallback=fallback))
 
@@ -267,6 +294,12 @@ def reorder_like_autograd_engine(gm: fx.GraphModule) -> fx.GraphModule:
     return gm
 
 
+@functools.lru_cache(maxsize=1)
+def _extract_takes_opaque_nodes() -> bool:
+    """``_extract_fwd_bwd_modules`` takes ``saved_opaque_nodes`` from torch 2.12 on."""
+    return "saved_opaque_nodes" in inspect.signature(_p._extract_fwd_bwd_modules).parameters
+
+
 def extract_forward_backward(
     joint_module: fx.GraphModule,
     saved: Sequence[fx.Node],
@@ -279,14 +312,18 @@ def extract_forward_backward(
     contract (forward returns ``[outputs, saved tensors, saved symints]``),
     recomputation placed just before its first use in the backward, getitems raised.
     """
-    saved_sym = [n for n in saved if is_sym_node(n) and not _p._is_assert_only_symbool(n)]
+    saved_sym = [n for n in saved if is_sym_node(n) and not is_assert_only_symbool(n)]
     saved_opaque = [n for n in saved if is_opaque_value(n)]
     saved_tensors = [n for n in saved if not is_sym_node(n) and not is_opaque_value(n)]
+    if _extract_takes_opaque_nodes():
+        opaque = {"saved_opaque_nodes": saved_opaque}
+    else:  # torch 2.11 separates opaque objects from the saved values itself
+        saved_tensors, opaque = saved_tensors + saved_opaque, {}
     fw_module, bw_module = _p._extract_fwd_bwd_modules(
         joint_module,
         saved_tensors,
         saved_sym_nodes=saved_sym,
-        saved_opaque_nodes=saved_opaque,
+        **opaque,
         num_fwd_outputs=num_fwd_outputs,
         static_lifetime_input_nodes=roles.static_inputs,
     )

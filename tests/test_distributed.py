@@ -14,10 +14,11 @@ torchrun at the end, with the same cheap backend registered under a name.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
+import signal
 import subprocess
 import sys
-import textwrap
 import time
 import traceback
 from pathlib import Path
@@ -60,11 +61,14 @@ def shard(batch: torch.Tensor, rank: int) -> torch.Tensor:
     return batch[rank * PER_RANK:(rank + 1) * PER_RANK]
 
 
+COLLECTIVE_OPS = ("_c10d_functional.all_reduce", "_c10d_functional.wait_tensor")
+
+
 class AllReduceInGraph(nn.Module):
     """A functional all-reduce inside the compiled graph, whose result the backward needs.
 
     The all-reduce's input (``x.repeat``) is 16x smaller to recompute from than its
-    output is to save, so at memory_budget=0 a partitioner free to recompute it would.
+    output is to save, so a partitioner free to recompute it would, to save memory.
     """
 
     def __init__(self):
@@ -134,7 +138,9 @@ def _collective(rank: int) -> dict:
     x = torch.randn(4, 8, generator=torch.Generator().manual_seed(10 + rank))
     model = AllReduceInGraph()
     expected = train_step(clone(model), (x,))
-    compiled = torch.compile(clone(model), backend=cheap_backend(memory_budget=0.0), fullgraph=True)
+    # Push as hard as a user can: the least-memory budget, and a policy asking to recompute the collectives.
+    backend = cheap_backend(memory_budget=0.0, always_recompute=list(COLLECTIVE_OPS))
+    compiled = torch.compile(clone(model), backend=backend, fullgraph=True)
     got = train_step(compiled, (x,))
     decisions = [(n.name, n.op, n.decision, n.reason) for r in rematpass.recent_reports() for n in r.nodes]
     return {"expected": expected, "got": got, "decisions": decisions}
@@ -168,10 +174,17 @@ def _worker(rank: int, store: str, out_dir: str) -> None:
             except Exception:
                 result = {"error": traceback.format_exc()}
             result["num_graphs"] = len(rematpass.recent_reports())
+            result["saved_bytes"] = [r.saved_bytes for r in rematpass.recent_reports()]
             result["seconds"] = time.perf_counter() - started
             torch.save(result, os.path.join(out_dir, f"{name}.rank{rank}.pt"))
+            del result
             dist.barrier()
     finally:
+        # Models, DDP reducers and compiled code go before the process group: a reducer that
+        # outlives the group destroys it with the GIL held, which can deadlock gloo (see
+        # examples/ddp_train.py, shut_down_distributed).
+        torch._dynamo.reset()
+        gc.collect()
         dist.destroy_process_group()
 
 
@@ -240,16 +253,14 @@ def test_collectives_are_never_recomputed(results):
         assert_close_grads(result["expected"], result["got"])
         collectives = [d for d in result["decisions"] if d[1].startswith("_c10d_functional.")]
         ops = {op for _, op, _, _ in collectives}
-        assert {"_c10d_functional.all_reduce", "_c10d_functional.wait_tensor"} <= ops, (
+        assert set(COLLECTIVE_OPS) <= ops, (
             f"rank {rank}: no functional collective reached the partitioner: {sorted(ops)}"
         )
         recomputed = [d for d in collectives if d[2] == "recomputed"]
         assert not recomputed, f"rank {rank}: collectives recomputed in the backward: {recomputed}"
         saved = [d for d in collectives if d[2] == "saved"]
-        assert saved, f"rank {rank}: the all-reduce's result should be saved at memory_budget=0: {collectives}"
+        assert saved, f"rank {rank}: the all-reduce's result should be saved: {collectives}"
         assert all("must save" in d[3] for d in saved), saved
-        # Elsewhere the budget did recompute: the test's budget is really 0.
-        assert any(d[2] == "recomputed" for d in result["decisions"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -279,11 +290,18 @@ def _torchrun(tmp_path, example: str, *args: str) -> str:
         str(launcher), str(ROOT / "examples" / example),
         "--layers", "2", "--seq", "32", "--batch", "2", "--steps", "2", "--check", "--backend", "remat_cheap", *args,
     ]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-6000:]
+    # A session of its own, so that a timeout kills torchrun's workers too, not just torchrun.
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"torchrun {example} did not finish in 180 s:\n{output[-6000:]}")
+    assert process.returncode == 0, output[-6000:]
     assert output.count("gradients equal single-process eager") == WORLD, output[-6000:]
-    return done.stdout
+    return output
 
 
 def test_ddp_example_under_torchrun(tmp_path):
