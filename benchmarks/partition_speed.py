@@ -12,8 +12,9 @@ Inductor, everything runs with the fake mode set and lazy graph modules as
 
 Columns:
 - total: the whole partition call, graph in, forward and backward modules out;
-- decide: the part that chooses what to save. Ours: summarise + cost + solve
-  (min-cut search or ILP); PyTorch: ``choose_saved_values_set``;
+- decide: the part that chooses what to save. Ours: summary + cost table (timed
+  in a staged run) + the solve as the partition report times it (min-cut
+  search, or the peak-aware budget search); PyTorch: ``choose_saved_values_set``;
 - the rest (clean-up, CSE, classification, module extraction, backward
   reordering) is graph surgery both do with the same PyTorch helpers.
 
@@ -132,8 +133,8 @@ def run_torch(captured, budget: float | None) -> tuple[float, float]:
     return total, decide.seconds
 
 
-def run_ours(captured, knobs: dict) -> tuple[float, dict]:
-    """(seconds of the whole partition call, seconds per stage of a second, staged run)."""
+def run_ours(captured, knobs: dict) -> tuple[float, float]:
+    """(seconds of the whole partition call, seconds its report gives to the solve)."""
     gm = copy.deepcopy(captured["gm"])
     partitioner = rematpass.RematPartitioner(rematpass.config.resolve({"strict": True, **knobs}))
     with inductor_context(captured), warnings.catch_warnings():
@@ -141,15 +142,14 @@ def run_ours(captured, knobs: dict) -> tuple[float, dict]:
         started = time.perf_counter()
         partitioner(gm, captured["inputs"], compiler="inductor", **captured["kwargs"])
         total = time.perf_counter() - started
-    return total, ours_stages(captured, knobs)
+    return total, rematpass.recent_reports()[-1].solve_seconds
 
 
-def ours_stages(captured, knobs: dict) -> dict:
-    """The partitioner's stages one by one, timed: graph clean-up (DCE, CSE), classification,
-    decide (summarise + cost + solve), module extraction (forward, backward, reordering)."""
+def ours_stages(captured) -> dict:
+    """The default partition's stages one by one, timed: graph clean-up (DCE, CSE),
+    classification, summary + cost table, min-cut solve, module extraction."""
     gm = copy.deepcopy(captured["gm"])
     kwargs = captured["kwargs"]
-    resolved = rematpass.config.resolve(knobs)
     seconds = {}
     with inductor_context(captured):
         started = time.perf_counter()
@@ -161,17 +161,15 @@ def ours_stages(captured, knobs: dict) -> dict:
         started = time.perf_counter()
         summary = summarize_joint_graph(gm, roles)
         costs = CostModel().table(summary)
-        plan = plan_for_budget(costs.problem(summary), costs.default_lambda, budget_target(resolved))
-        seconds["decide"] = time.perf_counter() - started
+        seconds["summarize+cost"] = time.perf_counter() - started
+        started = time.perf_counter()
+        plan = plan_for_budget(costs.problem(summary), costs.default_lambda, None)
+        seconds["solve"] = time.perf_counter() - started
         started = time.perf_counter()
         saved = [node for node, keep in zip(summary.nodes, plan.saved) if keep]
         ti.extract_forward_backward(gm, saved, roles, kwargs["num_fwd_outputs"])
         seconds["extract"] = time.perf_counter() - started
     return seconds
-
-
-def _median_decide(runs) -> float:
-    return statistics.median(d["decide"] if isinstance(d, dict) else d for _, d in runs)
 
 
 def gpt_rows(layer_counts, repeats: int):
@@ -192,11 +190,18 @@ def gpt_rows(layer_counts, repeats: int):
             roles = ti.classify_joint_graph(probe, kw["static_lifetime_input_indices"], kw["num_fwd_outputs"])
             candidates = summarize_joint_graph(probe, roles).num_nodes
         times = {name: [] for name, _ in variants}
-        for _ in range(repeats):  # interleaved: A B C D A B C D ...
+        staged = []
+        for _ in range(repeats):  # interleaved: A B C D (stages) A B C D (stages) ...
             for name, fn in variants:
                 times[name].append(fn(captured))
-        med = {name: (statistics.median(t for t, _ in v), _median_decide(v)) for name, v in times.items()}
-        stages = {stage: statistics.median(d[stage] for _, d in times["ours"]) for stage in times["ours"][0][1]}
+            staged.append(ours_stages(captured))
+        stages = {stage: statistics.median(run[stage] for run in staged) for stage in staged[0]}
+        med = {}
+        for name, runs in times.items():
+            decide = statistics.median(d for _, d in runs)
+            if name.startswith("ours"):  # the report times the solve; add the summary and cost table
+                decide += stages["summarize+cost"]
+            med[name] = (statistics.median(t for t, _ in runs), decide)
         rows.append((layers, len(captured["gm"].graph.nodes), candidates, med, stages))
         print(f"  {layers} layers done", file=sys.stderr, flush=True)
     return rows
@@ -262,6 +267,19 @@ def synthetic_rows(n: int, repeats: int):
     return n, len(problem.summary.edge_src), rows, one_solve
 
 
+def _commit() -> str:
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "passes", "rematpass"], capture_output=True, text=True
+        ).stdout.strip()
+        return head.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
 def machine() -> str:
     model = platform.processor() or "unknown CPU"
     with contextlib.suppress(OSError):
@@ -278,7 +296,7 @@ def machine() -> str:
 def render(gpt, synthetic, repeats: int, load_before: tuple[float, float, float]) -> str:
     load_after = os.getloadavg()
     lines = [
-        f"Machine: {machine()}.",
+        f"Machine: {machine()}. rematpass at commit {_commit()}.",
         f"Load average (1 min) {load_before[0]:.1f} before and {load_after[0]:.1f} after the run: other processes "
         "share the cores, so compare columns of one row (interleaved runs), not rows of different runs.",
         f"Medians of {repeats} interleaved runs; seconds. `@0.5`: rematpass `memory_budget=0.5`, "
@@ -299,13 +317,13 @@ def render(gpt, synthetic, repeats: int, load_before: tuple[float, float, float]
         "",
         "Where our default partition spends its time (medians of the staged runs; seconds):",
         "",
-        "| layers | prepare (DCE, CSE) | classify | decide | extract (fw/bw modules, reorder) | sum |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| layers | prepare (DCE, CSE) | classify | summarize + cost | solve | extract (fw/bw modules, reorder) | sum |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for layers, _, _, _, st in gpt:
         lines.append(
-            f"| {layers} | {st['prepare']:.3f} | {st['classify']:.3f} | {st['decide']:.3f} | {st['extract']:.3f} | "
-            f"{sum(st.values()):.3f} |"
+            f"| {layers} | {st['prepare']:.3f} | {st['classify']:.3f} | {st['summarize+cost']:.3f} | {st['solve']:.3f} "
+            f"| {st['extract']:.3f} | {sum(st.values()):.3f} |"
         )
     n, edges, rows, one_solve = synthetic
     lines += [
