@@ -1,0 +1,148 @@
+"""How ``python -m rematpass.bench`` reads what a partitioner did, and the figures it adds to ``rematpass.measure``.
+
+- ``PartitionRecorder`` wraps ``torch._inductor.compile_fx.partition_fn``, the one
+  function through which Inductor asks for every partition, whichever partitioner
+  is configured (Inductor's min-cut, PyTorch's memory-budget path, or rematpass's
+  ``custom_partitioner_fn``). It times the partitioner call alone (Inductor's
+  joint-graph passes excluded) and reads the forward and backward graphs it returns.
+- ``duplicated_work``: forward and backward are cut from the same joint graph and
+  keep its node names, so a backward node with the name of a forward op is a copy
+  of it, that is, recomputation. Its FLOPs are ``torch.utils.flop_counter``'s
+  (matmul, convolution, attention, ...; pointwise ops count 0, as in
+  FlopCounterMode); ops and output elements count the copied non-view ops.
+- ``saved_bytes_with_held``: ``saved_activation_bytes`` for checkpointed models,
+  whose checkpoint hooks hide what they keep: the block inputs a checkpoint holds
+  for its recomputation are added, deduplicated by storage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import operator
+import time
+import warnings
+from typing import Any, Callable
+
+import torch
+import torch.fx as fx
+from torch.utils._pytree import tree_leaves, tree_map
+from torch.utils.flop_counter import flop_registry
+
+from .measure import _storage_key
+
+
+def _is_view(node: fx.Node) -> bool:
+    if node.target is operator.getitem:
+        return True
+    schema = getattr(node.target, "_schema", None)
+    return schema is not None and any(r.alias_info is not None and not r.alias_info.is_write for r in schema.returns)
+
+
+def _val(a):
+    return a.meta.get("val") if isinstance(a, fx.Node) else a
+
+
+def node_flops(node: fx.Node) -> int:
+    """FLOPs of one node by torch.utils.flop_counter's registry (0 for ops it does not price)."""
+    packet = getattr(node.target, "overloadpacket", None)
+    if packet not in flop_registry:
+        return 0
+    args, kwargs = tree_map(_val, (node.args, node.kwargs))
+    try:
+        return int(flop_registry[packet](*args, **kwargs, out_val=node.meta.get("val")))
+    except Exception:  # a symbolic size without a hint, say: leave it out rather than guess
+        return 0
+
+
+def duplicated_work(fw: fx.GraphModule, bw: fx.GraphModule) -> dict[str, int]:
+    """FLOPs, ops and output elements of the backward's copies of forward ops."""
+    fw_ops = {n.name for n in fw.graph.nodes if n.op == "call_function"}
+    flops = ops = elements = 0
+    for node in bw.graph.nodes:
+        if node.op != "call_function" or node.name not in fw_ops or _is_view(node):
+            continue
+        ops += 1
+        flops += node_flops(node)
+        for value in tree_leaves(node.meta.get("val")):
+            if isinstance(value, torch.Tensor):
+                with contextlib.suppress(Exception):
+                    elements += int(value.numel())
+    return {"recompute_flops": flops, "recompute_ops": ops, "recompute_elements": elements}
+
+
+class PartitionRecorder:
+    """Wraps Inductor's ``partition_fn`` to time each partitioner call and read what it returned."""
+
+    def __init__(self):
+        self.records: list[dict[str, Any]] = []
+        self._module = None
+        self._original = None
+
+    def __enter__(self):
+        import torch._inductor.compile_fx as compile_fx
+
+        self._module, self._original = compile_fx, getattr(compile_fx, "partition_fn", None)
+        if self._original is None:
+            warnings.warn("torch._inductor.compile_fx.partition_fn not found: no recompute or partition figures")
+            return self
+        original, records = self._original, self.records
+
+        def partitioner_now():
+            from torch._functorch.partitioners import min_cut_rematerialization_partition
+            custom = torch._inductor.config.custom_partitioner_fn
+            return functools.partial(custom or min_cut_rematerialization_partition, compiler="inductor")
+
+        def partition_fn(gm, joint_inputs, *, partitioner_fn_override=None, **kwargs):
+            inner = partitioner_fn_override or partitioner_now()
+
+            def timed(*args, **kw):
+                started = time.perf_counter()
+                fw, bw = inner(*args, **kw)
+                records.append({"seconds": time.perf_counter() - started, **duplicated_work(fw, bw)})
+                return fw, bw
+
+            return original(gm, joint_inputs, partitioner_fn_override=timed, **kwargs)
+
+        compile_fx.partition_fn = partition_fn
+        return self
+
+    def __exit__(self, *exc):
+        if self._original is not None:
+            self._module.partition_fn = self._original
+
+
+# ------------------------------------------------------------------ measuring one variant
+
+
+def saved_bytes_with_held(step: Callable[[], object], model: torch.nn.Module, held: list) -> int:
+    """``saved_activation_bytes`` plus the block inputs a checkpoint holds, deduplicated by storage."""
+    static = {_storage_key(t) for t in list(model.parameters()) + list(model.buffers())}
+    seen: dict = {}
+
+    def note(tensor):
+        if isinstance(tensor, torch.Tensor) and not tensor.is_meta and tensor.layout == torch.strided:
+            key = _storage_key(tensor)
+            if key not in static:
+                seen[key] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    held.clear()
+    with torch.autograd.graph.saved_tensors_hooks(note, lambda t: t):
+        step()
+    for args in held:
+        for value in tree_leaves(args):
+            note(value)
+    held.clear()
+    return sum(seen.values())
+
+
+def grad_error(grads: dict, reference: dict) -> float:
+    if grads.keys() != reference.keys():
+        return float("inf")
+    worst = 0.0
+    for name, ref in reference.items():
+        scale = ref.abs().max().item()
+        diff = (grads[name].float() - ref.float()).abs().max().item()
+        worst = max(worst, diff / scale if scale > 0 else diff)
+    return worst
