@@ -111,7 +111,7 @@ def _no_recompute_reason(node: fx.Node, never_recompute: frozenset[str], facts: 
         return f"not an op ({node.op})"
     policy = ti.checkpoint_policy(node)
     if policy == ti.CheckpointPolicy.MUST_SAVE:
-        return "must save: collective, effectful op, source of a backward mutation, or checkpoint policy"
+        return "tagged MUST_SAVE (a collective, an effectful op, the source of a backward mutation, or a checkpoint policy)"
     random, mutable, name = (facts or _OpFacts()).op(node)
     if random:
         return "random: recomputing would draw a new mask"

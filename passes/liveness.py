@@ -46,9 +46,9 @@ def _tensor_bytes(val: object, size_hint: Callable[[object], int]) -> int:
 
 def _default_hint(value: object) -> int:
     if isinstance(value, torch.SymInt):
-        from torch.fx.experimental.symbolic_shapes import optimization_hint
+        from .torch_internals import hint_int
 
-        return int(optimization_hint(value, fallback=4096))
+        return hint_int(value, fallback=4096)
     return int(value)
 
 

@@ -58,8 +58,11 @@ def cheap_backend(compiler=None, **knobs):
     partitioner = rematpass.RematPartitioner(rematpass.config.resolve({"strict": True, **knobs}))
 
     def partition(gm, joint_inputs, **kwargs):
-        with V.set_fake_mode(detect_fake_mode(joint_inputs)):
-            return partition_fn(gm, joint_inputs, partitioner_fn_override=partitioner, **kwargs)
+        # Through Inductor's own hook (not partition_fn's override, new in torch 2.13), so the
+        # helper runs on every torch the package supports.
+        with V.set_fake_mode(detect_fake_mode(joint_inputs)), \
+                torch._inductor.config.patch(custom_partitioner_fn=partitioner):
+            return partition_fn(gm, joint_inputs, **kwargs)
 
     return aot_autograd(
         fw_compiler=compiler or _eager_compiler,
