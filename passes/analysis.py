@@ -64,9 +64,21 @@ def op_name(node: fx.Node) -> str:
 
 
 def _is_random(node: fx.Node) -> bool:
-    target = node.target
-    tags = getattr(target, "tags", ())
-    return torch.Tag.nondeterministic_seeded in tags
+    tags = getattr(node.target, "tags", ())
+    if torch.Tag.nondeterministic_seeded not in tags:
+        return False
+    # Attention ops carry the tag for their dropout; with dropout_p == 0 they draw nothing.
+    schema = getattr(node.target, "_schema", None)
+    for position, argument in enumerate(schema.arguments if schema is not None else ()):
+        if argument.name == "dropout_p":
+            if "dropout_p" in node.kwargs:
+                value = node.kwargs["dropout_p"]
+            elif position < len(node.args):
+                value = node.args[position]
+            else:
+                value = argument.default_value
+            return value != 0
+    return True
 
 
 def _is_builtin_op(node: fx.Node) -> bool:

@@ -187,13 +187,6 @@ def test_hf_gradient_checkpointing_trains_to_eager_gradients():
     assert rematpass.recent_reports() or fallbacks, "the remat partitioner was never called"
 
 
-@pytest.mark.xfail(
-    reason="known bug: inside a checkpoint region, SDPA's getitems are MUST_RECOMPUTE but the SDPA op "
-    "carries the nondeterministic_seeded tag (dropout) and is never recomputed, while its tuple "
-    "cannot be saved: InfeasibleCut, so strict=True raises and strict=False falls back",
-    raises=Exception,
-    strict=False,
-)
 def test_hf_gradient_checkpointing_is_planned_by_rematpass():
     torch.manual_seed(0)
     model = _hf_gradient_checkpointing_model()
