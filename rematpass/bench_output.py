@@ -138,7 +138,7 @@ def plot(results: dict[str, Any], path: pathlib.Path) -> bool:
     axes.flat[0].legend(fontsize=8)
     where = results["machine"].get("gpu") or results["machine"].get("cpu") or results["device"]
     fig.suptitle(f"peak memory vs step time, both relative to inductor; lower left is better ({where}, "
-                 f"{results['config'].get('threads', '?')} threads)", fontsize=9)
+                 f"torch threads: {results['config'].get('threads', '?')})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
