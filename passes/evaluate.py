@@ -78,8 +78,3 @@ def budget_costs(problem: CutProblem) -> tuple[np.ndarray, np.ndarray, float]:
     quantised, scale = quantize(cost)
     return nbytes, quantised.astype(np.int64), scale
 
-
-def quantized_recompute(problem: CutProblem, cut: Cut) -> int:
-    """The recompute cost of ``cut`` in ``budget_costs`` units."""
-    _, recompute, _ = budget_costs(problem)
-    return int(recompute[cut.recomputed].sum())

@@ -262,12 +262,7 @@ def simulate_joint_plan(
                      lambda node: node if node in saved_set else None, real_outputs, materialized, size_hint)
 
 
-def saved_names(forward: fx.GraphModule, num_fwd_outputs: int) -> list[str]:
-    outputs = list(forward.graph.nodes)[-1].args[0]
-    return [n.name for n in outputs[num_fwd_outputs:] if isinstance(n, fx.Node)]
-
-
-__all__: Iterable[str] = ["PeakEstimate", "aliased_input", "simulate_step", "simulate_joint_plan", "saved_names"]
+__all__: Iterable[str] = ["PeakEstimate", "aliased_input", "simulate_step", "simulate_joint_plan"]
 
 
 def inductor_materialized(node: fx.Node, users: Iterable[fx.Node] | None = None, is_output: bool = False) -> bool:

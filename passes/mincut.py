@@ -126,12 +126,6 @@ class CutNetwork:
         return cut_from_source_side(self.problem, lam, self.min_cut(lam).source_side)
 
 
-def build_network(problem: CutProblem, lam: float) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-    """The network as (number of vertices, tails, heads, float capacities)."""
-    network = CutNetwork(problem)
-    return network.num_vertices, network.tails, network.heads, network.capacities(lam)
-
-
 def used_in_backward(summary: GraphSummary, in_backward: np.ndarray) -> np.ndarray:
     """Candidates whose value the backward reads, directly or through a recomputation.
 
@@ -192,6 +186,6 @@ def describe_vertex(summary: GraphSummary, vertex: int) -> str:
 
 
 __all__ = [
-    "CutNetwork", "build_network", "solve_min_cut", "cut_from_plan", "cut_from_source_side",
+    "CutNetwork", "solve_min_cut", "cut_from_plan", "cut_from_source_side",
     "used_in_backward", "hard_rules", "BACKWARD_ONLY",
 ]
