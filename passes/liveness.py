@@ -15,6 +15,7 @@ op fused into its consumer never allocates).
 
 from __future__ import annotations
 
+import functools
 import operator
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -54,18 +55,28 @@ def _default_hint(value: object) -> int:
 
 def aliased_input(node: fx.Node) -> fx.Node | None:
     """The input whose storage ``node``'s output shares (views, in-place results), if any."""
-    if node.op != "call_function":
+    if node.op != "call_function" or node.target is operator.getitem:
         return None
-    if node.target is operator.getitem:
+    positions = _aliased_argument_positions(node.target)
+    if positions is None:
         return None
-    schema = getattr(node.target, "_schema", None)
+    for i in positions:
+        if i < len(node.args) and isinstance(node.args[i], fx.Node):
+            return node.args[i]
+    return next((a for a in node.args if isinstance(a, fx.Node)), None)
+
+
+@functools.lru_cache(maxsize=None)
+def _aliased_argument_positions(target) -> tuple[int, ...] | None:
+    """Positions of the arguments an op's first output aliases; None if it aliases none."""
+    schema = getattr(target, "_schema", None)
     if schema is None or not schema.returns or schema.returns[0].alias_info is None:
         return None
     alias_set = schema.returns[0].alias_info.before_set
-    for argument, value in zip(schema.arguments, node.args):
-        if argument.alias_info is not None and argument.alias_info.before_set & alias_set and isinstance(value, fx.Node):
-            return value
-    return next((a for a in node.args if isinstance(a, fx.Node)), None)
+    return tuple(
+        i for i, argument in enumerate(schema.arguments)
+        if argument.alias_info is not None and argument.alias_info.before_set & alias_set
+    )
 
 
 class _Storages:
@@ -210,59 +221,7 @@ def simulate_step(
                      real_outputs, materialized, size_hint)
 
 
-def simulate_joint_plan(
-    joint: fx.GraphModule,
-    forward_nodes: set[fx.Node],
-    saved: list[fx.Node],
-    recomputed: set[fx.Node],
-    backward_nodes: set[fx.Node],
-    *,
-    num_fwd_outputs: int,
-    materialized: Callable[..., bool] = lambda node, users=None, is_output=False: True,
-    size_hint: Callable[[object], int] = _default_hint,
-) -> PeakEstimate:
-    """Simulate a plan straight from the joint graph, without extracting modules.
-
-    The forward runs ``forward_nodes`` in graph order; the backward runs
-    ``backward_nodes`` in graph order with each recomputed node placed just
-    before its first reader, as AOTAutograd's reordering does. Much cheaper
-    than extracting modules, so a budget search can score many plans.
-    """
-    nodes = list(joint.graph.nodes)
-    output = nodes[-1]
-    primals = [n for n in nodes if n.op == "placeholder" and n not in backward_nodes]
-    fw_body = [n for n in nodes if n in forward_nodes and n.op == "call_function"]
-    real_outputs = [n for n in output.args[0][:num_fwd_outputs] if isinstance(n, fx.Node)]
-    fw_outputs = real_outputs + saved
-    order: list[fx.Node] = []
-    placed: set[fx.Node] = set()
-
-    def place(node: fx.Node) -> None:
-        stack = [(node, False)]
-        while stack:
-            current, ready = stack.pop()
-            if current in placed:
-                continue
-            if ready:
-                placed.add(current)
-                order.append(current)
-                continue
-            stack.append((current, True))
-            for arg in current.all_input_nodes:
-                if arg in recomputed and arg not in placed:
-                    stack.append((arg, False))
-
-    for node in nodes:
-        if node in backward_nodes and node.op == "call_function":
-            place(node)
-    bw_inputs = list(saved) + [n for n in nodes if n.op == "placeholder" and n in backward_nodes]
-    bw_outputs = [n for n in output.args[0][num_fwd_outputs:] if isinstance(n, fx.Node) and n in placed]
-    saved_set = set(saved)
-    return _simulate((primals, fw_body, fw_outputs), (bw_inputs, order, bw_outputs), saved,
-                     lambda node: node if node in saved_set else None, real_outputs, materialized, size_hint)
-
-
-__all__: Iterable[str] = ["PeakEstimate", "aliased_input", "simulate_step", "simulate_joint_plan"]
+__all__: Iterable[str] = ["PeakEstimate", "aliased_input", "simulate_step"]
 
 
 def inductor_materialized(node: fx.Node, users: Iterable[fx.Node] | None = None, is_output: bool = False) -> bool:

@@ -1,25 +1,26 @@
-"""The one place that touches private PyTorch APIs.
+"""Where we touch private PyTorch APIs (with passes/torch_extract.py).
 
 Every import from ``torch._functorch``, ``torch._inductor`` or other private
-modules goes through this file, so that a new torch release breaks one file.
-The functions are thin: they name what we use and pin the contract we rely on
-(tests/test_torch_internals.py checks each against the installed torch).
+modules goes through this file or passes/torch_extract.py (AOTAutograd's
+forward/backward module contract), so that a new torch release breaks two
+files at most. The functions are thin: they name what we use and pin the contract we rely on
+(tests/test_passes.py and tests/test_extract.py check them against the installed torch).
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import operator
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
 
 import sympy
 import torch
 import torch.fx as fx
 from torch._functorch import config as functorch_config
 from torch._functorch import partitioners as _p
-from torch._functorch.compile_utils import fx_graph_cse, get_aten_target, raise_getitems
+from torch._functorch.compile_utils import get_aten_target
 from torch.fx.experimental.proxy_tensor import is_sym_node, py_sym_types
+from torch.utils._ordered_set import OrderedSet
 from torch.utils.checkpoint import CheckpointPolicy
 
 __all__ = [
@@ -27,7 +28,6 @@ __all__ = [
     "NodeRoles",
     "classify_joint_graph",
     "default_partition",
-    "extract_forward_backward",
     "get_aten_target",
     "hint_int",
     "is_sym_node",
@@ -38,16 +38,71 @@ __all__ = [
 ]
 
 
+@dataclass
 class NodeRoles:
-    """Which nodes of a joint graph run where, as AOTAutograd classifies them."""
+    """Which nodes of a joint graph run where, as AOTAutograd's ``classify_nodes`` says."""
 
-    def __init__(self, info: Any):
-        self._info = info
-        self.inputs: list[fx.Node] = list(info.inputs)
-        self.required_fw: set[fx.Node] = set(info.required_fw_nodes)
-        self.required_bw: set[fx.Node] = set(info.required_bw_nodes)
-        self.tangents_closure: set[fx.Node] = set(info.tangents_closure)
-        self.static_inputs = info.static_lifetime_input_nodes
+    inputs: list[fx.Node]  # primals, then forward RNG seeds
+    required_fw: set[fx.Node]  # what the forward outputs need (inputs included)
+    required_bw: set[fx.Node]  # tangents, what reads them, must-be-in-backward nodes, gradients
+    tangents_closure: set[fx.Node]  # required_bw before the gradients were added
+    static_inputs: OrderedSet[fx.Node]  # parameters and buffers: live for the whole step
+
+    @classmethod
+    def from_torch(cls, info: Any) -> "NodeRoles":
+        return cls(
+            list(info.inputs), set(info.required_fw_nodes), set(info.required_bw_nodes),
+            set(info.tangents_closure), info.static_lifetime_input_nodes,
+        )
+
+
+class NeedsTorchExtraction(Exception):
+    """The graph needs a part of PyTorch's extraction that ours does not replicate."""
+
+
+class ModuleNodes:
+    """Which joint nodes a module with these inputs and outputs keeps, without building it.
+
+    PyTorch's ``_extract_graph_with_inputs_outputs`` copies every node whose
+    inputs are available (nodes that must run on the other side excluded),
+    then eliminates dead code. The same rules, decided on the joint graph:
+    ``kept`` is what that copy would hold besides the inputs, in joint order.
+    """
+
+    def __init__(self, graph: fx.Graph, inputs: Iterable[fx.Node], outputs: Iterable[object], side: str):
+        self.inputs = dict.fromkeys(inputs)
+        valid: set[fx.Node] = set(self.inputs)
+        for node in graph.nodes:
+            if node in valid or node.op not in ("call_function", "get_attr"):
+                continue
+            if side == "forward" and _p._must_be_in_backward(node):
+                continue
+            if side == "backward" and _p._must_be_in_forward(node):
+                continue
+            if all(arg in valid for arg in node.all_input_nodes):
+                valid.add(node)
+        impure_random = _dce_impure_random()
+        live = {x for x in outputs if isinstance(x, fx.Node)}
+        if not live <= valid:
+            raise NeedsTorchExtraction(f"{side} output {sorted(n.name for n in live - valid)} cannot be computed there")
+        order = [n for n in graph.nodes if n in valid and n not in self.inputs]
+        for node in reversed(order):
+            if node in live or node.is_impure(impure_random):
+                live.add(node)
+                live.update(node.all_input_nodes)
+        self.kept = [n for n in order if n in live]
+        self.live = live
+
+    def reads(self, node: fx.Node) -> list[fx.Node]:
+        """The kept nodes that read ``node``."""
+        return [user for user in node.users if user in self.live and user not in self.inputs]
+
+
+def _dce_impure_random() -> bool:
+    """What ``Graph.eliminate_dead_code`` passes to ``Node.is_impure``."""
+    if torch._guards.TracingContext.try_get():
+        return torch._inductor.config.fallback_random
+    return True
 
 
 def prepare_joint_graph(joint_module: fx.GraphModule) -> fx.GraphModule:
@@ -143,9 +198,34 @@ def cse_in_place(graph: fx.Graph) -> int:
 def classify_joint_graph(
     joint_module: fx.GraphModule, static_lifetime_input_indices: Sequence[int], num_fwd_outputs: int
 ) -> NodeRoles:
+    """PyTorch's ``classify_nodes``, with the forward found by ``ModuleNodes`` instead of a graph copy."""
+    graph = joint_module.graph
+    required_bw: dict[fx.Node, None] = {}
+    for node in graph.nodes:
+        if node.op == "placeholder" and "tangents" in node.target or _p._must_be_in_backward(node):
+            required_bw[node] = None
+        if node in required_bw:
+            required_bw.update(dict.fromkeys(node.users))
+    placeholders = graph.find_nodes(op="placeholder")
+    primals = [n for n in placeholders if _p._is_primal(n)]
+    inputs = primals + [n for n in placeholders if _p._is_fwd_seed_offset(n)]
+    fwd_outputs, bwd_outputs, _, _ = _p._extract_fwd_bwd_outputs(joint_module, num_fwd_outputs=num_fwd_outputs)
+    tangents_closure = set(required_bw)
+    required_bw.update((o, None) for o in bwd_outputs if o is not None and o.op != "output")
+    try:
+        forward = ModuleNodes(graph, inputs, fwd_outputs, "forward")
+    except NeedsTorchExtraction:  # PyTorch substitutes such outputs; let it classify
+        return torch_classify_nodes(joint_module, static_lifetime_input_indices, num_fwd_outputs)
+    static = set(static_lifetime_input_indices)
     return NodeRoles(
-        _p.classify_nodes(joint_module, list(static_lifetime_input_indices), num_fwd_outputs)
+        inputs, set(inputs) | set(forward.kept), set(required_bw), tangents_closure,
+        OrderedSet(p for i, p in enumerate(primals) if i in static),
     )
+
+
+def torch_classify_nodes(joint_module, static_lifetime_input_indices, num_fwd_outputs) -> NodeRoles:
+    """PyTorch's own classification: the reference ``classify_joint_graph`` reproduces."""
+    return NodeRoles.from_torch(_p.classify_nodes(joint_module, list(static_lifetime_input_indices), num_fwd_outputs))
 
 
 def is_primal_input(node: fx.Node) -> bool:
@@ -238,105 +318,6 @@ def hint_expr(shape_env, expr: sympy.Expr, fallback: int = 4096) -> int:
     if hasattr(shape_env, "optimization_hint"):  # torch >= 2.13
         return int(shape_env.optimization_hint(expr, fallback=fallback))
     return int(shape_env.size_hint(expr))
-
-
-def reorder_like_autograd_engine(gm: fx.GraphModule) -> fx.GraphModule:
-    """``reordering_to_mimic_autograd_engine`` in place: the same node order, no graph copy.
-
-    From the first node that reads a tangent on, each node is placed right
-    after whatever it needs that is not placed yet (in graph order), so a
-    recomputation lands just before its first use; ``copy_`` nodes before that
-    point are placed first, and forward nodes nothing needs are dropped, as in
-    PyTorch's pass. Moving nodes instead of copying them also keeps ``gm`` a
-    lazy graph module when Inductor made it one, so no Python code is
-    generated here.
-    """
-    graph = gm.graph
-    nodes = list(graph.nodes)
-    order = {node: i for i, node in enumerate(nodes)}
-    first_bwd = min(
-        (user for node in nodes if _p._is_tangent(node) for user in node.users), key=order.__getitem__, default=None
-    )
-    if first_bwd is None:
-        return gm
-    placed = {node: None for node in graph.find_nodes(op="placeholder")}  # insertion-ordered set
-
-    def place(node: fx.Node) -> None:
-        pending, needed = [node], {}
-        while pending:
-            current = pending.pop()
-            if current in needed or current in placed:
-                continue
-            needed[current] = None
-            pending += current.all_input_nodes
-        for current in sorted(needed, key=order.__getitem__):
-            placed[current] = None
-
-    start = order[first_bwd]
-    for node in nodes[:start]:
-        if node.op == "call_function" and node.target is torch.ops.aten.copy_.default:
-            place(node)
-    for node in nodes[start:]:
-        place(node)
-    for node in reversed(nodes):  # nothing placed reads these: users go first
-        if node not in placed:
-            graph.erase_node(node)
-    cursor = None
-    for node in placed:
-        if cursor is None:
-            head = next(iter(graph.nodes))
-            if head is not node:
-                head.prepend(node)
-        elif cursor.next is not node:
-            cursor.append(node)
-        cursor = node
-    gm.recompile()
-    return gm
-
-
-@functools.lru_cache(maxsize=1)
-def _extract_takes_opaque_nodes() -> bool:
-    """``_extract_fwd_bwd_modules`` takes ``saved_opaque_nodes`` from torch 2.12 on."""
-    return "saved_opaque_nodes" in inspect.signature(_p._extract_fwd_bwd_modules).parameters
-
-
-def extract_forward_backward(
-    joint_module: fx.GraphModule,
-    saved: Sequence[fx.Node],
-    roles: NodeRoles,
-    num_fwd_outputs: int,
-) -> tuple[fx.GraphModule, fx.GraphModule]:
-    """Cut the joint graph into forward and backward modules that save ``saved``.
-
-    Follows the tail of ``min_cut_rematerialization_partition``: AOTAutograd's
-    contract (forward returns ``[outputs, saved tensors, saved symints]``),
-    recomputation placed just before its first use in the backward, getitems raised.
-    """
-    saved_sym = [n for n in saved if is_sym_node(n) and not is_assert_only_symbool(n)]
-    saved_opaque = [n for n in saved if is_opaque_value(n)]
-    saved_tensors = [n for n in saved if not is_sym_node(n) and not is_opaque_value(n)]
-    if _extract_takes_opaque_nodes():
-        opaque = {"saved_opaque_nodes": saved_opaque}
-    else:  # torch 2.11 separates opaque objects from the saved values itself
-        saved_tensors, opaque = saved_tensors + saved_opaque, {}
-    fw_module, bw_module = _p._extract_fwd_bwd_modules(
-        joint_module,
-        saved_tensors,
-        saved_sym_nodes=saved_sym,
-        **opaque,
-        num_fwd_outputs=num_fwd_outputs,
-        static_lifetime_input_nodes=roles.static_inputs,
-    )
-    if _p.has_recomputable_ops(joint_module) and _p.has_recomputable_rng_ops(joint_module):
-        fw_module, bw_module = _p.functionalize_rng_ops(
-            joint_module, fw_module, bw_module, len(saved_sym)
-        )
-    bw_module = reorder_like_autograd_engine(bw_module)
-    fw_module = raise_getitems(fw_module)
-    bw_module = raise_getitems(bw_module)
-    fw_module = _p.thread_graphsafe_rng_from_hops(fw_module, is_backward=False)
-    bw_module = _p.thread_graphsafe_rng_from_hops(bw_module, is_backward=True)
-    return fw_module, bw_module
 
 
 def default_partition(joint_module, joint_inputs, *, num_fwd_outputs, static_lifetime_input_indices):

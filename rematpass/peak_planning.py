@@ -18,14 +18,16 @@ dropped (passes.peak.peak_frontier). Then:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch.fx as fx
 
-from passes import torch_internals as ti
 from passes.analysis import GraphSummary
-from passes.liveness import PeakEstimate, inductor_materialized, simulate_joint_plan, simulate_step
+from passes.joint_liveness import JointPeakModel
+from passes.liveness import PeakEstimate, inductor_materialized, simulate_step
 from passes.peak import choose_on_frontier, hull_plans, peak_frontier
 from passes.plan import Cut, CutProblem, Plan
 
@@ -38,39 +40,41 @@ class PeakPlan:
 
 
 class PeakPredictor:
-    """Predicts a plan's step peak by extracting its modules and simulating their allocations."""
+    """Predicts a plan's step peak: from its extracted modules, or straight from the joint graph."""
 
     def __init__(self, joint: fx.GraphModule, summary: GraphSummary, roles, num_fwd_outputs: int, peak_model: str):
         self.joint, self.summary, self.roles, self.num_fwd_outputs = joint, summary, roles, num_fwd_outputs
+        self.fused = peak_model == "fused"
         self.materialized: Callable[..., bool] = (
-            inductor_materialized if peak_model == "fused" else (lambda node, users=None, is_output=False: True)
+            inductor_materialized if self.fused else (lambda node, users=None, is_output=False: True)
         )
-
-    def saved_nodes(self, cut: Cut) -> list[fx.Node]:
-        return [node for node, keep in zip(self.summary.nodes, cut.saved) if keep]
-
-    def modules(self, cut: Cut) -> tuple[fx.GraphModule, fx.GraphModule]:
-        return ti.extract_forward_backward(self.joint, self.saved_nodes(cut), self.roles, self.num_fwd_outputs)
 
     def estimate(self, forward: fx.GraphModule, backward: fx.GraphModule) -> PeakEstimate:
+        """The peak of the modules a partition returns, node by node (passes.liveness)."""
         return simulate_step(forward, backward, num_fwd_outputs=self.num_fwd_outputs, materialized=self.materialized)
 
+    @functools.cached_property
+    def _joint(self) -> tuple[JointPeakModel, np.ndarray, np.ndarray, np.ndarray]:
+        model = JointPeakModel(self.joint, num_fwd_outputs=self.num_fwd_outputs, fused=self.fused)
+        candidates = np.array([model.index[n] for n in self.summary.nodes], dtype=np.int64)
+        return model, candidates, model.mask(self.roles.required_fw), model.mask(self.roles.tangents_closure)
+
     def joint_estimate(self, cut: Cut) -> PeakEstimate:
-        """The plan's peak simulated on the joint graph: no module extraction, so cheap."""
-        nodes = self.summary.nodes
-        saved = self.saved_nodes(cut)
-        forward = set(self.roles.required_fw)
-        pending = [n for n in saved if n not in forward]
+        """The plan's peak simulated on the joint graph as arrays: no module extraction, so cheap."""
+        model, candidates, required_fw, backward = self._joint
+        saved = np.zeros(len(model.nodes), dtype=bool)
+        saved[candidates[cut.saved]] = True
+        recomputed = np.zeros(len(model.nodes), dtype=bool)
+        recomputed[candidates[cut.in_backward]] = True
+        forward = required_fw.copy()
+        pending = [model.nodes[i] for i in np.flatnonzero(saved & ~forward)]
         while pending:  # values saved but not needed by the forward outputs are computed there too
             node = pending.pop()
-            if node not in forward and node.op != "placeholder":
-                forward.add(node)
+            i = model.index[node]
+            if not forward[i] and node.op != "placeholder":
+                forward[i] = True
                 pending.extend(node.all_input_nodes)
-        recomputed = {node for node, again in zip(nodes, cut.in_backward) if again}
-        return simulate_joint_plan(
-            self.joint, forward, saved, recomputed, set(self.roles.tangents_closure),
-            num_fwd_outputs=self.num_fwd_outputs, materialized=self.materialized,
-        )
+        return model.estimate(forward, saved, recomputed, backward)
 
     def __call__(self, cut: Cut) -> int:
         return self.joint_estimate(cut).peak_bytes

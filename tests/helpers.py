@@ -9,7 +9,6 @@ from torch._dynamo.backends.common import aot_autograd
 from torch._functorch.aot_autograd import make_boxed_func
 
 import rematpass
-from rematpass.config import Knobs
 
 
 def seeded_random(size, seed, mode, *, align_dtype=None):
@@ -99,3 +98,34 @@ def assert_close_grads(expected, actual, rtol=1e-4, atol=1e-5):
 
 def clone(model):
     return copy.deepcopy(model)
+
+
+def capture_joint_graph(model, inputs, **compile_kwargs) -> dict:
+    """The joint graph, partitioner kwargs and fake mode as Inductor hands them to a partitioner.
+
+    Decomposed with Inductor's table and after its joint passes; the graph is a
+    deep copy taken before PyTorch's partitioner (which finishes the step) runs.
+    """
+    from torch._guards import detect_fake_mode
+    from torch._inductor.compile_fx import partition_fn
+    from torch._inductor.decomposition import select_decomp_table
+    from torch._inductor.virtualized import V
+
+    from passes import torch_internals as ti
+
+    captured = {}
+
+    def spy(gm, joint_inputs, **kwargs):
+        captured.update(joint=copy.deepcopy(gm), kwargs=dict(kwargs), fake=detect_fake_mode(joint_inputs))
+        return ti.torch_min_cut_partition(gm, joint_inputs, **kwargs)
+
+    def partition(gm, joint_inputs, **kwargs):
+        with V.set_fake_mode(detect_fake_mode(joint_inputs)):
+            return partition_fn(gm, joint_inputs, partitioner_fn_override=spy, **kwargs)
+
+    backend = aot_autograd(
+        fw_compiler=_eager_compiler, bw_compiler=_eager_compiler, partition_fn=partition,
+        decompositions=select_decomp_table(),
+    )
+    compiled_step(model, inputs, backend, **compile_kwargs)
+    return captured

@@ -15,8 +15,9 @@ import pytest
 import torch
 from torch._functorch.compile_utils import fx_graph_cse
 
-from helpers import _eager_compiler, compiled_step
+from helpers import capture_joint_graph
 from models import ConvBN, ResidualMLP, TinyGPT
+from passes import torch_extract
 from passes import torch_internals as ti
 from passes.analysis import summarize_joint_graph
 from passes.flow import FlowNetwork, min_cut
@@ -24,40 +25,14 @@ from passes.mincut import used_in_backward
 from rematpass.cost import CostModel, _hint, _tensor_bytes
 
 
-def _joint_graph(model, inputs):
-    """The joint graph and partitioner kwargs as Inductor hands them over (decomposed, joint passes run)."""
-    from torch._dynamo.backends.common import aot_autograd
-    from torch._guards import detect_fake_mode
-    from torch._inductor.compile_fx import partition_fn
-    from torch._inductor.decomposition import select_decomp_table
-    from torch._inductor.virtualized import V
-
-    captured = {}
-
-    def spy(gm, joint_inputs, **kwargs):
-        captured.update(joint=copy.deepcopy(gm), kwargs=dict(kwargs), fake=detect_fake_mode(joint_inputs))
-        return ti.torch_min_cut_partition(gm, joint_inputs, **kwargs)
-
-    def partition(gm, joint_inputs, **kwargs):
-        with V.set_fake_mode(detect_fake_mode(joint_inputs)):
-            return partition_fn(gm, joint_inputs, partitioner_fn_override=spy, **kwargs)
-
-    backend = aot_autograd(
-        fw_compiler=_eager_compiler, bw_compiler=_eager_compiler, partition_fn=partition,
-        decompositions=select_decomp_table(),
-    )
-    compiled_step(model, inputs, backend)
-    return captured
-
-
 @pytest.fixture(scope="module")
 def joint_graphs():
     torch.manual_seed(0)
     gpt = TinyGPT(layers=2, dropout=0.1)
     return [
-        _joint_graph(ResidualMLP(depth=3), (ResidualMLP.example(),)),
-        _joint_graph(ConvBN(), (ConvBN.example(),)),
-        _joint_graph(gpt, (gpt.example(),)),
+        capture_joint_graph(ResidualMLP(depth=3), (ResidualMLP.example(),)),
+        capture_joint_graph(ConvBN(), (ConvBN.example(),)),
+        capture_joint_graph(gpt, (gpt.example(),)),
     ]
 
 
@@ -174,7 +149,7 @@ def test_reorder_in_place_matches_pytorchs_reordering(joint_graphs):
                 )
                 before = [n.name for n in bw.graph.nodes]
                 expected = str(p.reordering_to_mimic_autograd_engine(copy.deepcopy(bw)).graph)
-                ours = ti.reorder_like_autograd_engine(bw)
+                ours = torch_extract.reorder_like_autograd_engine(bw)
                 ours.graph.lint()
                 assert str(ours.graph) == expected
                 moved += before != [n.name for n in ours.graph.nodes]

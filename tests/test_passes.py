@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import rematpass
-from helpers import cheap_backend, clone, compiled_step
+from helpers import capture_joint_graph, clone, compiled_step
 from models import ResidualMLP
+from passes import torch_extract
 from passes import torch_internals as ti
 from passes.analysis import FORWARD, INPUT, GraphSummary
 from passes.budget import plan_for_budget
@@ -80,33 +81,10 @@ def test_budget_search_walks_the_hull_with_few_solves():
     assert not unmet.budget_met and unmet.cut.saved_bytes == 50
 
 
-def _capture_joint(model, x):
-    captured = {}
-    from torch._inductor.compile_fx import partition_fn
-
-    def spy(gm, joint_inputs, **kwargs):
-        captured["joint"] = gm
-        captured["kwargs"] = kwargs
-        return ti.torch_min_cut_partition(gm, joint_inputs, **kwargs)
-
-    from torch._dynamo.backends.common import aot_autograd
-    from torch._guards import detect_fake_mode
-    from torch._inductor.virtualized import V
-
-    from helpers import _eager_compiler
-
-    def partition(gm, joint_inputs, **kwargs):
-        with V.set_fake_mode(detect_fake_mode(joint_inputs)):
-            return partition_fn(gm, joint_inputs, partitioner_fn_override=spy, **kwargs)
-
-    compiled_step(model, (x,), aot_autograd(fw_compiler=_eager_compiler, bw_compiler=_eager_compiler, partition_fn=partition))
-    return captured
-
-
 def test_torch_contract_forward_outputs_then_saved_and_backward_inputs_saved_then_tangents():
     torch.manual_seed(0)
     model = ResidualMLP(depth=2)
-    captured = _capture_joint(model, model.example())
+    captured = capture_joint_graph(model, (model.example(),))
     joint, kwargs = captured["joint"], captured["kwargs"]
     joint = ti.prepare_joint_graph(joint)
     roles = ti.classify_joint_graph(joint, kwargs["static_lifetime_input_indices"], kwargs["num_fwd_outputs"])
@@ -121,7 +99,7 @@ def test_torch_contract_forward_outputs_then_saved_and_backward_inputs_saved_the
     saved += [n for n, keep in zip(summary.nodes, cut.saved) if keep and n.op == "placeholder"]
     saved = [n for n in joint.graph.nodes if n in set(saved)]
     assert any(n.op == "call_function" for n in saved)
-    fw, bw = ti.extract_forward_backward(joint, saved, roles, kwargs["num_fwd_outputs"])
+    fw, bw = torch_extract.extract_forward_backward(joint, saved, roles, kwargs["num_fwd_outputs"])
     fw_outputs = list(fw.graph.nodes)[-1].args[0]
     saved_outputs = [o.name for o in fw_outputs[kwargs["num_fwd_outputs"]:]]
     assert sorted(saved_outputs) == sorted(n.name for n in saved)

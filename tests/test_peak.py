@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import torch.fx as fx
 
 import rematpass
 from helpers import cheap_backend, clone, freeing_compiler
@@ -108,3 +107,57 @@ def test_inductor_measured_peak_never_rises_as_budget_falls_and_stays_below_eage
     assert peaks == sorted(peaks, reverse=True), peaks
     assert peaks[0] <= eager_peak, (peaks, eager_peak)
     assert peaks[-1] < 0.8 * eager_peak, (peaks, eager_peak)
+
+
+@pytest.fixture(scope="module")
+def joint_graphs():
+    from helpers import capture_joint_graph
+    from models import ConvBN
+
+    torch.manual_seed(0)
+    gpt = TinyGPT(layers=2, dropout=0.1)
+    return [
+        capture_joint_graph(ResidualMLP(depth=3), (ResidualMLP.example(),)),
+        capture_joint_graph(ConvBN(), (ConvBN.example(),)),
+        capture_joint_graph(gpt, (gpt.example(),)),
+    ]
+
+
+@pytest.mark.parametrize("peak_model", ["fused", "unfused"])
+def test_joint_model_predicts_the_peak_of_the_extracted_modules(joint_graphs, peak_model):
+    """The array simulation on the joint graph gives, for every hull plan, the peak the
+    node-by-node simulator gives on the modules the partition really returns."""
+    import copy
+
+    from torch._inductor.virtualized import V
+
+    from passes import torch_extract
+    from passes import torch_internals as ti
+    from passes.analysis import summarize_joint_graph
+    from passes.peak import hull_plans
+    from rematpass.cost import CostModel
+    from rematpass.peak_planning import PeakPredictor
+
+    compared = differing_plans = 0
+    for captured in joint_graphs:
+        kwargs = captured["kwargs"]
+        with V.set_fake_mode(captured["fake"]):
+            gm = ti.prepare_joint_graph(copy.deepcopy(captured["joint"]))
+            roles = ti.classify_joint_graph(gm, kwargs["static_lifetime_input_indices"], kwargs["num_fwd_outputs"])
+            summary = summarize_joint_graph(gm, roles)
+            table = CostModel().table(summary)
+            predictor = PeakPredictor(gm, summary, roles, kwargs["num_fwd_outputs"], peak_model)
+            plans, _ = hull_plans(table.problem(summary), table.default_lambda)
+            peaks = set()
+            for cut in plans:
+                saved = [n for n, keep in zip(summary.nodes, cut.saved) if keep]
+                fw, bw = torch_extract.extract_forward_backward(gm, saved, roles, kwargs["num_fwd_outputs"])
+                expected = predictor.estimate(fw, bw)
+                got = predictor.joint_estimate(cut)
+                assert (got.peak_bytes, got.boundary_bytes, got.forward_peak) == (
+                    expected.peak_bytes, expected.boundary_bytes, expected.forward_peak
+                ), (peak_model, len(saved))
+                peaks.add(got.peak_bytes)
+                compared += 1
+            differing_plans += len(peaks) > 1
+    assert compared >= 6 and differing_plans, "plans with different peaks are needed for this test to mean anything"
