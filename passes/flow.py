@@ -91,6 +91,14 @@ class _Layout:
 
     def min_cut(self, quantised: np.ndarray, source: int, sink: int) -> tuple[np.ndarray, int]:
         """(source side, flow value): the vertices reachable from the source in the residual graph."""
+        residual, value = self.residual(quantised, source, sink)
+        side = _reached(residual, source, self.num_vertices)
+        if side[sink]:
+            raise AssertionError("sink reachable after max-flow")
+        return side, value
+
+    def residual(self, quantised: np.ndarray, source: int, sink: int) -> tuple[sp.csr_array, int]:
+        """(which edges keep residual capacity after a maximum flow, as a bool matrix; the flow value)."""
         cap = self.matrix(quantised)
         result = maximum_flow(cap, source, sink, method="dinic")
         flow = result.flow
@@ -101,12 +109,24 @@ class _Layout:
             residual = (cap.astype(np.int64) - flow.astype(np.int64)).tocsr()
             residual.data = residual.data > 0
         residual.eliminate_zeros()
-        reached = breadth_first_order(residual, source, directed=True, return_predecessors=False)
-        side = np.zeros(self.num_vertices, dtype=bool)
-        side[reached] = True
-        if side[sink]:
-            raise AssertionError("sink reachable after max-flow")
-        return side, int(result.flow_value)
+        return residual, int(result.flow_value)
+
+
+def _reached(graph: sp.csr_array, start: int, num_vertices: int) -> np.ndarray:
+    reached = breadth_first_order(graph, start, directed=True, return_predecessors=False)
+    side = np.zeros(num_vertices, dtype=bool)
+    side[reached] = True
+    return side
+
+
+@dataclass(frozen=True)
+class MinCutLattice:
+    """Every minimum cut of one network: the source sides S with ``smallest <= S <= largest``
+    that no residual edge leaves (a residual edge out of S would let more flow through)."""
+
+    smallest: np.ndarray  # reachable from the source in the residual graph
+    largest: np.ndarray  # all but what can still reach the sink in the residual graph
+    residual: sp.csr_array  # bool: edges with residual capacity
 
 
 class FlowNetwork:
@@ -158,6 +178,15 @@ class FlowNetwork:
         side = at_source
         side[free] = sub_side[2:]
         return MinCut(side, value + int(quantised[crossing].astype(np.int64).sum()), scale)
+
+
+    def min_cut_lattice(self, capacity: np.ndarray) -> MinCutLattice:
+        """All minimum cuts for ``capacity`` (one max-flow), as ``MinCutLattice``."""
+        quantised, _ = quantize(np.where(self.infinite, math.inf, capacity))
+        residual, _ = self._layout.residual(quantised, self.source, self.sink)
+        smallest = _reached(residual, self.source, self.num_vertices)
+        reaches_sink = _reached(sp.csr_array(residual.T), self.sink, self.num_vertices)
+        return MinCutLattice(smallest, ~reaches_sink, residual)
 
 
 def min_cut(num_vertices: int, tails: np.ndarray, heads: np.ndarray, capacity: np.ndarray, source: int, sink: int) -> MinCut:

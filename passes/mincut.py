@@ -13,11 +13,12 @@ The edges do not depend on lambda, only the source edges' capacities do, so
 
 from __future__ import annotations
 
+import heapq
 import math
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.sparse.csgraph import breadth_first_order
+from scipy.sparse.csgraph import breadth_first_order, connected_components
 
 from .analysis import BACKWARD_ONLY, FORWARD, GraphSummary
 from .flow import FlowNetwork, InfeasibleCut, MinCut, quantize
@@ -124,6 +125,62 @@ class CutNetwork:
     def solve(self, lam: float) -> Cut:
         """The plan minimising ``saved bytes + lam * recompute cost``."""
         return cut_from_source_side(self.problem, lam, self.min_cut(lam).source_side)
+
+    def plans_between(self, lam: float, count: int) -> list[Cut]:
+        """Up to ``count`` plans that are all optimal at ``lam``, from the least-saving one up.
+
+        At a breakpoint of the hull several plans tie: for twelve identical
+        layers, recomputing any number of them. Parametric search only sees the
+        two ends; here the other ties come from the lattice of minimum cuts
+        (one max-flow): starting from the smallest source side, whole strongly
+        connected groups of the residual graph are added, each once everything
+        it has residual edges into is in, so every prefix is a minimum cut too.
+        Later groups are added first, so the plans in between recompute the
+        earliest layers: their recomputation runs late in the backward, when
+        most saved tensors are already freed.
+        """
+        lattice = self.flow.min_cut_lattice(self.capacities(lam))
+        free = np.flatnonzero(lattice.largest & ~lattice.smallest)
+        if len(free) == 0 or count <= 0:
+            return []
+        sub = lattice.residual[free][:, free].tocoo()
+        _, group = connected_components(sp.csr_array((np.ones(len(sub.row), dtype=np.int8), (sub.row, sub.col)),
+                                                     shape=(len(free), len(free))), directed=True, connection="strong")
+        groups = int(group.max()) + 1
+        tail, head = group[sub.row], group[sub.col]
+        crossing = tail != head
+        edges = set(zip(tail[crossing].tolist(), head[crossing].tolist()))
+        waiting_on = np.zeros(groups, dtype=np.int64)  # groups a group has residual edges into, not yet added
+        needed_by: list[list[int]] = [[] for _ in range(groups)]
+        for a, b in edges:
+            waiting_on[a] += 1
+            needed_by[b].append(a)
+        last_vertex = np.zeros(groups, dtype=np.int64)
+        np.maximum.at(last_vertex, group, free)
+        members: list[list[int]] = [[] for _ in range(groups)]
+        for vertex, g in zip(free.tolist(), group.tolist()):
+            members[g].append(vertex)
+        ready = [(-int(last_vertex[g]), g) for g in range(groups) if waiting_on[g] == 0]
+        heapq.heapify(ready)
+        side = lattice.smallest.copy()
+        added, total = 0, len(free)
+        marks = [round(total * (j + 1) / (count + 1)) for j in range(count)]
+        plans: list[Cut] = []
+        while ready and marks:
+            _, g = heapq.heappop(ready)
+            side[members[g]] = True
+            added += len(members[g])
+            for before in needed_by[g]:
+                waiting_on[before] -= 1
+                if waiting_on[before] == 0:
+                    heapq.heappush(ready, (-int(last_vertex[before]), before))
+            if added >= marks[0]:
+                while marks and added >= marks[0]:
+                    marks.pop(0)
+                cut = cut_from_source_side(self.problem, lam, side)
+                if not plans or not cut.same_plan(plans[-1]):
+                    plans.append(cut)
+        return plans
 
 
 def used_in_backward(summary: GraphSummary, in_backward: np.ndarray) -> np.ndarray:

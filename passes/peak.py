@@ -23,9 +23,11 @@ from .plan import Cut, CutProblem
 MAX_HULL_SOLVES = 48
 
 
-def hull_plans(problem: CutProblem, lam_default: float, max_solves: int = MAX_HULL_SOLVES) -> tuple[list[Cut], list[Cut]]:
+def hull_plans(
+    problem: CutProblem, lam_default: float, max_solves: int = MAX_HULL_SOLVES, network: CutNetwork | None = None
+) -> tuple[list[Cut], list[Cut]]:
     """(distinct hull plans from the default to the least-bytes plan, every solve's plan in order)."""
-    network = CutNetwork(problem)
+    network = network or CutNetwork(problem)
     high = network.solve(lam_default)
     low = network.solve(lam_default * LOWEST_LAMBDA_FRACTION)
     solved = [high, low]
@@ -54,7 +56,7 @@ def hull_plans(problem: CutProblem, lam_default: float, max_solves: int = MAX_HU
 MAX_PEAK_EVALUATIONS = 16
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: a Cut holds arrays
 class PeakPoint:
     cut: Cut
     peak: int
@@ -74,11 +76,16 @@ def peak_frontier(plans: list[Cut], peak_of: Callable[[Cut], int], max_evaluatio
         step = (len(plans) - 1) / (max_evaluations - 1)
         plans = [plans[round(i * step)] for i in range(max_evaluations)]
     scored = [PeakPoint(cut, int(peak_of(cut))) for cut in plans]
+    return pareto(scored), scored
+
+
+def pareto(points: list[PeakPoint]) -> list[PeakPoint]:
+    """The points no other point beats on both peak and recomputation, most saved bytes first."""
     frontier: list[PeakPoint] = []
-    for point in scored:
+    for point in sorted(points, key=lambda p: (-p.cut.saved_bytes, p.cut.recompute_cost)):
         if not frontier or point.peak < frontier[-1].peak:
             frontier.append(point)
-    return frontier, scored
+    return frontier
 
 
 def choose_on_frontier(
@@ -96,3 +103,43 @@ def choose_on_frontier(
             continue
         return point, True
     return frontier[-1], False
+
+
+REFINED_PLANS = 8
+
+
+def refine_between(
+    network: CutNetwork, hull: list[Cut], above: PeakPoint, below: PeakPoint, peak_of: Callable[[Cut], int],
+    count: int = REFINED_PLANS,
+) -> tuple[list[PeakPoint], int]:
+    """Plans between two neighbouring frontier points, most saved bytes first; and the solves spent.
+
+    The hull's vertices can be far apart: with identical layers one breakpoint
+    switches them all at once. ``CutNetwork.plans_between`` fills each hull
+    edge from ``above`` to ``below`` with plans that tie at its breakpoint
+    (about ``count`` in all, spread by bytes). A plan is kept only if its
+    predicted peak is below every kept plan that saves more and not below
+    ``below``'s, so the plan chosen for a budget still never peaks higher
+    when the budget falls.
+    """
+    low, high = below.cut.saved_bytes, above.cut.saved_bytes
+    span = [c for c in hull if low <= c.saved_bytes <= high]
+    candidates: list[Cut] = []
+    solves = 0
+    for more, less in zip(span, span[1:]):
+        gained = less.recompute_cost - more.recompute_cost
+        if gained <= 0 or more.saved_bytes <= less.saved_bytes:
+            continue
+        share = max(1, round(count * (more.saved_bytes - less.saved_bytes) / (high - low)))
+        candidates += network.plans_between((more.saved_bytes - less.saved_bytes) / gained, share)
+        candidates.append(less)
+        solves += 1
+    distinct = {(c.saved_bytes, c.recompute_cost): c for c in candidates if low < c.saved_bytes < high}
+    kept: list[PeakPoint] = []
+    lowest = above.peak
+    for cut in sorted(distinct.values(), key=lambda c: (-c.saved_bytes, c.recompute_cost)):
+        peak = int(peak_of(cut))
+        if below.peak <= peak < lowest:
+            kept.append(PeakPoint(cut, peak))
+            lowest = peak
+    return kept, solves

@@ -89,8 +89,9 @@ def torch_modules(joint_module, saved_tensors, saved_sym, saved_opaque, roles: N
 
 
 def _one_pass_supported_here() -> bool:
-    """The one-pass path replicates torch 2.13's extraction; older releases differ in details."""
-    return torch.__version__ >= "2.13" and _extract_takes_opaque_nodes()
+    """The one-pass path replicates the extraction of the releases it was checked against
+    (tests/test_extract.py on 2.13 and 2.14); others use PyTorch's own, which is slower only."""
+    return "2.13" <= torch.__version__ < "2.15" and _extract_takes_opaque_nodes()
 
 
 def _drop_unused_saved(joint: fx.Graph, candidates: list[fx.Node], tangents, bwd_seeds, bwd_outputs) -> set[fx.Node]:

@@ -28,7 +28,7 @@ import torch.fx as fx
 from torch.utils.flop_counter import flop_registry
 
 from passes import torch_internals as ti
-from passes.analysis import FORWARD, GraphSummary
+from passes.analysis import FORWARD, INPUT, GraphSummary
 from passes.plan import CutProblem
 
 # Default machine rates by device type: (FLOP/s, bytes/s). Deliberately round
@@ -59,8 +59,13 @@ class CostTable:
     device: str
 
     def save_bytes(self, summary: GraphSummary) -> np.ndarray:
+        """What keeping each candidate for the backward adds to memory. Graph inputs add
+        nothing: parameters, buffers and the batch exist before the step and the caller
+        holds them through it, which is also how the peak is counted (passes.liveness).
+        (An input that is an earlier graph's activation, after a graph break, does cost
+        memory when kept; that case is priced like the batch.)"""
         values = np.array([c.bytes for c in self.costs], dtype=np.float64)
-        values[summary.is_static] = 0.0
+        values[summary.is_static | (summary.kind == INPUT)] = 0.0
         return values
 
     def recompute_cost(self, summary: GraphSummary) -> np.ndarray:

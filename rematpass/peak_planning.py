@@ -14,6 +14,14 @@ dropped (passes.peak.peak_frontier). Then:
   top of what exists before it (saved activations, transients of forward and
   backward, the gradients the backward returns; not parameters, buffers,
   optimizer state or the batch). The least-recompute plan under the cap wins.
+
+Hull vertices can be far apart (identical layers switch together at one
+breakpoint), so the hull is filled in with the plans that tie at its
+breakpoints (passes.peak.refine_between) in two places: before the least-peak
+end, where a plan that recomputes less often peaks just as low (it then
+becomes the end), and between the chosen plan and the frontier plan before
+it, where one fits the budget with less recomputation and a peak between its
+neighbours'.
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ import torch.fx as fx
 from passes.analysis import GraphSummary
 from passes.joint_liveness import JointPeakModel
 from passes.liveness import PeakEstimate, inductor_materialized, simulate_step
-from passes.peak import choose_on_frontier, hull_plans, peak_frontier
+from passes.mincut import CutNetwork
+from passes.peak import PeakPoint, choose_on_frontier, hull_plans, pareto, peak_frontier, refine_between
 from passes.plan import Cut, CutProblem, Plan
 
 
@@ -81,15 +90,37 @@ class PeakPredictor:
 
 
 def plan_for_peak(problem: CutProblem, lam_default: float, budget: float | int, predict: PeakPredictor) -> PeakPlan:
-    plans, solved = hull_plans(problem, lam_default)
+    network = CutNetwork(problem)
+    plans, solved = hull_plans(problem, lam_default, network=network)
     frontier, scored = peak_frontier(plans, predict)
     solves = len(solved)
+    if len(frontier) >= 2:  # the least-peak end may tie with plans that recompute less
+        tail, tail_solves = refine_between(network, plans, frontier[-2], frontier[-1], predict)
+        solves += tail_solves
+        scored = scored + tail
+        frontier = pareto(frontier + tail)
     hull = tuple((c.lam, c.saved_bytes, c.recompute_cost) for c in solved)
-    table = tuple((p.cut.saved_bytes, p.cut.recompute_cost, p.peak) for p in scored)
     if isinstance(budget, float):
         least, default = frontier[-1].cut.saved_bytes, frontier[0].cut.saved_bytes
         target = least + budget * (default - least)
+
+        def fits(point: PeakPoint) -> bool:
+            return point.cut.saved_bytes <= target
+
         point, met = choose_on_frontier(frontier, saved_target=target)
-        return PeakPlan(Plan(point.cut, lam_default, target, met, solves, hull), None, table)
-    point, met = choose_on_frontier(frontier, peak_cap=float(budget))
-    return PeakPlan(Plan(point.cut, lam_default, None, met, solves, hull), float(budget), table)
+    else:
+        target = None
+
+        def fits(point: PeakPoint) -> bool:
+            return point.peak <= budget
+
+        point, met = choose_on_frontier(frontier, peak_cap=float(budget))
+    at = frontier.index(point)
+    if met and at > 0:  # a plan between the chosen one and the one before may fit with less recomputation
+        refined, refine_solves = refine_between(network, plans, frontier[at - 1], point, predict)
+        solves += refine_solves
+        scored = scored + refined
+        point = next((p for p in refined if fits(p)), point)
+    table = tuple((p.cut.saved_bytes, p.cut.recompute_cost, p.peak) for p in scored)
+    plan = Plan(point.cut, lam_default, target, met, solves, hull)
+    return PeakPlan(plan, None if target is not None else float(budget), table)

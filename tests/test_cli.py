@@ -22,13 +22,15 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory):
-    """Dump roots of ResidualMLP at the default plan ("a") and at memory_budget=0.1 ("b")."""
+    """Dump roots of ResidualMLP at the default plan ("a") and at memory_budget=0.1 ("b").
+
+    A batch of 256 rows, so activations, not weights, set the peak and the budget recomputes."""
     base = tmp_path_factory.mktemp("cli")
     for name, knobs in (("a", {}), ("b", {"memory_budget": 0.1})):
         torch._dynamo.reset()
         torch.manual_seed(0)
         compiled = torch.compile(ResidualMLP(), backend=cheap_backend(dump_dir=str(base / name), **knobs))
-        compiled(ResidualMLP.example()).backward()
+        compiled(ResidualMLP.example(256)).backward()
     torch._dynamo.reset()
     return base / "a", base / "b"
 

@@ -82,7 +82,7 @@ def test_graph_code_is_readable_python_with_shapes(runs):
     for name in ("joint.py", "forward.py", "backward.py"):
         text = (folder / name).read_text()
         ast.parse(text)  # print_readable output is Python
-        assert re.search(r'"f32\[8, 32\]\[32, 1\]cpu"', text), f"{name} lacks shapes, strides and dtypes"
+        assert re.search(r'"f32\[256, 32\]\[32, 1\]cpu"', text), f"{name} lacks shapes, strides and dtypes"
         assert "# File: " in text and "models.py" in text, f"{name} lacks source lines"
     joint = (folder / "joint.py").read_text()
     assert "tangents_1" in joint  # the joint graph, not the forward
@@ -115,10 +115,11 @@ def test_plan_json_schema_and_totals(runs):
         assert set(node) == NODE_FIELDS
         assert node["decision"] in DECISIONS and node["reason_kind"] in REASON_KINDS and node["reason"]
         assert isinstance(node["shape"], list) and isinstance(node["bytes"], int)
-    # The saved bytes are the saved activations plus the non-parameter inputs kept for the backward.
+    # The saved bytes are the saved activations: graph inputs kept for the backward exist before
+    # the step and cost nothing.
     kept_inputs = [n for n in plan["nodes"] if n["decision"] == INPUT_DECISION and n["reason"].endswith("kept for the backward")]
     saved = [n for n in plan["nodes"] if n["decision"] == SAVED]
-    assert sum(n["bytes"] for n in saved + kept_inputs) == totals["saved_bytes"]
+    assert kept_inputs and sum(n["bytes"] for n in saved) == totals["saved_bytes"]
 
 
 def test_nodes_know_their_module_and_source_line(runs):
@@ -183,7 +184,8 @@ def test_frontier_walks_the_hull(runs):
     budget = _frontier(runs, "budget")
     (chosen,) = [p for p in budget["points"] if p["chosen"]]
     assert chosen["saved_bytes"] <= budget["target_bytes"]
-    assert len(budget["budget_search"]) == _plan(runs, "budget")["totals"]["num_solves"]
+    # Every hull solve is listed; filling in a hull edge costs one more max-flow each, not a hull point.
+    assert 2 <= len(budget["budget_search"]) <= _plan(runs, "budget")["totals"]["num_solves"]
 
 
 def test_frontier_png_when_matplotlib_is_installed(runs):

@@ -161,3 +161,65 @@ def test_joint_model_predicts_the_peak_of_the_extracted_modules(joint_graphs, pe
                 compared += 1
             differing_plans += len(peaks) > 1
     assert compared >= 6 and differing_plans, "plans with different peaks are needed for this test to mean anything"
+
+
+@pytest.fixture(scope="module")
+def six_layer_problem():
+    """A residual MLP of six identical layers: its hull vertices switch all six at once."""
+    import copy
+
+    from torch._inductor.virtualized import V
+
+    from helpers import capture_joint_graph
+    from passes import torch_internals as ti
+    from passes.analysis import summarize_joint_graph
+    from rematpass.cost import CostModel
+
+    torch.manual_seed(0)
+    captured = capture_joint_graph(ResidualMLP(depth=6), (ResidualMLP.example(),))
+    kwargs = captured["kwargs"]
+    with V.set_fake_mode(captured["fake"]):
+        gm = ti.prepare_joint_graph(copy.deepcopy(captured["joint"]))
+        roles = ti.classify_joint_graph(gm, kwargs["static_lifetime_input_indices"], kwargs["num_fwd_outputs"])
+        summary = summarize_joint_graph(gm, roles)
+        table = CostModel().table(summary)
+    return table.problem(summary), table.default_lambda
+
+
+def test_plans_between_hull_vertices_tie_at_the_breakpoint_and_nest(six_layer_problem):
+    import numpy as np
+
+    from passes.mincut import CutNetwork
+    from passes.peak import hull_plans
+
+    problem, lam_default = six_layer_problem
+    network = CutNetwork(problem)
+    hull, _ = hull_plans(problem, lam_default, network=network)
+    filled = 0
+    for more, less in zip(hull, hull[1:]):
+        lam = (more.saved_bytes - less.saved_bytes) / (less.recompute_cost - more.recompute_cost)
+        between = [c for c in network.plans_between(lam, 8) if less.saved_bytes < c.saved_bytes < more.saved_bytes]
+        for cut in between:  # optimal at the breakpoint, like both ends
+            assert cut.objective(lam) == pytest.approx(more.objective(lam), rel=1e-6)
+        for earlier, later in zip(between, between[1:]):  # each adds to the last: less recomputed
+            assert later.saved_bytes >= earlier.saved_bytes
+            assert not np.any(later.recomputed & ~earlier.recomputed)
+        filled += len(between) >= 2
+    assert filled, "no hull edge was filled in: six identical layers should give plans in between"
+
+
+def test_budgets_choose_plans_between_hull_vertices(six_layer_problem):
+    """Budgets reach plans that recompute some of the identical layers, not only all or none."""
+    from passes.peak import hull_plans
+    from rematpass.peak_planning import plan_for_peak
+
+    problem, lam_default = six_layer_problem
+    vertices = {round(c.saved_bytes) for c in hull_plans(problem, lam_default)[0]}
+
+    def fake_peak(cut):  # peak falls with saved bytes: every plan is on the frontier
+        return int(cut.saved_bytes) + 1_000_000
+
+    chosen = [plan_for_peak(problem, lam_default, b, fake_peak).plan.cut for b in (0.9, 0.7, 0.5, 0.3, 0.1)]
+    saved = [c.saved_bytes for c in chosen]
+    assert saved == sorted(saved, reverse=True)
+    assert any(round(s) not in vertices for s in saved), (saved, sorted(vertices))
