@@ -129,3 +129,38 @@ def capture_joint_graph(model, inputs, **compile_kwargs) -> dict:
     )
     compiled_step(model, inputs, backend, **compile_kwargs)
     return captured
+
+
+def standard_joint_graphs() -> list[dict]:
+    """Captured joint graphs of the residual MLP, the conv net with BatchNorm and a GPT with dropout."""
+    from models import ConvBN, ResidualMLP, TinyGPT
+
+    torch.manual_seed(0)
+    gpt = TinyGPT(layers=2, dropout=0.1)
+    return [
+        capture_joint_graph(ResidualMLP(depth=3), (ResidualMLP.example(),)),
+        capture_joint_graph(ConvBN(), (ConvBN.example(),)),
+        capture_joint_graph(gpt, (gpt.example(),)),
+    ]
+
+
+def analysed(captured: dict):
+    """A captured joint graph prepared, classified, summarised and priced as the partitioner does.
+
+    Returns a namespace: gm, roles, summary, table (the cost table), kwargs, fake (the fake mode).
+    """
+    from types import SimpleNamespace
+
+    from torch._inductor.virtualized import V
+
+    from passes import torch_internals as ti
+    from passes.analysis import summarize_joint_graph
+    from rematpass.cost import CostModel
+
+    kwargs = captured["kwargs"]
+    with V.set_fake_mode(captured["fake"]):
+        gm = ti.prepare_joint_graph(copy.deepcopy(captured["joint"]))
+        roles = ti.classify_joint_graph(gm, kwargs["static_lifetime_input_indices"], kwargs["num_fwd_outputs"])
+        summary = summarize_joint_graph(gm, roles)
+        table = CostModel().table(summary)
+    return SimpleNamespace(gm=gm, roles=roles, summary=summary, table=table, kwargs=kwargs, fake=captured["fake"])

@@ -7,13 +7,12 @@ import copy
 import pytest
 import torch
 
-from helpers import capture_joint_graph
+from helpers import analysed, capture_joint_graph
 from models import ConvBN, ResidualMLP, TinyGPT
 from passes import torch_extract
 from passes import torch_internals as ti
-from passes.analysis import FORWARD, summarize_joint_graph
+from passes.analysis import FORWARD
 from passes.budget import plan_for_budget
-from rematpass.cost import CostModel
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +52,11 @@ def _describe(gm: torch.fx.GraphModule):
 def test_one_pass_modules_equal_pytorchs(joint_graphs, name):
     from torch._inductor.virtualized import V
 
-    captured = joint_graphs[name]
+    a = analysed(joint_graphs[name])
+    gm, kwargs, roles = a.gm, a.kwargs, a.roles
     compared = dropped = 0
-    with V.set_fake_mode(captured["fake"]):
-        gm = ti.prepare_joint_graph(copy.deepcopy(captured["joint"]))
-        kwargs = captured["kwargs"]
-        roles = ti.classify_joint_graph(gm, kwargs["static_lifetime_input_indices"], kwargs["num_fwd_outputs"])
-        summary = summarize_joint_graph(gm, roles)
-        table = CostModel().table(summary)
-        for saved in _saved_sets(summary, table):
+    with V.set_fake_mode(a.fake):
+        for saved in _saved_sets(a.summary, a.table):
             sym = [n for n in saved if ti.is_sym_node(n) and not ti.is_assert_only_symbool(n)]
             tensors = [n for n in saved if not ti.is_sym_node(n)]
             ours = torch_extract.one_pass_modules(gm, list(tensors), list(sym), [], kwargs["num_fwd_outputs"])
@@ -79,18 +74,13 @@ def test_dynamic_graph_saves_symbol_bindings(joint_graphs):
     """With dynamic shapes the backward needs the batch size: the forward returns its binding."""
     from torch._inductor.virtualized import V
 
-    captured = joint_graphs["mlp-dynamic"]
-    with V.set_fake_mode(captured["fake"]):
-        gm = ti.prepare_joint_graph(copy.deepcopy(captured["joint"]))
-        kwargs = captured["kwargs"]
-        roles = ti.classify_joint_graph(gm, kwargs["static_lifetime_input_indices"], kwargs["num_fwd_outputs"])
-        summary = summarize_joint_graph(gm, roles)
-        table = CostModel().table(summary)
-        plan = plan_for_budget(table.problem(summary), table.default_lambda, None)
-        saved = [n for n, keep in zip(summary.nodes, plan.saved) if keep]
+    a = analysed(joint_graphs["mlp-dynamic"])
+    with V.set_fake_mode(a.fake):
+        plan = plan_for_budget(a.table.problem(a.summary), a.table.default_lambda, None)
+        saved = [n for n, keep in zip(a.summary.nodes, plan.saved) if keep]
         tensors = [n for n in saved if not ti.is_sym_node(n)]
         sym = [n for n in saved if ti.is_sym_node(n)]
-        forward, backward = torch_extract.one_pass_modules(gm, tensors, sym, [], kwargs["num_fwd_outputs"])
+        forward, backward = torch_extract.one_pass_modules(a.gm, tensors, sym, [], a.kwargs["num_fwd_outputs"])
     outputs = list(forward.graph.nodes)[-1].args[0]
     assert any(ti.is_sym_node(o) for o in outputs), "no symint saved although shapes are symbolic"
     inputs = [n for n in backward.graph.nodes if n.op == "placeholder"]

@@ -12,28 +12,19 @@ import copy
 
 import numpy as np
 import pytest
-import torch
 from torch._functorch.compile_utils import fx_graph_cse
 
-from helpers import capture_joint_graph
-from models import ConvBN, ResidualMLP, TinyGPT
+from helpers import analysed, standard_joint_graphs
 from passes import torch_extract
 from passes import torch_internals as ti
-from passes.analysis import summarize_joint_graph
 from passes.flow import FlowNetwork, min_cut
 from passes.mincut import used_in_backward
-from rematpass.cost import CostModel, _hint, _tensor_bytes
+from rematpass.cost import _hint, _tensor_bytes
 
 
 @pytest.fixture(scope="module")
 def joint_graphs():
-    torch.manual_seed(0)
-    gpt = TinyGPT(layers=2, dropout=0.1)
-    return [
-        capture_joint_graph(ResidualMLP(depth=3), (ResidualMLP.example(),)),
-        capture_joint_graph(ConvBN(), (ConvBN.example(),)),
-        capture_joint_graph(gpt, (gpt.example(),)),
-    ]
+    return standard_joint_graphs()
 
 
 def test_cse_in_place_matches_fx_graph_cse(joint_graphs):
@@ -54,20 +45,13 @@ def test_cse_in_place_matches_fx_graph_cse(joint_graphs):
 
 
 def test_cost_table_matches_the_general_size_path(joint_graphs):
-    from torch._inductor.virtualized import V
-
     for captured in joint_graphs:
-        with V.set_fake_mode(captured["fake"]):
-            gm = ti.prepare_joint_graph(copy.deepcopy(captured["joint"]))
-            kwargs = captured["kwargs"]
-            roles = ti.classify_joint_graph(gm, kwargs["static_lifetime_input_indices"], kwargs["num_fwd_outputs"])
-            summary = summarize_joint_graph(gm, roles)
-            table = CostModel().table(summary)
-            for node, cost in zip(summary.nodes, table.costs):
-                val = node.meta.get("val")
-                raw = _tensor_bytes(val)
-                assert cost.bytes == _hint(raw, val), node.name
-                assert int(cost.bytes_expr) == cost.bytes
+        a = analysed(captured)
+        for node, cost in zip(a.summary.nodes, a.table.costs):
+            val = node.meta.get("val")
+            raw = _tensor_bytes(val)
+            assert cost.bytes == _hint(raw, val), node.name
+            assert int(cost.bytes_expr) == cost.bytes
 
 
 def _random_network(rng, n_vertices=40, n_edges=160):
@@ -109,15 +93,9 @@ def _used_reference(summary, in_backward):
 
 
 def test_used_in_backward_matches_the_plain_loop(joint_graphs):
-    from torch._inductor.virtualized import V
-
     rng = np.random.default_rng(1)
     for captured in joint_graphs:
-        with V.set_fake_mode(captured["fake"]):
-            gm = ti.prepare_joint_graph(copy.deepcopy(captured["joint"]))
-            kwargs = captured["kwargs"]
-            roles = ti.classify_joint_graph(gm, kwargs["static_lifetime_input_indices"], kwargs["num_fwd_outputs"])
-            summary = summarize_joint_graph(gm, roles)
+        summary = analysed(captured).summary
         for p in (0.1, 0.5, 0.9):
             in_backward = rng.random(summary.num_nodes) < p
             assert np.array_equal(used_in_backward(summary, in_backward), _used_reference(summary, in_backward))
@@ -125,32 +103,26 @@ def test_used_in_backward_matches_the_plain_loop(joint_graphs):
 
 def test_reorder_in_place_matches_pytorchs_reordering(joint_graphs):
     import torch._functorch.partitioners as p
-    from torch._inductor.virtualized import V
 
-    from passes.analysis import summarize_joint_graph
     from passes.budget import plan_for_budget
 
     moved = 0
     for captured in joint_graphs:
-        with V.set_fake_mode(captured["fake"]):
-            gm = ti.prepare_joint_graph(copy.deepcopy(captured["joint"]))
-            kwargs = captured["kwargs"]
-            roles = ti.classify_joint_graph(gm, kwargs["static_lifetime_input_indices"], kwargs["num_fwd_outputs"])
-            summary = summarize_joint_graph(gm, roles)
-            table = CostModel().table(summary)
-            for budget in (None, 0.0):  # budget 0 recomputes a lot: much to reorder
-                fraction = None if budget is None else (lambda least, default: least)
-                plan = plan_for_budget(table.problem(summary), table.default_lambda, fraction)
-                saved = [n for n, keep in zip(summary.nodes, plan.saved) if keep]
-                saved_tensors = [n for n in saved if not ti.is_sym_node(n)]
-                _, bw = p._extract_fwd_bwd_modules(
-                    gm, saved_tensors, saved_sym_nodes=[n for n in saved if ti.is_sym_node(n)],
-                    num_fwd_outputs=kwargs["num_fwd_outputs"], static_lifetime_input_nodes=roles.static_inputs,
-                )
-                before = [n.name for n in bw.graph.nodes]
-                expected = str(p.reordering_to_mimic_autograd_engine(copy.deepcopy(bw)).graph)
-                ours = torch_extract.reorder_like_autograd_engine(bw)
-                ours.graph.lint()
-                assert str(ours.graph) == expected
-                moved += before != [n.name for n in ours.graph.nodes]
+        a = analysed(captured)
+        gm, kwargs, roles, summary, table = a.gm, a.kwargs, a.roles, a.summary, a.table
+        for budget in (None, 0.0):  # budget 0 recomputes a lot: much to reorder
+            fraction = None if budget is None else (lambda least, default: least)
+            plan = plan_for_budget(table.problem(summary), table.default_lambda, fraction)
+            saved = [n for n, keep in zip(summary.nodes, plan.saved) if keep]
+            saved_tensors = [n for n in saved if not ti.is_sym_node(n)]
+            _, bw = p._extract_fwd_bwd_modules(
+                gm, saved_tensors, saved_sym_nodes=[n for n in saved if ti.is_sym_node(n)],
+                num_fwd_outputs=kwargs["num_fwd_outputs"], static_lifetime_input_nodes=roles.static_inputs,
+            )
+            before = [n.name for n in bw.graph.nodes]
+            expected = str(p.reordering_to_mimic_autograd_engine(copy.deepcopy(bw)).graph)
+            ours = torch_extract.reorder_like_autograd_engine(bw)
+            ours.graph.lint()
+            assert str(ours.graph) == expected
+            moved += before != [n.name for n in ours.graph.nodes]
     assert moved, "no graph was reordered: the test proves nothing"

@@ -111,41 +111,27 @@ def test_inductor_measured_peak_never_rises_as_budget_falls_and_stays_below_eage
 
 @pytest.fixture(scope="module")
 def joint_graphs():
-    from helpers import capture_joint_graph
-    from models import ConvBN
+    from helpers import standard_joint_graphs
 
-    torch.manual_seed(0)
-    gpt = TinyGPT(layers=2, dropout=0.1)
-    return [
-        capture_joint_graph(ResidualMLP(depth=3), (ResidualMLP.example(),)),
-        capture_joint_graph(ConvBN(), (ConvBN.example(),)),
-        capture_joint_graph(gpt, (gpt.example(),)),
-    ]
+    return standard_joint_graphs()
 
 
 @pytest.mark.parametrize("peak_model", ["fused", "unfused"])
 def test_joint_model_predicts_the_peak_of_the_extracted_modules(joint_graphs, peak_model):
     """The array simulation on the joint graph gives, for every hull plan, the peak the
     node-by-node simulator gives on the modules the partition really returns."""
-    import copy
-
     from torch._inductor.virtualized import V
 
+    from helpers import analysed
     from passes import torch_extract
-    from passes import torch_internals as ti
-    from passes.analysis import summarize_joint_graph
     from passes.peak import hull_plans
-    from rematpass.cost import CostModel
     from rematpass.peak_planning import PeakPredictor
 
     compared = differing_plans = 0
     for captured in joint_graphs:
-        kwargs = captured["kwargs"]
-        with V.set_fake_mode(captured["fake"]):
-            gm = ti.prepare_joint_graph(copy.deepcopy(captured["joint"]))
-            roles = ti.classify_joint_graph(gm, kwargs["static_lifetime_input_indices"], kwargs["num_fwd_outputs"])
-            summary = summarize_joint_graph(gm, roles)
-            table = CostModel().table(summary)
+        a = analysed(captured)
+        gm, kwargs, roles, summary, table = a.gm, a.kwargs, a.roles, a.summary, a.table
+        with V.set_fake_mode(a.fake):
             predictor = PeakPredictor(gm, summary, roles, kwargs["num_fwd_outputs"], peak_model)
             plans, _ = hull_plans(table.problem(summary), table.default_lambda)
             peaks = set()
@@ -166,24 +152,11 @@ def test_joint_model_predicts_the_peak_of_the_extracted_modules(joint_graphs, pe
 @pytest.fixture(scope="module")
 def six_layer_problem():
     """A residual MLP of six identical layers: its hull vertices switch all six at once."""
-    import copy
-
-    from torch._inductor.virtualized import V
-
-    from helpers import capture_joint_graph
-    from passes import torch_internals as ti
-    from passes.analysis import summarize_joint_graph
-    from rematpass.cost import CostModel
+    from helpers import analysed, capture_joint_graph
 
     torch.manual_seed(0)
-    captured = capture_joint_graph(ResidualMLP(depth=6), (ResidualMLP.example(),))
-    kwargs = captured["kwargs"]
-    with V.set_fake_mode(captured["fake"]):
-        gm = ti.prepare_joint_graph(copy.deepcopy(captured["joint"]))
-        roles = ti.classify_joint_graph(gm, kwargs["static_lifetime_input_indices"], kwargs["num_fwd_outputs"])
-        summary = summarize_joint_graph(gm, roles)
-        table = CostModel().table(summary)
-    return table.problem(summary), table.default_lambda
+    a = analysed(capture_joint_graph(ResidualMLP(depth=6), (ResidualMLP.example(),)))
+    return a.table.problem(a.summary), a.table.default_lambda
 
 
 def test_plans_between_hull_vertices_tie_at_the_breakpoint_and_nest(six_layer_problem):
