@@ -57,12 +57,13 @@ def plan_for_budget(
     high, high_side = solve(lam_default)
     if budget is None:
         return Plan(high, lam_default, None, True, solve.solves, tuple(solve.seen))
+    default_saved = high.saved
     low, low_side = solve(lam_default * LOWEST_LAMBDA_FRACTION)
     target = budget(low.saved_bytes, high.saved_bytes) if callable(budget) else float(budget)
     if high.saved_bytes <= target:
-        return Plan(high, lam_default, target, True, solve.solves, tuple(solve.seen))
+        return Plan(high, lam_default, target, True, solve.solves, tuple(solve.seen), default_saved=default_saved)
     if low.saved_bytes > target:
-        return Plan(low, lam_default, target, False, solve.solves, tuple(solve.seen))
+        return Plan(low, lam_default, target, False, solve.solves, tuple(solve.seen), default_saved=default_saved)
     while solve.solves < MAX_SOLVES:
         gained_time = low.recompute_cost - high.recompute_cost
         if gained_time <= 0:
@@ -79,4 +80,4 @@ def plan_for_budget(
             low, low_side = middle, middle_side
         else:
             high, high_side = middle, middle_side
-    return Plan(low, lam_default, target, True, solve.solves, tuple(solve.seen))
+    return Plan(low, lam_default, target, True, solve.solves, tuple(solve.seen), default_saved=default_saved)

@@ -263,5 +263,5 @@ def ilp_plan(problem: CutProblem, lam_default: float, budget=None, *, time_limit
         return fallback
     return Plan(
         result.cut, lam_default, target, budget_met=True, num_solves=fallback.num_solves,
-        hull=fallback.hull, solver="ilp",
+        hull=fallback.hull, solver="ilp", default_saved=fallback.default_saved,
     )

@@ -2,10 +2,10 @@
 
 Summed saved bytes is what the flow network prices, but what runs out is the
 peak: recomputation in the backward allocates too, and a plan that saves less
-can peak higher. ``hull_plans`` walks the whole convex hull of min-cut plans
-(saved bytes against recompute cost); ``choose_by_peak`` scores each with a
-peak predictor (``passes.liveness`` on the plan's forward and backward) and
-takes the least-recompute plan whose peak fits the target.
+can peak higher. ``peak_frontier`` scores the hull's plans (passes.hull) with a
+peak predictor and keeps those no other plan beats on both peak and
+recomputation; ``choose_on_frontier`` takes the least-recompute one that fits
+the target; ``refine_between`` fills in the hull between two frontier plans.
 
 Because the plans that fit a lower target are a subset of those that fit a
 higher one, the chosen plan's predicted peak never rises as the target falls.
@@ -16,42 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .budget import LOWEST_LAMBDA_FRACTION
 from .mincut import CutNetwork
-from .plan import Cut, CutProblem
-
-MAX_HULL_SOLVES = 48
-
-
-def hull_plans(
-    problem: CutProblem, lam_default: float, max_solves: int = MAX_HULL_SOLVES, network: CutNetwork | None = None
-) -> tuple[list[Cut], list[Cut]]:
-    """(distinct hull plans from the default to the least-bytes plan, every solve's plan in order)."""
-    network = network or CutNetwork(problem)
-    high = network.solve(lam_default)
-    low = network.solve(lam_default * LOWEST_LAMBDA_FRACTION)
-    solved = [high, low]
-    plans = [high] if high.same_plan(low) else [high, low]
-    pending = [] if high.same_plan(low) else [(low, high)]
-    while pending and len(solved) < max_solves:
-        low_end, high_end = pending.pop()
-        gained = low_end.recompute_cost - high_end.recompute_cost
-        if gained <= 0:
-            continue
-        lam = (high_end.saved_bytes - low_end.saved_bytes) / gained
-        if not low_end.lam < lam < high_end.lam:
-            continue
-        middle = network.solve(lam)
-        solved.append(middle)
-        if middle.same_plan(low_end) or middle.same_plan(high_end):
-            continue
-        if not low_end.saved_bytes <= middle.saved_bytes <= high_end.saved_bytes:
-            continue
-        plans.append(middle)
-        pending += [(low_end, middle), (middle, high_end)]
-    plans.sort(key=lambda c: (-c.saved_bytes, c.recompute_cost))
-    return plans, solved
-
+from .plan import Cut
 
 MAX_PEAK_EVALUATIONS = 16
 

@@ -50,6 +50,7 @@ class Plan:
     num_solves: int
     hull: tuple[tuple[float, float, float], ...] = field(default=())  # (lam, saved bytes, recompute cost) seen
     solver: str = "mincut"  # which solver chose ``cut``: "mincut" or "ilp" (passes/ilp.py)
+    default_saved: np.ndarray | None = None  # the default plan's saved set, when a budget was set
 
     @property
     def saved(self) -> np.ndarray:

@@ -41,8 +41,9 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from passes.mincut import solve_min_cut
-from passes.plan import Cut, CutProblem, Plan
+from passes.hull import walk_hull
+from passes.mincut import CutNetwork
+from passes.plan import CutProblem, Plan
 
 from .cost import CostTable
 from .report import PartitionReport
@@ -216,54 +217,23 @@ def frontier(problem: CutProblem, plan: Plan, flops: np.ndarray | None = None, *
              max_solves: int = FRONTIER_MAX_SOLVES, max_seconds: float = FRONTIER_MAX_SECONDS) -> dict[str, Any]:
     """The memory/recompute frontier: the min-cut plans along the lower convex hull.
 
-    Solves at both ends (lambda = default * 1e-7 and * 1e4) and at the default,
-    then repeatedly at the lambda where the lines of two neighbouring plans
-    cross (the Eisner-Severance walk): a new plan there is a new hull vertex,
-    none means the two are neighbours. Every vertex is the plan minimising
-    ``saved bytes + lambda * recompute seconds`` for the lambda it was found at.
+    The hull walk (passes.hull) from lambda = default * 1e-7 through the default
+    to default * 1e4, within a solve and a time limit. Every vertex is the plan
+    minimising ``saved bytes + lambda * recompute seconds`` for the lambda it
+    was found at.
     """
     from passes.analysis import INPUT
 
     started = time.perf_counter()
     flops = np.zeros(problem.summary.num_nodes) if flops is None else flops
-    cuts: list[Cut] = []
-    state = {"solves": 0, "complete": True}
-
-    def solve(lam: float) -> Cut | None:
-        if state["solves"] >= max_solves or time.perf_counter() - started > max_seconds:
-            state["complete"] = False
-            return None
-        state["solves"] += 1
-        cut = solve_min_cut(problem, lam)
-        cuts.append(cut)
-        return cut
-
     lam0 = plan.lam_default
-    ends = [solve(lam0 * FRONTIER_LOW), solve(lam0), solve(lam0 * FRONTIER_HIGH)]
-    pending = [(a, b) for a, b in zip(ends, ends[1:]) if a is not None and b is not None]
-    while pending:
-        low, high = pending.pop()
-        if low.same_plan(high):
-            continue
-        gained = low.recompute_cost - high.recompute_cost
-        if gained <= 0:
-            continue
-        crossing = (high.saved_bytes - low.saved_bytes) / gained
-        if not low.lam < crossing < high.lam:
-            continue
-        middle = solve(crossing)
-        if middle is None:
-            break
-        if middle.same_plan(low) or middle.same_plan(high):
-            continue
-        if abs(middle.objective(crossing) - low.objective(crossing)) <= 1e-9 * max(1.0, low.objective(crossing)):
-            continue  # on the segment already: low and high are neighbours
-        pending += [(low, middle), (middle, high)]
-
-    points: dict[tuple[float, float], dict[str, Any]] = {}
+    walk = walk_hull(CutNetwork(problem), [lam0 * FRONTIER_LOW, lam0, lam0 * FRONTIER_HIGH],
+                     max_solves=max_solves, max_seconds=max_seconds)
+    cuts = list(walk.solved)
     on_hull = list(cuts)
     if not any(c.same_plan(plan.cut) for c in cuts):
-        cuts = cuts + [plan.cut]  # e.g. an ILP plan: shown, but not part of the min-cut hull
+        cuts = cuts + [plan.cut]  # e.g. an ILP plan, or one filled in between vertices: shown, not a vertex
+    points: dict[tuple[float, float], dict[str, Any]] = {}
     for cut in sorted(cuts, key=lambda c: c.lam):
         key = (round(cut.saved_bytes, 3), round(cut.recompute_cost, 15))
         point = points.setdefault(key, {
@@ -289,8 +259,8 @@ def frontier(problem: CutProblem, plan: Plan, flops: np.ndarray | None = None, *
         "lambda_default": lam0,
         "lambda_chosen": plan.cut.lam,
         "target_bytes": plan.target_bytes,
-        "num_solves": state["solves"],
-        "complete": state["complete"],
+        "num_solves": len(walk.solved),
+        "complete": walk.complete,
         "seconds": time.perf_counter() - started,
         "points": ordered,
         "budget_search": [{"lam": lam, "saved_bytes": b, "recompute_seconds": c} for lam, b, c in plan.hull],

@@ -103,7 +103,6 @@ class RematPartitioner(CustomPartitionerFn):
 
     def partition(self, gm, joint_inputs, *, num_fwd_outputs: int, static_lifetime_input_indices: list[int]):
         from . import dump
-        from .report import default_plan_saved
 
         started = time.perf_counter()
         gm = ti.prepare_joint_graph(gm)
@@ -136,7 +135,7 @@ class RematPartitioner(CustomPartitionerFn):
         report = build_report(
             self.knobs, summary, costs, plan,
             solve_seconds=solve_seconds, total_seconds=time.perf_counter() - started,
-            default_saved=default_plan_saved(problem, plan), compile_id=dump.current_compile_id(),
+            default_saved=plan.default_saved, compile_id=dump.current_compile_id(),
         )
         estimate = predictor.joint_estimate(plan.cut)
         report = dataclasses.replace(

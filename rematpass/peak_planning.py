@@ -37,7 +37,9 @@ from passes.analysis import GraphSummary
 from passes.joint_liveness import JointPeakModel
 from passes.liveness import PeakEstimate, inductor_materialized, simulate_step
 from passes.mincut import CutNetwork
-from passes.peak import PeakPoint, choose_on_frontier, hull_plans, pareto, peak_frontier, refine_between
+from passes.budget import LOWEST_LAMBDA_FRACTION
+from passes.hull import walk_hull
+from passes.peak import PeakPoint, choose_on_frontier, pareto, peak_frontier, refine_between
 from passes.plan import Cut, CutProblem, Plan
 
 
@@ -91,7 +93,8 @@ class PeakPredictor:
 
 def plan_for_peak(problem: CutProblem, lam_default: float, budget: float | int, predict: PeakPredictor) -> PeakPlan:
     network = CutNetwork(problem)
-    plans, solved = hull_plans(problem, lam_default, network=network)
+    walk = walk_hull(network, [lam_default * LOWEST_LAMBDA_FRACTION, lam_default])
+    plans, solved = walk.vertices, walk.solved
     frontier, scored = peak_frontier(plans, predict)
     solves = len(solved)
     if len(frontier) >= 2:  # the least-peak end may tie with plans that recompute less
@@ -122,5 +125,6 @@ def plan_for_peak(problem: CutProblem, lam_default: float, budget: float | int, 
         scored = scored + refined
         point = next((p for p in refined if fits(p)), point)
     table = tuple((p.cut.saved_bytes, p.cut.recompute_cost, p.peak) for p in scored)
-    plan = Plan(point.cut, lam_default, target, met, solves, hull)
+    default = next(c for c in solved if c.lam == lam_default)
+    plan = Plan(point.cut, lam_default, target, met, solves, hull, default_saved=default.saved)
     return PeakPlan(plan, None if target is not None else float(budget), table)

@@ -16,8 +16,7 @@ import numpy as np
 import torch.fx as fx
 
 from passes.analysis import BACKWARD_ONLY, FORWARD, INPUT, GraphSummary, op_name
-from passes.mincut import solve_min_cut
-from passes.plan import CutProblem, Plan
+from passes.plan import Plan
 
 from .config import Knobs
 from .cost import CostTable
@@ -200,25 +199,12 @@ def source_of(node: fx.Node) -> tuple[str, str]:
     return f"{match.group(1)}:{match.group(2)}", code
 
 
-def default_plan_saved(problem: CutProblem, plan: Plan) -> np.ndarray | None:
-    """The default plan's saved set, to tell "forced by the budget" apart; None without a budget.
-
-    The budget search solved this cut first; solving it again costs one max-flow,
-    and only when a budget is set.
-    """
-    if plan.target_bytes is None:
-        return None
-    if plan.cut.lam == plan.lam_default:
-        return plan.saved
-    return solve_min_cut(problem, plan.lam_default).saved
-
-
 def build_report(
     knobs: Knobs, summary: GraphSummary, costs: CostTable, plan: Plan, *, solve_seconds: float, total_seconds: float,
     default_saved: np.ndarray | None = None, compile_id: str | None = None,
 ) -> PartitionReport:
     """Decisions and reasons for every candidate. ``default_saved`` (the default plan's
-    saved set, see ``default_plan_saved``) lets a budgeted plan say what the budget forced."""
+    saved set, ``Plan.default_saved``) lets a budgeted plan say what the budget forced."""
     nodes = []
     for i, node in enumerate(summary.nodes):
         val = node.meta.get("val")

@@ -82,6 +82,9 @@ def test_absolute_budget_caps_the_predicted_peak():
     capped, = _saved_bytes_by_budget(ResidualMLP, [cap])
     assert capped.predicted_peak_bytes <= cap
     assert capped.budget_met and capped.target_peak_bytes == cap
+    # A cap also says which recomputation it forced, against the default plan.
+    assert capped.default_saved_bytes == default.saved_bytes
+    assert any(n.reason_kind == "forced_by_budget" for n in capped.nodes)
 
 
 def test_unreachable_budget_warns_with_the_figure_achieved():

@@ -124,7 +124,8 @@ def test_joint_model_predicts_the_peak_of_the_extracted_modules(joint_graphs, pe
 
     from helpers import analysed
     from passes import torch_extract
-    from passes.peak import hull_plans
+    from passes.hull import walk_hull
+    from passes.mincut import CutNetwork
     from rematpass.peak_planning import PeakPredictor
 
     compared = differing_plans = 0
@@ -133,7 +134,8 @@ def test_joint_model_predicts_the_peak_of_the_extracted_modules(joint_graphs, pe
         gm, kwargs, roles, summary, table = a.gm, a.kwargs, a.roles, a.summary, a.table
         with V.set_fake_mode(a.fake):
             predictor = PeakPredictor(gm, summary, roles, kwargs["num_fwd_outputs"], peak_model)
-            plans, _ = hull_plans(table.problem(summary), table.default_lambda)
+            lam = table.default_lambda
+            plans = walk_hull(CutNetwork(table.problem(summary)), [lam * 1e-7, lam]).vertices
             peaks = set()
             for cut in plans:
                 saved = [n for n, keep in zip(summary.nodes, cut.saved) if keep]
@@ -162,12 +164,12 @@ def six_layer_problem():
 def test_plans_between_hull_vertices_tie_at_the_breakpoint_and_nest(six_layer_problem):
     import numpy as np
 
+    from passes.hull import walk_hull
     from passes.mincut import CutNetwork
-    from passes.peak import hull_plans
 
     problem, lam_default = six_layer_problem
     network = CutNetwork(problem)
-    hull, _ = hull_plans(problem, lam_default, network=network)
+    hull = walk_hull(network, [lam_default * 1e-7, lam_default]).vertices
     filled = 0
     for more, less in zip(hull, hull[1:]):
         lam = (more.saved_bytes - less.saved_bytes) / (less.recompute_cost - more.recompute_cost)
@@ -183,11 +185,12 @@ def test_plans_between_hull_vertices_tie_at_the_breakpoint_and_nest(six_layer_pr
 
 def test_budgets_choose_plans_between_hull_vertices(six_layer_problem):
     """Budgets reach plans that recompute some of the identical layers, not only all or none."""
-    from passes.peak import hull_plans
+    from passes.hull import walk_hull
+    from passes.mincut import CutNetwork
     from rematpass.peak_planning import plan_for_peak
 
     problem, lam_default = six_layer_problem
-    vertices = {round(c.saved_bytes) for c in hull_plans(problem, lam_default)[0]}
+    vertices = {round(c.saved_bytes) for c in walk_hull(CutNetwork(problem), [lam_default * 1e-7, lam_default]).vertices}
 
     def fake_peak(cut):  # peak falls with saved bytes: every plan is on the frontier
         return int(cut.saved_bytes) + 1_000_000
