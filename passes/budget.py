@@ -8,7 +8,10 @@ so a budget costs a handful of max-flow solves rather than a bisection's dozens.
 
 The search reuses its work: the network is built once, and a solve between
 two known plans merges what both plans agree on into the source and the sink,
-so the max-flows shrink as the search closes in on the budget.
+so the max-flows shrink as the search closes in on the budget. The hull edge
+the budget falls on is then filled in with the plans that tie at its
+breakpoint (identical layers switch together there), and the one that saves
+most within the budget is taken.
 """
 
 from __future__ import annotations
@@ -80,4 +83,17 @@ def plan_for_budget(
             low, low_side = middle, middle_side
         else:
             high, high_side = middle, middle_side
+    low = _fill_in(solve, low, high, target)
     return Plan(low, lam_default, target, True, solve.solves, tuple(solve.seen), default_saved=default_saved)
+
+
+def _fill_in(solve: _Solver, low: Cut, high: Cut, target: float, count: int = 16) -> Cut:
+    """The plan that saves most within ``target`` among those that tie on the hull edge from
+    ``high`` to ``low`` (CutNetwork.plans_between); ``low`` when none fits better."""
+    gained = low.recompute_cost - high.recompute_cost
+    if gained <= 0 or high.saved_bytes <= low.saved_bytes or solve.solves >= MAX_SOLVES:
+        return low
+    solve.solves += 1
+    tied = solve.network.plans_between((high.saved_bytes - low.saved_bytes) / gained, count)
+    fitting = [c for c in tied if low.saved_bytes < c.saved_bytes <= target]
+    return max(fitting, key=lambda c: (c.saved_bytes, -c.recompute_cost), default=low)
