@@ -220,6 +220,8 @@ def _remat_reports_since(count: int) -> dict[str, Any] | None:
         "total_seconds": sum(r.total_seconds for r in reports),
         "solve_seconds": sum(r.solve_seconds for r in reports),
         "budget_met": all(r.budget_met for r in reports),
+        # Graphs run one after another: the step peaks with the largest one.
+        "predicted_peak_bytes": max((r.predicted_peak_bytes or 0 for r in reports), default=0) or None,
     }
 
 

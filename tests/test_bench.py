@@ -34,10 +34,12 @@ def test_bench_writes_results_and_budget_lowers_peak(tmp_path, capsys):
         assert row["kind"] == "remat" and row["partitions"] >= 1 and row["step_rounds"] == 2
         assert row["grads"]["status"] == "match", row["grads"]
         assert row["remat_reports"]["graphs"] >= 1
+        assert row["remat_reports"]["predicted_peak_bytes"] > 0  # predicted next to measured
         assert isinstance(row["peak_bytes"], int) and row["peak_bytes"] > 0
     assert (full["budget"], low["budget"]) == (1.0, 0.1)
     assert low["saved_bytes"] < full["saved_bytes"]
     assert low["peak_bytes"] < full["peak_bytes"]
     assert low["recompute_elements"] > full["recompute_elements"]
     assert (tmp_path / "results.md").read_text().count("| `remat@") == 2
+    assert "predicted peak" in (tmp_path / "results.md").read_text()
     assert "step_ratio" not in full  # inductor, the baseline, did not run
