@@ -1,7 +1,8 @@
 """``RematPartitioner``: the custom partitioner Inductor calls on each joint graph.
 
 The pipeline, one stage a module: prepare and classify (passes.torch_internals),
-summarise (passes.analysis), price (rematpass.cost), solve (passes.budget),
+summarise (passes.analysis), price (rematpass.cost), solve (passes.budget; with a
+budget, rematpass.peak_planning over passes.hull and passes.peak),
 rewrite (passes.torch_extract.extract_forward_backward), report
 (rematpass.report). Any failure while planning falls back to PyTorch's own
 partitioner with one warning, so training goes on.

@@ -125,6 +125,6 @@ def plan_for_peak(problem: CutProblem, lam_default: float, budget: float | int, 
         scored = scored + refined
         point = next((p for p in refined if fits(p)), point)
     table = tuple((p.cut.saved_bytes, p.cut.recompute_cost, p.peak) for p in scored)
-    default = next(c for c in solved if c.lam == lam_default)
-    plan = Plan(point.cut, lam_default, target, met, solves, hull, default_saved=default.saved)
+    default_cut = next(c for c in solved if c.lam == lam_default)
+    plan = Plan(point.cut, lam_default, target, met, solves, hull, default_saved=default_cut.saved)
     return PeakPlan(plan, None if target is not None else float(budget), table)
