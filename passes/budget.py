@@ -68,11 +68,8 @@ def plan_for_budget(
     if low.saved_bytes > target:
         return Plan(low, lam_default, target, False, solve.solves, tuple(solve.seen), default_saved=default_saved)
     while solve.solves < MAX_SOLVES:
-        gained_time = low.recompute_cost - high.recompute_cost
-        if gained_time <= 0:
-            break
-        crossing = (high.saved_bytes - low.saved_bytes) / gained_time
-        if not (low.lam < crossing < high.lam):
+        crossing = high.breakpoint(low)
+        if crossing is None or not (low.lam < crossing < high.lam):
             break
         middle, middle_side = solve(crossing, (low_side, high_side))
         if middle.same_plan(low) or middle.same_plan(high):
@@ -90,10 +87,10 @@ def plan_for_budget(
 def _fill_in(solve: _Solver, low: Cut, high: Cut, target: float, count: int = 16) -> Cut:
     """The plan that saves most within ``target`` among those that tie on the hull edge from
     ``high`` to ``low`` (CutNetwork.plans_between); ``low`` when none fits better."""
-    gained = low.recompute_cost - high.recompute_cost
-    if gained <= 0 or high.saved_bytes <= low.saved_bytes or solve.solves >= MAX_SOLVES:
+    lam = high.breakpoint(low)
+    if lam is None or solve.solves >= MAX_SOLVES:
         return low
     solve.solves += 1
-    tied = solve.network.plans_between((high.saved_bytes - low.saved_bytes) / gained, count)
+    tied = solve.network.plans_between(lam, count)
     fitting = [c for c in tied if low.saved_bytes < c.saved_bytes <= target]
     return max(fitting, key=lambda c: (c.saved_bytes, -c.recompute_cost), default=low)

@@ -48,11 +48,8 @@ def walk_hull(
     pending = [(a, b) for a, b in zip(ends, ends[1:]) if a is not None and b is not None and not a.same_plan(b)]
     while pending:
         low, high = pending.pop()
-        gained = low.recompute_cost - high.recompute_cost
-        if gained <= 0:
-            continue
-        lam = (high.saved_bytes - low.saved_bytes) / gained
-        if not low.lam < lam < high.lam:
+        lam = high.breakpoint(low)
+        if lam is None or not low.lam < lam < high.lam:
             continue
         middle = solve(lam)
         if middle is None:

@@ -93,11 +93,11 @@ def refine_between(
     candidates: list[Cut] = []
     solves = 0
     for more, less in zip(span, span[1:]):
-        gained = less.recompute_cost - more.recompute_cost
-        if gained <= 0 or more.saved_bytes <= less.saved_bytes:
+        lam = more.breakpoint(less)
+        if lam is None:
             continue
         share = max(1, round(count * (more.saved_bytes - less.saved_bytes) / (high - low)))
-        candidates += network.plans_between((more.saved_bytes - less.saved_bytes) / gained, share)
+        candidates += network.plans_between(lam, share)
         candidates.append(less)
         solves += 1
     distinct = {(c.saved_bytes, c.recompute_cost): c for c in candidates if low < c.saved_bytes < high}

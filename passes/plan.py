@@ -35,6 +35,13 @@ class Cut:
     def objective(self, lam: float) -> float:
         return self.saved_bytes + lam * self.recompute_cost
 
+    def breakpoint(self, less: "Cut") -> float | None:
+        """The lambda at which this plan and ``less`` cost the same, where ``less`` saves fewer
+        bytes for more recompute; None when it does not trade one for the other."""
+        gained = less.recompute_cost - self.recompute_cost
+        freed = self.saved_bytes - less.saved_bytes
+        return freed / gained if gained > 0 and freed > 0 else None
+
     def same_plan(self, other: "Cut") -> bool:
         return bool(np.array_equal(self.saved, other.saved) and np.array_equal(self.in_backward, other.in_backward))
 
