@@ -4,15 +4,22 @@ Summed saved bytes is what the flow network prices, but what runs out is the
 peak: recomputation in the backward allocates too, and a plan that saves less
 can peak higher. ``peak_frontier`` scores the hull's plans (passes.hull) with a
 peak predictor and keeps those no other plan beats on both peak and
-recomputation; ``choose_on_frontier`` takes the least-recompute one that fits
-the target; ``refine_between`` fills in the hull between two frontier plans.
+recomputation; ``refine_between`` fills in the hull between two frontier plans.
+Two ways to choose:
 
-Because the plans that fit a lower target are a subset of those that fit a
-higher one, the chosen plan's predicted peak never rises as the target falls.
+- by a peak cap: ``choose_on_frontier`` takes the least-recompute plan under it;
+- by a recompute allowance: ``recompute_allowance`` prices a cap on summed
+  saved bytes in FLOPs (what the cheapest plans that meet it spend), and
+  ``least_peak_within`` takes the plan with the least peak that spends no more.
+
+Either way, the plans that fit a tighter target are a superset (allowance) or
+subset (cap) of those that fit a looser one, all scored once, so the chosen
+plan's predicted peak never rises as the target tightens.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -54,6 +61,35 @@ def pareto(points: list[PeakPoint]) -> list[PeakPoint]:
     return frontier
 
 
+def recompute_allowance(points: list[PeakPoint], saved_target: float, flops_of: Callable[[Cut], float]) -> tuple[float, bool]:
+    """(FLOPs, met): the least recomputation that brings summed saved bytes to ``saved_target``.
+
+    Read off the lower convex hull of the scored plans in (saved bytes, FLOPs):
+    between two plans the target is priced by linear interpolation, as a
+    fractional knapsack would (PyTorch's budget solver is one). ``met`` is False
+    when no scored plan saves that little; then every plan is allowed.
+    """
+    spent = sorted({(p.cut.saved_bytes, flops_of(p.cut)) for p in points})
+    if not spent or spent[0][0] > saved_target:
+        return math.inf, False
+    best = min(flops for saved, flops in spent if saved <= saved_target)
+    for i, (low_saved, low_flops) in enumerate(spent):
+        if low_saved > saved_target:
+            break
+        for high_saved, high_flops in spent[i + 1:]:
+            if high_saved > saved_target:
+                share = (high_saved - saved_target) / (high_saved - low_saved)
+                best = min(best, high_flops + share * (low_flops - high_flops))
+    return best, True
+
+
+def least_peak_within(points: list[PeakPoint], allowance: float, flops_of: Callable[[Cut], float]) -> PeakPoint:
+    """The plan with the least predicted peak among those recomputing at most ``allowance`` FLOPs
+    (ties: the least estimated recompute time). Some plan must fit: the caller includes the default."""
+    fitting = [p for p in points if flops_of(p.cut) <= allowance * (1 + 1e-9)]
+    return min(fitting, key=lambda p: (p.peak, p.cut.recompute_cost, -p.cut.saved_bytes))
+
+
 def choose_on_frontier(
     frontier: list[PeakPoint], *, saved_target: float | None = None, peak_cap: float | None = None
 ) -> tuple[PeakPoint, bool]:
@@ -83,19 +119,22 @@ def refine_between(
     The hull's vertices can be far apart: with identical layers one breakpoint
     switches them all at once. ``CutNetwork.plans_between`` fills each hull
     edge from ``above`` to ``below`` with plans that tie at its breakpoint
-    (about ``count`` in all, spread by bytes). A plan is kept only if its
+    (about ``count`` in all, spread by bytes; at most ``count`` edges, the
+    widest, each costing one max-flow). A plan is kept only if its
     predicted peak is below every kept plan that saves more and not below
     ``below``'s, so the plan chosen for a budget still never peaks higher
     when the budget falls.
     """
     low, high = below.cut.saved_bytes, above.cut.saved_bytes
     span = [c for c in hull if low <= c.saved_bytes <= high]
+    edges = [(more, less, more.breakpoint(less)) for more, less in zip(span, span[1:])]
+    edges = [edge for edge in edges if edge[2] is not None]
+    if len(edges) > count:  # one max-flow per edge filled: only the widest ``count``, in hull order
+        widest = sorted(edges, key=lambda e: e[0].saved_bytes - e[1].saved_bytes, reverse=True)[:count]
+        edges = [edge for edge in edges if any(edge is w for w in widest)]
     candidates: list[Cut] = []
     solves = 0
-    for more, less in zip(span, span[1:]):
-        lam = more.breakpoint(less)
-        if lam is None:
-            continue
+    for more, less, lam in edges:
         share = max(1, round(count * (more.saved_bytes - less.saved_bytes) / (high - low)))
         candidates += network.plans_between(lam, share)
         candidates.append(less)

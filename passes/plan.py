@@ -13,12 +13,22 @@ class CutProblem:
 
     ``save_bytes[i]`` is what keeping node i for the backward costs in memory;
     ``recompute_cost[i]`` what computing it again in the backward costs in time
-    (seconds, 0 for nodes the forward does not compute anyway).
+    (seconds, 0 for nodes the forward does not compute anyway);
+    ``recompute_flops[i]`` the FLOPs of compute-bound ops (matmul, convolution,
+    attention; 0 for pointwise ops and reductions), the currency fractional
+    budgets are spent in (rematpass.peak_planning). None: budgets spend
+    ``recompute_cost`` instead.
     """
 
     summary: "GraphSummary"  # noqa: F821 (passes.analysis.GraphSummary)
     save_bytes: np.ndarray
     recompute_cost: np.ndarray
+    recompute_flops: np.ndarray | None = None
+
+    def flops_of(self, cut: "Cut") -> float:
+        """What a plan spends of a fractional budget: its recomputed compute-bound FLOPs."""
+        spent = self.recompute_cost if self.recompute_flops is None else self.recompute_flops
+        return float(spent[cut.recomputed].sum())
 
 
 @dataclass(frozen=True)

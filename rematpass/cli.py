@@ -120,11 +120,16 @@ def _reasons(nodes: list[dict[str, Any]], decision: str) -> str:
 def summary_lines(plan: dict[str, Any]) -> list[str]:
     t, g, knobs = plan["totals"], plan.get("graph", {}), plan.get("knobs", {})
     budget = knobs.get("memory_budget")
-    if t.get("target_bytes") is None:
+    met = "met" if t.get("budget_met") else "NOT met (least-memory plan)"
+    if budget is None or budget == 1.0:
         budget_text = f"memory_budget {budget}: default plan"
+    elif isinstance(budget, float) and t.get("solver") != "ilp" and t.get("target_bytes") is not None:
+        budget_text = (f"memory_budget {budget}: least predicted peak within the recompute "
+                       f"that saving {fmt_bytes(t['target_bytes'])} costs")
+    elif t.get("target_peak_bytes") is not None:
+        budget_text = f"memory_budget {budget}: peak cap {fmt_bytes(t['target_peak_bytes'])}, {met}"
     else:
-        budget_text = (f"memory_budget {budget}: target {fmt_bytes(t['target_bytes'])}, "
-                       + ("met" if t.get("budget_met") else "NOT met (least-memory plan)"))
+        budget_text = f"memory_budget {budget}: target {fmt_bytes(t.get('target_bytes'))}, {met}"
     default = t.get("default_saved_bytes")
     return [
         plan.get("summary", ""),

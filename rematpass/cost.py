@@ -47,6 +47,7 @@ class NodeCost:
     time: float  # seconds to compute it standalone (roofline)
     recompute_time: float  # seconds to recompute it in the backward (fusion-aware)
     fused: bool  # recomputed inside a backward kernel that reads its inputs anyway
+    compute_flops: int = 0  # FLOPs by the flop counter's formula (matmul, convolution, attention), else 0
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,14 @@ class CostTable:
         values[summary.kind != FORWARD] = 0.0
         return values
 
+    def recompute_flops(self, summary: GraphSummary) -> np.ndarray:
+        """Compute-bound FLOPs of recomputing each candidate: what fractional budgets count."""
+        values = np.array([c.compute_flops for c in self.costs], dtype=np.float64)
+        values[summary.kind != FORWARD] = 0.0
+        return values
+
     def problem(self, summary: GraphSummary) -> CutProblem:
-        return CutProblem(summary, self.save_bytes(summary), self.recompute_cost(summary))
+        return CutProblem(summary, self.save_bytes(summary), self.recompute_cost(summary), self.recompute_flops(summary))
 
     @property
     def default_lambda(self) -> float:
@@ -254,6 +261,7 @@ class CostModel:
                 costs.append(NodeCost(expr, nbytes, 0, 0.0, 0.0, True))
                 continue
             flops = node_flops(node, sizes.numel)
+            compute_flops = flops if getattr(node.target, "overloadpacket", None) in flop_registry else 0
             moved = nbytes + sum(sizes.bytes(a) for a in node.all_input_nodes)
             time = max(flops / flops_rate, moved / bytes_rate)
             fused = self._is_fusible(node)
@@ -264,7 +272,7 @@ class CostModel:
                     fused = False
             else:
                 recompute = time
-            costs.append(NodeCost(expr, nbytes, flops, time, recompute, fused))
+            costs.append(NodeCost(expr, nbytes, flops, time, recompute, fused, compute_flops))
         return CostTable(tuple(costs), flops_rate, bytes_rate, device)
 
 

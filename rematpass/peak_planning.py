@@ -1,15 +1,19 @@
 """The peak-aware budget stage: meet ``memory_budget`` by the step's predicted peak.
 
 For a budget, the min-cut hull gives a family of plans (saved bytes against
-recompute). Each is cut into forward and backward modules and its peak
-predicted (passes.liveness); plans that save less only to peak higher are
-dropped (passes.peak.peak_frontier). Then:
+recompute). Each plan's step peak is predicted (passes.joint_liveness). Then:
 
-- a fraction ``f`` picks, along that frontier, the first plan whose summed
-  saved bytes fit ``least + f * (default - least)``, where ``default`` is the
-  default plan's and ``least`` the least-peak plan's saved bytes. So 1 is the
-  default plan, 0 the plan with the least predicted peak, and both saved bytes
-  and predicted peak never rise as ``f`` falls;
+- a fraction ``f`` in [0, 1) is a recompute allowance on PyTorch's budget
+  scale. Cutting summed saved activation bytes to ``f`` of the way from the
+  least any plan saves to what the step saves with no recomputation costs
+  some compute-bound FLOPs (matmuls, convolutions, attention; pointwise
+  recomputation fuses into backward kernels and counts as free, as in
+  PyTorch's budget solver), priced on the convex hull of the scored plans in
+  (saved bytes, FLOPs) as a fractional knapsack (PyTorch's) would price it.
+  rematpass spends that allowance where it lowers the peak most: the plan
+  with the least predicted peak that recomputes no more FLOPs. 1 is the
+  default plan, 0 the least-peak plan, and the predicted peak never rises as
+  ``f`` falls (a lower ``f`` only allows more plans);
 - a byte count caps the predicted peak of the step: what the step allocates on
   top of what exists before it (saved activations, transients of forward and
   backward, the gradients the backward returns; not parameters, buffers,
@@ -17,11 +21,11 @@ dropped (passes.peak.peak_frontier). Then:
 
 Hull vertices can be far apart (identical layers switch together at one
 breakpoint), so the hull is filled in with the plans that tie at its
-breakpoints (passes.peak.refine_between) in two places: before the least-peak
-end, where a plan that recomputes less often peaks just as low (it then
-becomes the end), and between the chosen plan and the frontier plan before
-it, where one fits the budget with less recomputation and a peak between its
-neighbours'.
+breakpoints (passes.peak.refine_between), the same plans for every fraction:
+before the least-peak end, where a plan that recomputes less often peaks just
+as low, and along the widest edges of the rest. Under a peak cap the edge
+before the chosen plan is filled in too, where one may fit the cap with less
+recomputation.
 """
 
 from __future__ import annotations
@@ -39,8 +43,15 @@ from passes.liveness import PeakEstimate, inductor_materialized, simulate_step
 from passes.mincut import CutNetwork
 from passes.budget import LOWEST_LAMBDA_FRACTION
 from passes.hull import walk_hull
-from passes.peak import PeakPoint, choose_on_frontier, pareto, peak_frontier, refine_between
+from passes.peak import (
+    choose_on_frontier, least_peak_within, pareto, peak_frontier, recompute_allowance, refine_between,
+)
 from passes.plan import Cut, CutProblem, Plan
+
+
+# Recomputation a thousand times dearer than the default's price: the plan that recomputes
+# nothing that costs anything (views and other free ops still move to the backward).
+NO_RECOMPUTE_LAMBDA_FACTOR = 1e3
 
 
 @dataclass(frozen=True)
@@ -97,34 +108,34 @@ def plan_for_peak(problem: CutProblem, lam_default: float, budget: float | int, 
     plans, solved = walk.vertices, walk.solved
     frontier, scored = peak_frontier(plans, predict)
     solves = len(solved)
-    if len(frontier) >= 2:  # the least-peak end may tie with plans that recompute less
-        tail, tail_solves = refine_between(network, plans, frontier[-2], frontier[-1], predict)
-        solves += tail_solves
-        scored = scored + tail
-        frontier = pareto(frontier + tail)
+    if len(frontier) >= 2:
+        # The least-peak end may tie with plans that recompute less; the rest of the hull is
+        # filled in too, the same for every budget, so peaks still never rise as budgets fall.
+        for above, below in ((frontier[-2], frontier[-1]), (frontier[0], frontier[-1])):
+            refined, refine_solves = refine_between(network, plans, above, below, predict)
+            solves += refine_solves
+            scored = scored + refined
     hull = tuple((c.lam, c.saved_bytes, c.recompute_cost) for c in solved)
+    default_point = scored[0]  # the hull's first vertex: the default plan
+    default_cut = next(c for c in solved if c.lam == lam_default)
     if isinstance(budget, float):
-        least, default = frontier[-1].cut.saved_bytes, frontier[0].cut.saved_bytes
-        target = least + budget * (default - least)
-
-        def fits(point: PeakPoint) -> bool:
-            return point.cut.saved_bytes <= target
-
-        point, met = choose_on_frontier(frontier, saved_target=target)
+        no_recompute = network.solve(lam_default * NO_RECOMPUTE_LAMBDA_FACTOR)
+        solves += 1
+        least = min(p.cut.saved_bytes for p in scored)  # 0 on the scale, as PyTorch's is the inputs alone
+        target = least + budget * (max(no_recompute.saved_bytes, default_point.cut.saved_bytes) - least)
+        allowance, met = recompute_allowance(scored, target, problem.flops_of)
+        allowance = max(allowance, problem.flops_of(default_point.cut))
+        point = least_peak_within(scored, allowance, problem.flops_of)
     else:
         target = None
-
-        def fits(point: PeakPoint) -> bool:
-            return point.peak <= budget
-
+        frontier = pareto(scored)
         point, met = choose_on_frontier(frontier, peak_cap=float(budget))
-    at = frontier.index(point)
-    if met and at > 0:  # a plan between the chosen one and the one before may fit with less recomputation
-        refined, refine_solves = refine_between(network, plans, frontier[at - 1], point, predict)
-        solves += refine_solves
-        scored = scored + refined
-        point = next((p for p in refined if fits(p)), point)
+        at = frontier.index(point)
+        if met and at > 0:  # a plan between the chosen one and the one before may fit with less recomputation
+            refined, refine_solves = refine_between(network, plans, frontier[at - 1], point, predict)
+            solves += refine_solves
+            scored = scored + refined
+            point = next((p for p in refined if p.peak <= budget), point)
     table = tuple((p.cut.saved_bytes, p.cut.recompute_cost, p.peak) for p in scored)
-    default_cut = next(c for c in solved if c.lam == lam_default)
     plan = Plan(point.cut, lam_default, target, met, solves, hull, default_saved=default_cut.saved)
     return PeakPlan(plan, None if target is not None else float(budget), table)

@@ -199,3 +199,79 @@ def test_budgets_choose_plans_between_hull_vertices(six_layer_problem):
     saved = [c.saved_bytes for c in chosen]
     assert saved == sorted(saved, reverse=True)
     assert any(round(s) not in vertices for s in saved), (saved, sorted(vertices))
+
+
+def _point(saved_bytes, flops, peak, recompute_seconds=0.0):
+    import numpy as np
+
+    from passes.peak import PeakPoint
+    from passes.plan import Cut
+
+    recomputed = np.array([flops > 0])
+    cut = Cut(0.0, np.array([True]), recomputed, recomputed, float(saved_bytes), recompute_seconds)
+    return PeakPoint(cut, peak), flops
+
+
+def _flops_table(*points):
+    table = {id(p.cut): flops for p, flops in points}
+    return [p for p, _ in points], lambda cut: table[id(cut)]
+
+
+def test_recompute_allowance_prices_the_byte_cap_on_the_convex_hull():
+    import math
+
+    from passes.peak import recompute_allowance
+
+    points, flops_of = _flops_table(
+        _point(100, 0, 10), _point(50, 10, 8), _point(0, 100, 5),
+        _point(60, 30, 9),  # above the hull: never the price
+    )
+    assert recompute_allowance(points, 100, flops_of) == (0, True)
+    assert recompute_allowance(points, 75, flops_of) == (pytest.approx(5), True)
+    assert recompute_allowance(points, 60, flops_of) == (pytest.approx(8), True)
+    assert recompute_allowance(points, 50, flops_of) == (pytest.approx(10), True)
+    assert recompute_allowance(points, 25, flops_of) == (pytest.approx(55), True)
+    assert recompute_allowance(points, -1, flops_of) == (math.inf, False)
+
+
+def test_least_peak_within_spends_the_allowance_on_the_peak():
+    from passes.peak import least_peak_within
+
+    points, flops_of = _flops_table(
+        _point(100, 0, 10), _point(70, 0, 9, recompute_seconds=2.0), _point(80, 0, 9, recompute_seconds=1.0),
+        _point(50, 10, 8), _point(0, 100, 5),
+    )
+    chosen = [least_peak_within(points, allowance, flops_of) for allowance in (0, 9, 10, 100)]
+    assert [p.peak for p in chosen] == [9, 9, 8, 5]
+    assert chosen[0].cut.saved_bytes == 80  # equal peaks: the one that recomputes less
+
+
+@pytest.mark.parametrize("make", [ResidualMLP, TinyGPT], ids=["mlp", "gpt"])
+def test_fractions_recompute_no_more_flops_than_pytorchs_budget_at_the_same_number(make):
+    """A fraction is PyTorch's budget scale priced in compute-bound FLOPs: never a costlier plan than its."""
+    import copy
+
+    from torch._inductor.virtualized import V
+
+    from helpers import capture_joint_graph
+    from passes import torch_internals as ti
+    from rematpass.bench_measure import duplicated_work
+    from rematpass.config import resolve
+    from rematpass.partitioner import RematPartitioner
+
+    torch.manual_seed(0)
+    model = make()
+    captured = capture_joint_graph(model, (model.example(),))
+    spent = {}
+    for budget in (0.8, 0.5, 0.3, 0.1):
+        for who in ("pytorch", "rematpass"):
+            gm = copy.deepcopy(captured["joint"])
+            with V.set_fake_mode(captured["fake"]):
+                if who == "pytorch":
+                    with torch._functorch.config.patch(activation_memory_budget=budget):
+                        fw, bw = ti.torch_min_cut_partition(gm, [], **captured["kwargs"])
+                else:
+                    fw, bw = RematPartitioner(resolve({"memory_budget": budget}))(gm, [], **captured["kwargs"])
+            spent[who, budget] = duplicated_work(fw, bw)["recompute_flops"]
+    assert all(spent["rematpass", b] <= spent["pytorch", b] for b in (0.8, 0.5, 0.3, 0.1)), spent
+    assert spent["rematpass", 0.1] > 0, "the lowest budget should recompute a matmul"
