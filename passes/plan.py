@@ -62,7 +62,9 @@ class Plan:
 
     cut: Cut
     lam_default: float
-    target_bytes: float | None  # summed saved bytes the budget allows; None: default plan
+    # Summed saved bytes the budget allows (a fraction: the cap that prices its recompute allowance);
+    # None: the default plan or a peak cap.
+    target_bytes: float | None
     budget_met: bool
     num_solves: int
     hull: tuple[tuple[float, float, float], ...] = field(default=())  # (lam, saved bytes, recompute cost) seen

@@ -7,6 +7,7 @@ See README.md for the knobs and how to read a plan.
 """
 
 from . import config
+from .cli import record_measured_peak
 from .config import Knobs, KnobError
 from .partitioner import RematFallbackWarning, RematPartitioner
 from .report import PartitionReport, clear_reports, recent_reports
@@ -22,4 +23,5 @@ __all__ = [
     "clear_reports",
     "config",
     "recent_reports",
+    "record_measured_peak",
 ]

@@ -17,7 +17,7 @@ import re
 import sys
 from typing import Any, Iterable, Sequence
 
-from .dump import FRONTIER_FILE, MARKER_FILES, PLAN_FILE
+from .dump import FRONTIER_FILE, HTML_FILE, MARKER_FILES, PLAN_FILE
 from .report import RECOMPUTED, SAVED, fmt_bytes, fmt_count, fmt_seconds
 
 
@@ -117,6 +117,50 @@ def _reasons(nodes: list[dict[str, Any]], decision: str) -> str:
     return ", ".join(f"{c} {k.replace('_', ' ')}" for k, c in counts.most_common()) or "none"
 
 
+def peak_line(totals: dict[str, Any]) -> str:
+    """The predicted peak of the step, and the measured one once ``record_measured_peak`` wrote it."""
+    predicted, measured = totals.get("predicted_peak_bytes"), totals.get("measured_peak_bytes")
+    text = "peak:       " + (f"predicted {fmt_bytes(predicted)}" if predicted is not None else "not predicted")
+    if totals.get("predicted_peak_at"):
+        text += f" (at {totals['predicted_peak_at']})"
+    if measured is not None:
+        text += f"; measured {fmt_bytes(measured)} for the step"
+        if predicted and measured:
+            text += f" (predicted / measured {predicted / measured:.3f})"
+    return text
+
+
+def record_measured_peak(path: str | pathlib.Path, peak_bytes: int) -> int:
+    """Write a measured step peak into every graph's plan.json (and report.html) of a dump.
+
+    The figure is the whole training step's (one step may run several graphs), as
+    ``rematpass.measure.peak_memory`` gives it; ``rematpass show`` then prints it
+    next to the predicted peak. Returns the number of graphs updated.
+
+        >>> import tempfile, torch, rematpass
+        >>> from rematpass.measure import peak_memory
+        >>> from rematpass.cli import record_measured_peak
+        >>> dump = tempfile.mkdtemp()
+        >>> model = torch.compile(torch.nn.Linear(8, 8), backend="remat", options={"dump_dir": dump})
+        >>> step = lambda: model(torch.randn(4, 8)).sum().backward()
+        >>> step()
+        >>> record_measured_peak(dump, peak_memory(step))
+        1
+    """
+    from .html_report import render_html
+
+    if isinstance(peak_bytes, bool) or not isinstance(peak_bytes, int) or peak_bytes < 0:
+        raise ValueError(f"peak_bytes must be a non-negative int (bytes), got {peak_bytes!r}")
+    folders = [f for f in find_graphs(path) if (f / PLAN_FILE).is_file()]
+    for folder in folders:
+        plan = load_plan(folder)
+        plan["totals"]["measured_peak_bytes"] = peak_bytes
+        (folder / PLAN_FILE).write_text(json.dumps(plan, indent=1), encoding="utf-8")
+        if (folder / FRONTIER_FILE).is_file():
+            (folder / HTML_FILE).write_text(render_html(plan, load_frontier(folder)), encoding="utf-8")
+    return len(folders)
+
+
 def summary_lines(plan: dict[str, Any]) -> list[str]:
     t, g, knobs = plan["totals"], plan.get("graph", {}), plan.get("knobs", {})
     budget = knobs.get("memory_budget")
@@ -138,6 +182,7 @@ def summary_lines(plan: dict[str, Any]) -> list[str]:
         + f"  [{_reasons(plan['nodes'], SAVED)}]",
         f"recomputed: {t['recomputed_ops']} ops, {fmt_count(t['recompute_flops'], 'FLOP')}, "
         f"est. {fmt_seconds(t['recompute_seconds'])}  [{_reasons(plan['nodes'], RECOMPUTED)}]",
+        peak_line(t),
         f"{budget_text}; lambda {t['lambda']:.3g} (default {t['lambda_default']:.3g}); "
         f"{t['num_solves']} max-flow solves in {fmt_seconds(t['solve_seconds'])}",
         f"graph:      {g.get('candidates', '?')} candidates; joint {g.get('joint_nodes', '?')}, "

@@ -39,9 +39,9 @@ class Knobs:
     """Every setting the partitioner reads. Frozen and picklable: part of the cache key."""
 
     # None: as fast as saving everything, least memory among such plans.
-    # float in [0, 1]: fraction on PyTorch's activation_memory_budget scale
-    #   (0 = least-memory plan, 1 = default plan).
-    # int bytes (or a string such as "1.5GiB"): cap on summed saved activation bytes.
+    # float in [0, 1]: fraction on PyTorch's activation_memory_budget scale, spent as a
+    #   recompute allowance on the least predicted peak (0 = least-peak plan, 1 = default plan).
+    # int bytes (or a string such as "1.5GiB"): cap on the step's predicted peak memory.
     memory_budget: float | int | None = None
     # Machine rates for the roofline; None picks a default for the graph's device.
     flops_per_second: float | None = None

@@ -47,6 +47,15 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _peak_detail(totals: dict) -> str:
+    where = f"at {totals['predicted_peak_at']}" if totals.get("predicted_peak_at") else ""
+    measured, predicted = totals.get("measured_peak_bytes"), totals.get("predicted_peak_bytes")
+    if measured:
+        where += f"; measured {fmt_bytes(measured)} for the step" + (
+            f" (predicted / measured {predicted / measured:.3f})" if predicted else "")
+    return where
+
+
 def _card(key: str, value: str, detail: str = "") -> str:
     return f'<div class="card"><div class="k">{_e(key)}</div><div class="v">{_e(value)}</div><div class="d">{_e(detail)}</div></div>'
 
@@ -200,6 +209,7 @@ def render_html(plan: dict[str, Any], frontier: dict[str, Any] | None = None, to
               + (f" (default plan: {fmt_bytes(default_bytes)})" if default_bytes is not None else "")),
         _card("recomputed", f"{totals['recomputed_ops']} ops",
               f"{fmt_count(totals['recompute_flops'], 'FLOP')}, est. {fmt_seconds(totals['recompute_seconds'])}"),
+        _card("peak", fmt_bytes(totals.get("predicted_peak_bytes")) + " predicted", _peak_detail(totals)),
         _card("memory budget", "none" if budget is None else str(budget), budget_detail),
         _card("lambda", f"{totals['lambda']:.3g}", f"default {totals['lambda_default']:.3g} (bytes per second of recompute)"),
         _card("solver", f"{totals['num_solves']} max-flow solves",

@@ -13,6 +13,7 @@ import sys
 import pytest
 import torch
 
+import rematpass
 from rematpass import cli
 from rematpass.report import fmt_bytes
 from helpers import cheap_backend
@@ -194,3 +195,21 @@ def test_python_dash_m_and_console_script(roots):
         pytest.skip("the rematpass console script is not on PATH (pip install -e .)")
     result = subprocess.run([script, "show", str(b / "missing")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "no such directory" in result.stderr
+
+
+def test_measured_peak_is_recorded_next_to_the_predicted_one(roots, tmp_path):
+    _, b = roots
+    dump = tmp_path / "b"
+    shutil.copytree(b, dump)
+    predicted = plan(dump)["totals"]["predicted_peak_bytes"]
+    assert predicted > 0
+    assert rematpass.record_measured_peak(dump, 2 * predicted) == 1
+    assert plan(dump)["totals"]["measured_peak_bytes"] == 2 * predicted
+    code, out, _ = run("show", dump)
+    assert code == 0
+    assert f"peak:       predicted {fmt_bytes(predicted)}" in out
+    assert f"measured {fmt_bytes(2 * predicted)} for the step (predicted / measured 0.500)" in out
+    (page,) = dump.glob("*/report.html")
+    assert "predicted / measured 0.500" in page.read_text()
+    with pytest.raises(ValueError, match="peak_bytes"):
+        rematpass.record_measured_peak(dump, -1)
