@@ -61,7 +61,7 @@ def main():
     variants = [
         ("torch.compile default (Inductor min-cut)", dict(backend="inductor")),
         ("remat default", dict(backend="remat")),
-        ("remat memory_budget=0.5", dict(backend="remat", options={"memory_budget": 0.5})),
+        ("remat memory_budget=0.3", dict(backend="remat", options={"memory_budget": 0.3})),
     ]
     rows = []
     for name, kwargs in variants:
