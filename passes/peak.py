@@ -90,20 +90,12 @@ def least_peak_within(points: list[PeakPoint], allowance: float, flops_of: Calla
     return min(fitting, key=lambda p: (p.peak, p.cut.recompute_cost, -p.cut.saved_bytes))
 
 
-def choose_on_frontier(
-    frontier: list[PeakPoint], *, saved_target: float | None = None, peak_cap: float | None = None
-) -> tuple[PeakPoint, bool]:
-    """The first frontier plan (least recompute) within the target; the last one if none is.
-
-    ``saved_target`` caps summed saved bytes (fractions of the budget scale),
-    ``peak_cap`` the predicted peak (absolute budgets). Returns (plan, met).
-    """
+def choose_on_frontier(frontier: list[PeakPoint], peak_cap: float) -> tuple[PeakPoint, bool]:
+    """(plan, met): the first frontier plan (least recompute) whose predicted peak fits
+    ``peak_cap``; the last one (the least peak) if none does."""
     for point in frontier:
-        if saved_target is not None and point.cut.saved_bytes > saved_target:
-            continue
-        if peak_cap is not None and point.peak > peak_cap:
-            continue
-        return point, True
+        if point.peak <= peak_cap:
+            return point, True
     return frontier[-1], False
 
 

@@ -129,7 +129,7 @@ def plan_for_peak(problem: CutProblem, lam_default: float, budget: float | int, 
     else:
         target = None
         frontier = pareto(scored)
-        point, met = choose_on_frontier(frontier, peak_cap=float(budget))
+        point, met = choose_on_frontier(frontier, float(budget))
         at = frontier.index(point)
         if met and at > 0:  # a plan between the chosen one and the one before may fit with less recomputation
             refined, refine_solves = refine_between(network, plans, frontier[at - 1], point, predict)
