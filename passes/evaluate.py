@@ -42,7 +42,7 @@ def violations(problem: CutProblem, cut: Cut, *, limit: int = 10) -> list[str]:
         pairs = [f"{s.nodes[u].name}->{s.nodes[v].name}" for u, v in zip(s.edge_src[edge_bad][:limit], s.edge_dst[edge_bad][:limit])]
         found.append(f"computed in the backward from an input that is neither saved nor computed there: {pairs}")
     saved_bytes = float(problem.save_bytes[saved & ~s.is_static].sum())
-    recompute_cost = float(problem.recompute_cost[cut.recomputed].sum())
+    recompute_cost = problem.time_of(cut.saved, cut.recomputed)
     if not np.isclose(saved_bytes, cut.saved_bytes, rtol=1e-12, atol=0):
         found.append(f"saved_bytes {cut.saved_bytes} but the saved nodes hold {saved_bytes}")
     if not np.isclose(recompute_cost, cut.recompute_cost, rtol=1e-9, atol=1e-300):
@@ -64,17 +64,29 @@ def quantized_objective(problem: CutProblem, lam: float, cut: Cut, network: CutN
     return int(save[cut.saved].sum() + recompute[cut.in_backward].sum())
 
 
-def budget_costs(problem: CutProblem) -> tuple[np.ndarray, np.ndarray, float]:
-    """(bytes a saved node counts against a budget, quantised recompute cost, scale).
+def budget_costs(problem: CutProblem) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(bytes a saved node counts against a budget, quantised time of saving it,
+    quantised recompute cost, scale).
 
-    The budget counts ``Cut.saved_bytes`` (parameters are free); recompute
-    costs are quantised on their own, so two plans under one budget compare
-    exactly. Nodes that cannot be recomputed cost 0 here (they never are).
+    The budget counts ``Cut.saved_bytes`` (parameters are free); time costs
+    (``CutProblem.time_of``: recomputation, and the write a saved value may
+    cost) are quantised on one scale of their own, so two plans under one
+    budget compare exactly. Nodes that cannot be recomputed cost 0 to
+    recompute here (they never are).
     """
     s = problem.summary
+    n = s.num_nodes
     _, no_recompute = hard_rules(s)
     nbytes = np.where(s.is_static, 0.0, problem.save_bytes.astype(np.float64))
     cost = np.where(no_recompute | (s.kind != FORWARD), 0.0, problem.recompute_cost.astype(np.float64))
-    quantised, scale = quantize(cost)
-    return nbytes, quantised.astype(np.int64), scale
+    save_time = np.zeros(n) if problem.save_time is None else problem.save_time.astype(np.float64)
+    quantised, scale = quantize(np.concatenate([save_time, cost]))
+    quantised = quantised.astype(np.int64)
+    return nbytes, quantised[:n], quantised[n:], scale
+
+
+def budget_time(problem: CutProblem, cut: Cut) -> int:
+    """A plan's time cost in ``budget_costs`` units."""
+    _, save_time, recompute, _ = budget_costs(problem)
+    return int(save_time[cut.saved].sum() + recompute[cut.recomputed].sum())
 

@@ -42,7 +42,7 @@ import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from .budget import plan_for_budget
-from .evaluate import budget_costs, quantized_objective, violations
+from .evaluate import budget_costs, budget_time, quantized_objective, violations
 from .mincut import CutNetwork, cut_from_plan, hard_rules
 from .plan import Cut, CutProblem, Plan
 
@@ -160,20 +160,20 @@ def solve_ilp_budget(
     """
     started = time.perf_counter()
     n = problem.summary.num_nodes
-    nbytes, recompute, _ = budget_costs(problem)
+    nbytes, save_time, recompute, _ = budget_costs(problem)
     budget_row = (np.concatenate([nbytes, np.zeros(n)]), -np.inf, float(target_bytes))
-    time_cost = np.concatenate([np.zeros(n), recompute]).astype(np.float64)
+    time_cost = np.concatenate([save_time, recompute]).astype(np.float64)
     status, x, message = _milp(problem, time_cost, [budget_row], time_limit)
     if status == OPTIMAL and tie_break:
-        best = float(recompute[x[n:]].sum())
+        best = float(time_cost[x].sum())
         remaining = None if time_limit is None else time_limit - (time.perf_counter() - started)
         bytes_cost = np.concatenate([nbytes, np.zeros(n)])
         second = _milp(problem, bytes_cost, [budget_row, (time_cost, -np.inf, best)], remaining)
-        if second[0] == OPTIMAL and float(recompute[second[1][n:]].sum()) <= best:
+        if second[0] == OPTIMAL and float(time_cost[second[1]].sum()) <= best:
             x = second[1]
 
     def objective_of(cut: Cut) -> int:
-        return int(recompute[cut.recomputed].sum())
+        return budget_time(problem, cut)
 
     return _result(problem, lam, status, x, message, started, objective_of)
 
@@ -216,12 +216,11 @@ def compare_with_hull(problem: CutProblem, lam_default: float, target_bytes: flo
     result = solve_ilp_budget(problem, target_bytes, time_limit=time_limit, lam=hull.cut.lam)
     if not result.optimal:
         raise RuntimeError(f"ILP {result.status}: {result.message}")
-    _, recompute, _ = budget_costs(problem)
     return BudgetGap(
         target_bytes=float(target_bytes),
         hull=hull.cut,
         ilp=result.cut,
-        hull_recompute=int(recompute[hull.cut.recomputed].sum()),
+        hull_recompute=budget_time(problem, hull.cut),
         ilp_recompute=result.objective,
         hull_seconds=hull.cut.recompute_cost,
         ilp_seconds=result.cut.recompute_cost,

@@ -1,11 +1,14 @@
 """The flow network that prices memory and time together (DESIGN.md section 3).
 
-Each candidate v becomes ``v_in -> v_out`` with capacity ``save_bytes[v]``;
-``source -> v_in`` costs ``lam * recompute_cost[v]`` (infinite when v must not
-be recomputed); ``v_out -> sink`` is infinite when the backward reads v; data
-edges are infinite. A finite cut saves exactly the nodes with ``v_in`` on the
-source side and ``v_out`` on the sink side, recomputes those with ``v_in`` on
-the sink side, and its value is ``saved bytes + lam * recompute cost``.
+Each candidate v becomes ``v_in -> v_out`` with capacity
+``save_bytes[v] + lam * save_time[v]`` (the write of a value the forward
+computes only to save it); ``source -> v_in`` costs ``lam * recompute_cost[v]``
+(infinite when v must not be recomputed); ``v_out -> sink`` is infinite when
+the backward reads v; data edges are infinite. A finite cut saves exactly the
+nodes with ``v_in`` on the source side and ``v_out`` on the sink side,
+recomputes those with ``v_in`` on the sink side, and its value is
+``saved bytes + lam * time``, where a ``Cut``'s ``recompute_cost`` is that time:
+recomputation plus the writes of the values it saves that cost one.
 
 The edges do not depend on lambda, only the source edges' capacities do, so
 ``CutNetwork`` builds the network once and solves it for many lambdas.
@@ -56,6 +59,7 @@ class CutNetwork:
         idx = np.arange(n)
         self.no_save, self.no_recompute = hard_rules(s)
         self._save_bytes = problem.save_bytes.astype(np.float64)
+        self._save_time = np.zeros(n) if problem.save_time is None else problem.save_time.astype(np.float64)
         self._recompute_cost = problem.recompute_cost.astype(np.float64)
         # A recomputable node whose recomputation is free needs no source edge.
         self._sourced = idx[self.no_recompute | (self._recompute_cost > 0)]
@@ -84,11 +88,13 @@ class CutNetwork:
                 raise InfeasibleCut([describe_vertex(self.problem.summary, v) for v in exc.path]) from None
         return self._flow
 
-    def capacities(self, lam: float) -> np.ndarray:
-        """Float capacity per edge (``inf`` on the edges no cut may cross)."""
+    def capacities(self, lam: float, price_save_time: bool = True) -> np.ndarray:
+        """Float capacity per edge (``inf`` on the edges no cut may cross). Without
+        ``price_save_time`` saving costs its bytes alone."""
         n = self.problem.summary.num_nodes
         caps = np.full(len(self.tails), math.inf)
-        caps[:n] = np.where(self.no_save, math.inf, self._save_bytes)
+        save = self._save_bytes + lam * self._save_time if price_save_time else self._save_bytes
+        caps[:n] = np.where(self.no_save, math.inf, save)
         sourced = np.where(self.no_recompute[self._sourced], math.inf, lam * self._recompute_cost[self._sourced])
         caps[n : n + len(self._sourced)] = sourced
         return caps
@@ -125,6 +131,12 @@ class CutNetwork:
     def solve(self, lam: float) -> Cut:
         """The plan minimising ``saved bytes + lam * recompute cost``."""
         return cut_from_source_side(self.problem, lam, self.min_cut(lam).source_side)
+
+    def least_bytes_at(self, lam: float) -> Cut:
+        """The plan minimising ``saved bytes + lam * recomputation`` with saving priced by bytes
+        alone: at a large lambda, the fewest bytes the step saves without recomputing."""
+        side = self.flow.min_cut(self.capacities(lam, price_save_time=False)).source_side
+        return cut_from_source_side(self.problem, lam, side)
 
     def plans_between(self, lam: float, count: int) -> list[Cut]:
         """Up to ``count`` plans that are all optimal at ``lam``, from the least-saving one up.
@@ -217,7 +229,7 @@ def cut_from_plan(problem: CutProblem, lam: float, saved: np.ndarray, in_backwar
         recomputed=recomputed,
         in_backward=in_backward,
         saved_bytes=float(problem.save_bytes[saved & ~s.is_static].sum()),
-        recompute_cost=float(problem.recompute_cost[recomputed].sum()),
+        recompute_cost=problem.time_of(saved, recomputed),
     )
 
 

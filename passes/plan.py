@@ -14,6 +14,8 @@ class CutProblem:
     ``save_bytes[i]`` is what keeping node i for the backward costs in memory;
     ``recompute_cost[i]`` what computing it again in the backward costs in time
     (seconds, 0 for nodes the forward does not compute anyway);
+    ``save_time[i]`` what saving it costs in time beyond its bytes (a value only
+    the backward uses must be written out by the forward; None: nothing);
     ``recompute_flops[i]`` the FLOPs of compute-bound ops (matmul, convolution,
     attention; 0 for pointwise ops and reductions), the currency fractional
     budgets are spent in (rematpass.peak_planning). None: budgets spend
@@ -24,6 +26,12 @@ class CutProblem:
     save_bytes: np.ndarray
     recompute_cost: np.ndarray
     recompute_flops: np.ndarray | None = None
+    save_time: np.ndarray | None = None
+
+    def time_of(self, saved: np.ndarray, recomputed: np.ndarray) -> float:
+        """Seconds a plan adds to the step: its recomputation, plus the writes its saved values cost."""
+        seconds = float(self.recompute_cost[recomputed].sum())
+        return seconds if self.save_time is None else seconds + float(self.save_time[saved].sum())
 
     def flops_of(self, cut: "Cut") -> float:
         """What a plan spends of a fractional budget: its recomputed compute-bound FLOPs."""
@@ -40,7 +48,7 @@ class Cut:
     recomputed: np.ndarray  # bool: a forward node computed again in the backward
     in_backward: np.ndarray  # bool: computed in the backward (recomputed or backward-only)
     saved_bytes: float
-    recompute_cost: float
+    recompute_cost: float  # seconds the plan adds: CutProblem.time_of (recomputation, writes of some saved values)
 
     def objective(self, lam: float) -> float:
         return self.saved_bytes + lam * self.recompute_cost

@@ -28,7 +28,7 @@ import torch.fx as fx
 from torch.utils.flop_counter import flop_registry
 
 from passes import torch_internals as ti
-from passes.analysis import FORWARD, INPUT, GraphSummary
+from passes.analysis import BACKWARD_ONLY, FORWARD, INPUT, GraphSummary
 from passes.plan import CutProblem
 
 # Default machine rates by device type: (FLOP/s, bytes/s). Deliberately round
@@ -74,6 +74,14 @@ class CostTable:
         values[summary.kind != FORWARD] = 0.0
         return values
 
+    def save_time(self, summary: GraphSummary) -> np.ndarray:
+        """Seconds saving each candidate adds to the step: a value only the backward uses is
+        computed in the forward just to be saved, and the forward's kernel must write it out
+        (a buffer Inductor would otherwise never materialise). Other values cost nothing extra."""
+        values = np.array([c.bytes for c in self.costs], dtype=np.float64)
+        values[(summary.kind != BACKWARD_ONLY) | summary.is_view] = 0.0
+        return values / self.bytes_per_second
+
     def recompute_flops(self, summary: GraphSummary) -> np.ndarray:
         """Compute-bound FLOPs of recomputing each candidate: what fractional budgets count."""
         values = np.array([c.compute_flops for c in self.costs], dtype=np.float64)
@@ -81,7 +89,8 @@ class CostTable:
         return values
 
     def problem(self, summary: GraphSummary) -> CutProblem:
-        return CutProblem(summary, self.save_bytes(summary), self.recompute_cost(summary), self.recompute_flops(summary))
+        return CutProblem(summary, self.save_bytes(summary), self.recompute_cost(summary), self.recompute_flops(summary),
+                          self.save_time(summary))
 
     @property
     def default_lambda(self) -> float:

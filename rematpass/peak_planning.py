@@ -119,7 +119,7 @@ def plan_for_peak(problem: CutProblem, lam_default: float, budget: float | int, 
     default_point = scored[0]  # the hull's first vertex: the default plan
     default_cut = next(c for c in solved if c.lam == lam_default)
     if isinstance(budget, float):
-        no_recompute = network.solve(lam_default * NO_RECOMPUTE_LAMBDA_FACTOR)
+        no_recompute = network.least_bytes_at(lam_default * NO_RECOMPUTE_LAMBDA_FACTOR)
         solves += 1
         least = min(p.cut.saved_bytes for p in scored)  # 0 on the scale, as PyTorch's is the inputs alone
         target = least + budget * (max(no_recompute.saved_bytes, default_point.cut.saved_bytes) - least)

@@ -134,8 +134,8 @@ def _reason(
             return SAVED, MUST_SAVE, f"must save: {no_recompute}"
         if summary.kind[i] == BACKWARD_ONLY:
             return SAVED, CHEAPER_TO_SAVE, (
-                "only the backward uses it, but computing it in the forward and saving it is cheaper "
-                "than keeping what it is computed from"
+                "only the backward uses it, but computing it in the forward and saving it (one more "
+                "write there) is cheaper than keeping what it is computed from"
             )
         if default_saved is not None and not default_saved[i]:
             return SAVED, CHEAPER_TO_SAVE, (

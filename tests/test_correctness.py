@@ -65,6 +65,17 @@ def test_saved_bytes_never_increase_as_budget_falls(make):
     assert peaks == sorted(peaks, reverse=True), peaks
 
 
+def test_default_plan_does_not_compute_backward_only_values_in_the_forward_to_save_them():
+    """GELU's derivative is read only by the backward. Computing it in the forward to save it costs
+    as many bytes as saving the matmul output it comes from, plus a write there (Inductor would
+    otherwise fuse it away), so the default plan saves the matmul output, as Inductor's does."""
+    (report,) = _saved_bytes_by_budget(ResidualMLP, [None])
+    saved = report.saved_nodes()
+    assert not [n.name for n in saved if n.reason.startswith("only the backward uses it")]
+    hidden = [n for n in saved if n.op == "aten.addmm" and n.shape[-1] == str(4 * 32)]
+    assert len(hidden) == 4, [(n.op, n.shape) for n in saved]  # one GELU input per block
+
+
 def test_default_plan_equals_budget_one():
     none, one = _saved_bytes_by_budget(TinyGPT, [None, 1.0])
     assert [n.decision for n in none.nodes] == [n.decision for n in one.nodes]
