@@ -102,7 +102,21 @@ class PeakPredictor:
         return self.joint_estimate(cut).peak_bytes
 
 
-def plan_for_peak(problem: CutProblem, lam_default: float, budget: float | int, predict: PeakPredictor) -> PeakPlan:
+def _remembered(peak_of: Callable[[Cut], int]) -> Callable[[Cut], int]:
+    """``peak_of`` evaluated once per distinct plan: the hull fill-ins hand back vertices already scored."""
+    peaks: dict[tuple[bytes, bytes], int] = {}
+
+    def peak(cut: Cut) -> int:
+        key = (cut.saved.tobytes(), cut.in_backward.tobytes())
+        if key not in peaks:
+            peaks[key] = peak_of(cut)
+        return peaks[key]
+
+    return peak
+
+
+def plan_for_peak(problem: CutProblem, lam_default: float, budget: float | int, predict: Callable[[Cut], int]) -> PeakPlan:
+    predict = _remembered(predict)
     network = CutNetwork(problem)
     walk = walk_hull(network, [lam_default * LOWEST_LAMBDA_FRACTION, lam_default])
     plans, solved = walk.vertices, walk.solved
