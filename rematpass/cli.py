@@ -18,7 +18,7 @@ import sys
 from typing import Any, Iterable, Sequence
 
 from .dump import FRONTIER_FILE, HTML_FILE, MARKER_FILES, PLAN_FILE
-from .report import RECOMPUTED, SAVED, fmt_bytes, fmt_count, fmt_seconds
+from .report import RECOMPUTED, SAVED, fmt_bytes, fmt_count, fmt_measured_peak, fmt_seconds
 
 
 class DumpError(Exception):
@@ -119,15 +119,12 @@ def _reasons(nodes: list[dict[str, Any]], decision: str) -> str:
 
 def peak_line(totals: dict[str, Any]) -> str:
     """The predicted peak of the step, and the measured one once ``record_measured_peak`` wrote it."""
-    predicted, measured = totals.get("predicted_peak_bytes"), totals.get("measured_peak_bytes")
+    predicted = totals.get("predicted_peak_bytes")
     text = "peak:       " + (f"predicted {fmt_bytes(predicted)}" if predicted is not None else "not predicted")
     if totals.get("predicted_peak_at"):
         text += f" (at {totals['predicted_peak_at']})"
-    if measured is not None:
-        text += f"; measured {fmt_bytes(measured)} for the step"
-        if predicted and measured:
-            text += f" (predicted / measured {predicted / measured:.3f})"
-    return text
+    measured = fmt_measured_peak(totals)
+    return text + (f"; {measured}" if measured else "")
 
 
 def record_measured_peak(path: str | pathlib.Path, peak_bytes: int) -> int:

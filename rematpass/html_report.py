@@ -12,7 +12,7 @@ import html
 import math
 from typing import Any
 
-from .report import RECOMPUTED, SAVED, fmt_bytes, fmt_count, fmt_seconds
+from .report import RECOMPUTED, SAVED, fmt_bytes, fmt_count, fmt_measured_peak, fmt_seconds
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1200px;
@@ -49,11 +49,7 @@ def _e(value: Any) -> str:
 
 def _peak_detail(totals: dict) -> str:
     where = f"at {totals['predicted_peak_at']}" if totals.get("predicted_peak_at") else ""
-    measured, predicted = totals.get("measured_peak_bytes"), totals.get("predicted_peak_bytes")
-    if measured:
-        where += f"; measured {fmt_bytes(measured)} for the step" + (
-            f" (predicted / measured {predicted / measured:.3f})" if predicted else "")
-    return where
+    return "; ".join(part for part in (where, fmt_measured_peak(totals)) if part)
 
 
 def _card(key: str, value: str, detail: str = "") -> str:

@@ -257,6 +257,15 @@ def build_report(
     )
 
 
+def fmt_measured_peak(totals: dict) -> str:
+    """ "measured 9.6 MiB for the step (predicted / measured 0.950)", or "" before one is recorded."""
+    measured, predicted = totals.get("measured_peak_bytes"), totals.get("predicted_peak_bytes")
+    if measured is None:
+        return ""
+    text = f"measured {fmt_bytes(measured)} for the step"
+    return text + (f" (predicted / measured {predicted / measured:.3f})" if predicted and measured else "")
+
+
 def fmt_bytes(n: float | None) -> str:
     """1536 -> "1.5 KiB"."""
     if n is None:
