@@ -5,7 +5,10 @@
 
 It hands the graph to Inductor with ``RematPartitioner`` as
 ``custom_partitioner_fn``; Inductor runs its joint-graph passes, calls our
-partitioner, and compiles the forward and backward it returns.
+partitioner, and compiles the forward and backward it returns. After
+Inductor's post-grad patterns, ``passes.hoist_matmul`` moves a matmul that
+addmm fusion delayed back to where its operands are ready (with tied
+embeddings it would hold the logits gradient through the whole backward).
 """
 
 from __future__ import annotations
@@ -13,10 +16,33 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import torch
+from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+
+from passes import hoist_matmul
 
 from . import config
 from .dump import watch_compile
 from .partitioner import RematPartitioner
+
+
+class HoistLateMatmuls(CustomGraphPass):
+    """``passes.hoist_matmul`` as an Inductor post-grad pass (cacheable: keyed on its source)."""
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        hoist_matmul.hoist_late_matmuls(graph)
+
+    def uuid(self) -> bytes:
+        return get_hash_for_files((hoist_matmul.__file__,))
+
+
+def _post_grad_passes() -> tuple:
+    """Ours after any the user installed."""
+    installed = torch._inductor.config.post_grad_custom_post_pass
+    if installed is None:
+        installed = ()
+    elif not isinstance(installed, (list, tuple)):
+        installed = (installed,)
+    return tuple(installed) + (HoistLateMatmuls(),)
 
 
 def remat(gm: torch.fx.GraphModule, example_inputs, *, options: Mapping[str, Any] | None = None, mode: str | None = None):
@@ -28,5 +54,6 @@ def remat(gm: torch.fx.GraphModule, example_inputs, *, options: Mapping[str, Any
     if mode is not None and mode != "default":
         patches.update(torch._inductor.list_mode_options(mode))
     patches["custom_partitioner_fn"] = RematPartitioner(knobs)
+    patches["post_grad_custom_post_pass"] = _post_grad_passes()
     with watch_compile(knobs.dump_dir):
         return compile_fx(gm, example_inputs, config_patches=patches)

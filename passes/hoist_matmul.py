@@ -1,0 +1,133 @@
+"""Run a matmul where its operands are ready, not where Inductor's addmm fusion put it.
+
+Inductor's post-grad patterns turn ``add(mm(a, b), c)`` into ``addmm(c, a, b)``
+at the add. When ``c`` comes much later than ``a`` and ``b``, the matmul
+moves with it, and ``a`` and ``b`` stay alive until then. The case that
+matters is a tied embedding: the output projection's weight gradient
+(``mm(grad_logits.t(), hidden)``) is added to the embedding's gradient, which
+the backward computes last, so the logits gradient, the largest tensor of a
+language model, is held through the whole backward.
+
+``hoist_late_matmuls`` splits such an ``addmm`` back into an ``mm`` right
+after its operands are ready and an ``add`` where the addmm was, when the
+operand storages this frees early outweigh the matmul's output held until
+the add. Run it after Inductor's pattern passes (its post-grad custom post
+pass), so the pair is not fused again.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+aten = torch.ops.aten
+
+_VIEWS = {
+    aten.t.default, aten.permute.default, aten.transpose.int, aten.view.default, aten.reshape.default,
+    aten._unsafe_view.default, aten.expand.default, aten.alias.default, aten.squeeze.dim, aten.unsqueeze.default,
+}
+
+
+def _storage_base(node: fx.Node) -> fx.Node:
+    while node.op == "call_function" and node.target in _VIEWS and isinstance(node.args[0], fx.Node):
+        node = node.args[0]
+    return node
+
+
+def _readers(base: fx.Node) -> list[fx.Node]:
+    """Every node that reads ``base``'s storage, through views."""
+    found, pending = [], list(base.users)
+    while pending:
+        user = pending.pop()
+        if user.op == "call_function" and user.target in _VIEWS:
+            pending.extend(user.users)
+        found.append(user)
+    return found
+
+
+def _nbytes(node: fx.Node) -> int:
+    val = node.meta.get("val")
+    if not isinstance(val, torch.Tensor) or any(not isinstance(s, int) for s in val.shape):
+        return 0
+    return val.numel() * val.element_size()
+
+
+def _freed_early(operand: fx.Node, addmm: fx.Node, position: dict[fx.Node, int]) -> int:
+    """Bytes of ``operand``'s storage that would be freed before ``addmm`` if it no longer read it."""
+    base = _storage_base(operand)
+    if base.op != "call_function":  # graph inputs: parameters outlive the graph
+        return 0
+    last_other = max((position[u] for u in _readers(base) if u is not addmm and u.op != "output"
+                      and not (u.target in _VIEWS and addmm in _readers(u))), default=position[base])
+    if any(u.op == "output" for u in _readers(base)) or last_other >= position[addmm]:
+        return 0
+    return _nbytes(base)
+
+
+def _movable_views(operand: fx.Node, addmm: fx.Node) -> list[fx.Node]:
+    """The view nodes between ``operand``'s storage base and ``addmm`` if they can move to the base.
+
+    Inductor's pattern leaves the transposes of a fused matmul where the add
+    was; they can run right after the base when nothing else reads them and
+    their other inputs (symbolic sizes, say) are ready by then.
+    """
+    chain, node = [], operand
+    while node.op == "call_function" and node.target in _VIEWS and isinstance(node.args[0], fx.Node):
+        chain.append(node)
+        node = node.args[0]
+    base = node
+    for view, reader in zip(chain, [addmm] + chain[:-1]):
+        if set(view.users) != {reader}:
+            return []
+    extra_inputs = [arg for view in chain for arg in view.all_input_nodes[1:]]
+    if extra_inputs and not set(extra_inputs) <= _before(base):
+        return []
+    return chain[::-1]
+
+
+def _before(node: fx.Node) -> set[fx.Node]:
+    seen, cursor = set(), node
+    while cursor.op != "root":
+        seen.add(cursor)
+        cursor = cursor.prev
+    return seen
+
+
+def hoist_late_matmuls(graph: fx.Graph) -> int:
+    """Split late ``addmm(c, a, b)`` into an early ``mm(a, b)`` and ``add(c, mm)``; returns how many."""
+    position = {node: i for i, node in enumerate(graph.nodes)}
+    hoisted = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not aten.addmm.default or node.kwargs:
+            continue
+        bias, a, b = node.args[:3]
+        if not all(isinstance(x, fx.Node) for x in (bias, a, b)):
+            continue
+        chains = [_movable_views(x, node) for x in (a, b)]
+        ready = max(position[chain[0].args[0]] if chain else position[x] for x, chain in zip((a, b), chains))
+        if position[bias] <= ready or position[node] - ready <= 1:
+            continue  # the addmm could not run any earlier
+        freed = sum(_freed_early(x, node, position) for x in {_storage_base(a): a, _storage_base(b): b}.values())
+        if freed <= _nbytes(node):
+            continue
+        for chain in chains:
+            for view in chain:
+                view.args[0].append(view)  # move each view right after what it views
+        position = {n: i for i, n in enumerate(graph.nodes)}
+        anchor = a if position[a] >= position[b] else b
+        with graph.inserting_after(anchor):
+            product = graph.call_function(aten.mm.default, (a, b))
+        val = node.meta["val"]
+        product.meta = {k: v for k, v in node.meta.items() if k != "val"}
+        product.meta["val"] = val.new_empty(val.shape)
+        with graph.inserting_before(node):
+            total = graph.call_function(aten.add.Tensor, (bias, product))
+        total.meta = dict(node.meta)
+        node.replace_all_uses_with(total)
+        graph.erase_node(node)
+        hoisted += 1
+        position = {n: i for i, n in enumerate(graph.nodes)}
+    return hoisted
+
+
+__all__ = ["hoist_late_matmuls"]
