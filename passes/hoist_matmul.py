@@ -52,16 +52,21 @@ def _nbytes(node: fx.Node) -> int:
     return val.numel() * val.element_size()
 
 
-def _freed_early(operand: fx.Node, addmm: fx.Node, position: dict[fx.Node, int]) -> int:
-    """Bytes of ``operand``'s storage that would be freed before ``addmm`` if it no longer read it."""
+def _last_other_reader(operand: fx.Node, addmm: fx.Node, position: dict[fx.Node, int]) -> fx.Node | None:
+    """The last node before ``addmm`` that reads ``operand``'s storage, if the storage would die there.
+
+    None when nothing would be freed early: a graph input (parameters outlive
+    the graph), a graph output, or a storage read again at or after ``addmm``.
+    """
     base = _storage_base(operand)
-    if base.op != "call_function":  # graph inputs: parameters outlive the graph
-        return 0
-    last_other = max((position[u] for u in _readers(base) if u is not addmm and u.op != "output"
-                      and not (u.target in _VIEWS and addmm in _readers(u))), default=position[base])
-    if any(u.op == "output" for u in _readers(base)) or last_other >= position[addmm]:
-        return 0
-    return _nbytes(base)
+    if base.op != "call_function":
+        return None
+    readers = _readers(base)
+    if any(u.op == "output" for u in readers):
+        return None
+    others = [u for u in readers if u is not addmm and not (u.target in _VIEWS and addmm in _readers(u))]
+    last = max(others, key=position.__getitem__, default=base)
+    return last if position[last] < position[addmm] else None
 
 
 def _movable_views(operand: fx.Node, addmm: fx.Node) -> list[fx.Node]:
@@ -94,7 +99,13 @@ def _before(node: fx.Node) -> set[fx.Node]:
 
 
 def hoist_late_matmuls(graph: fx.Graph) -> int:
-    """Split late ``addmm(c, a, b)`` into an early ``mm(a, b)`` and ``add(c, mm)``; returns how many."""
+    """Split late ``addmm(c, a, b)`` into ``mm(a, b)`` where ``a`` or ``b`` would die and ``add(c, mm)``.
+
+    The matmul goes right after the last other reader of the operand storages
+    it frees, so its output replaces them: live bytes never rise anywhere, and
+    fall by their size less the output's between there and the add. Returns
+    how many were split.
+    """
     position = {node: i for i, node in enumerate(graph.nodes)}
     hoisted = 0
     for node in list(graph.nodes):
@@ -103,19 +114,23 @@ def hoist_late_matmuls(graph: fx.Graph) -> int:
         bias, a, b = node.args[:3]
         if not all(isinstance(x, fx.Node) for x in (bias, a, b)):
             continue
-        chains = [_movable_views(x, node) for x in (a, b)]
-        ready = max(position[chain[0].args[0]] if chain else position[x] for x, chain in zip((a, b), chains))
-        if position[bias] <= ready or position[node] - ready <= 1:
-            continue  # the addmm could not run any earlier
-        freed = sum(_freed_early(x, node, position) for x in {_storage_base(a): a, _storage_base(b): b}.values())
+        operands = {_storage_base(a): a, _storage_base(b): b}
+        dying = {base: _last_other_reader(x, node, position) for base, x in operands.items()}
+        freed = sum(_nbytes(base) for base, last in dying.items() if last is not None)
         if freed <= _nbytes(node):
             continue
+        chains = [_movable_views(x, node) for x in (a, b)]
+        ready = max(position[chain[0].args[0]] if chain else position[x] for x, chain in zip((a, b), chains))
+        anchor = max([last for last in dying.values() if last is not None], key=position.__getitem__)
+        start = max(ready, position[anchor])
+        if position[bias] <= start or position[node] - start <= 1:
+            continue  # the addmm could not run any earlier where it would help
         for chain in chains:
             for view in chain:
                 view.args[0].append(view)  # move each view right after what it views
         position = {n: i for i, n in enumerate(graph.nodes)}
-        anchor = a if position[a] >= position[b] else b
-        with graph.inserting_after(anchor):
+        after = max([a, b, anchor], key=position.__getitem__)
+        with graph.inserting_after(after):
             product = graph.call_function(aten.mm.default, (a, b))
         val = node.meta["val"]
         product.meta = {k: v for k, v in node.meta.items() if k != "val"}

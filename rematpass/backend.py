@@ -55,5 +55,6 @@ def remat(gm: torch.fx.GraphModule, example_inputs, *, options: Mapping[str, Any
         patches.update(torch._inductor.list_mode_options(mode))
     patches["custom_partitioner_fn"] = RematPartitioner(knobs)
     patches["post_grad_custom_post_pass"] = _post_grad_passes()
+    patches["allow_buffer_reuse"] = knobs.buffer_reuse
     with watch_compile(knobs.dump_dir):
         return compile_fx(gm, example_inputs, config_patches=patches)

@@ -61,6 +61,10 @@ class Knobs:
     # fused into their consumers allocate nothing) or "unfused" (every op allocates,
     # as in aot_eager-style backends).
     peak_model: str = "fused"
+    # Let Inductor hold a freed buffer for a later allocation of the same size (its
+    # allow_buffer_reuse). Off by default: the held buffer stays allocated across the
+    # kernels between, above the peak the plan was chosen for (README, Peak memory).
+    buffer_reuse: bool = False
 
 
 KNOB_HELP = {
@@ -74,6 +78,7 @@ KNOB_HELP = {
     "solver": "'mincut' or 'ilp'",
     "ilp_time_limit": "a positive number of seconds",
     "peak_model": "'fused' (Inductor) or 'unfused' (every op allocates)",
+    "buffer_reuse": "True or False",
 }
 
 _UNITS = {
@@ -220,6 +225,7 @@ _VALIDATORS = {
     "solver": _solver,
     "ilp_time_limit": _time_limit,
     "peak_model": _peak_model,
+    "buffer_reuse": functools.partial(_bool, "buffer_reuse"),
 }
 KNOB_NAMES = tuple(f.name for f in dataclasses.fields(Knobs))
 assert set(KNOB_NAMES) == set(_VALIDATORS) == set(KNOB_HELP)

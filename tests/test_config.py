@@ -29,6 +29,7 @@ def test_defaults():
         ({"always_recompute": 3}, "always_recompute=3"),
         ({"strict": "maybe"}, "strict='maybe'"),
         ({"solver": "greedy"}, "'mincut' or 'ilp'"),
+        ({"buffer_reuse": "yes please"}, "buffer_reuse='yes please'"),
     ],
 )
 def test_bad_knobs_name_the_knob_and_what_is_allowed(options, needle):

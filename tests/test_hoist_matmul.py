@@ -35,7 +35,8 @@ def test_late_addmm_becomes_early_mm_and_late_add():
     gm.recompile()
     order = _targets(gm)
     assert aten.addmm.default not in order
-    assert order.index(aten.mm.default) < order.index(aten.sum.default), "the matmul must run before big's last reader"
+    # where big would die without the addmm: after its last other reader, before the bias exists
+    assert order.index(aten.sum.default) < order.index(aten.mm.default) < order.index(aten.sin.default)
     assert order.index(aten.add.Tensor) > order.index(aten.sin.default)
     for got, expected in zip(gm(*ARGS), late_bias(*ARGS)):
         torch.testing.assert_close(got, expected)

@@ -1,0 +1,49 @@
+"""What the remat backend hands Inductor: our partitioner, our post-grad pass, the buffer-reuse knob."""
+
+import pytest
+import torch
+
+import rematpass.backend as backend
+from rematpass.partitioner import RematPartitioner
+
+
+@pytest.fixture
+def inductor_patches(monkeypatch):
+    """Calls the backend with compile_fx replaced by a recorder of its config patches."""
+    import torch._inductor.compile_fx as compile_fx_module
+
+    seen = []
+
+    def recording_compile_fx(gm, example_inputs, config_patches=None, **kwargs):
+        seen.append(config_patches)
+        return gm.forward
+
+    monkeypatch.setattr(compile_fx_module, "compile_fx", recording_compile_fx)
+
+    def run(options=None):
+        gm = torch.fx.symbolic_trace(torch.nn.Linear(2, 2))
+        backend.remat(gm, [torch.randn(1, 2)], options=options)
+        return seen[-1]
+
+    return run
+
+
+def test_partitioner_pass_and_buffer_reuse_reach_inductor(inductor_patches):
+    patches = inductor_patches()
+    assert isinstance(patches["custom_partitioner_fn"], RematPartitioner)
+    assert [type(p) for p in patches["post_grad_custom_post_pass"]] == [backend.HoistLateMatmuls]
+    assert patches["allow_buffer_reuse"] is False
+    assert inductor_patches({"buffer_reuse": True})["allow_buffer_reuse"] is True
+
+
+def test_a_users_post_grad_pass_still_runs_before_ours(inductor_patches, monkeypatch):
+    def users_pass(graph):
+        pass
+
+    monkeypatch.setattr(torch._inductor.config, "post_grad_custom_post_pass", users_pass)
+    passes = inductor_patches()["post_grad_custom_post_pass"]
+    assert passes[0] is users_pass and isinstance(passes[1], backend.HoistLateMatmuls)
+
+
+def test_our_pass_is_cacheable():
+    assert backend.HoistLateMatmuls().uuid()
