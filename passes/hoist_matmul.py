@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
+from .liveness import _default_hint, _tensor_bytes
+
 aten = torch.ops.aten
 
 _VIEWS = {
@@ -46,10 +48,7 @@ def _readers(base: fx.Node) -> list[fx.Node]:
 
 
 def _nbytes(node: fx.Node) -> int:
-    val = node.meta.get("val")
-    if not isinstance(val, torch.Tensor) or any(not isinstance(s, int) for s in val.shape):
-        return 0
-    return val.numel() * val.element_size()
+    return _tensor_bytes(node.meta.get("val"), _default_hint)  # symbolic sizes at their hints
 
 
 def _last_other_reader(operand: fx.Node, addmm: fx.Node, position: dict[fx.Node, int]) -> fx.Node | None:

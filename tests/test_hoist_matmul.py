@@ -42,6 +42,15 @@ def test_late_addmm_becomes_early_mm_and_late_add():
         torch.testing.assert_close(got, expected)
 
 
+def test_dynamic_shapes_are_priced_at_their_hints():
+    gm = make_fx(late_bias, tracing_mode="symbolic")(*ARGS)
+    assert any(isinstance(s, torch.SymInt) for n in gm.graph.nodes if n.op == "placeholder" for s in n.meta["val"].shape)
+    assert hoist_late_matmuls(gm.graph) == 1
+    gm.recompile()
+    for got, expected in zip(gm(*ARGS), late_bias(*ARGS)):
+        torch.testing.assert_close(got, expected)
+
+
 def test_addmm_left_alone_when_nothing_is_freed_earlier():
     def bias_first(x, w, y):
         bias = (y * 2).sin()
