@@ -8,11 +8,11 @@ matters is a tied embedding: the output projection's weight gradient
 the backward computes last, so the logits gradient, the largest tensor of a
 language model, is held through the whole backward.
 
-``hoist_late_matmuls`` splits such an ``addmm`` back into an ``mm`` right
-after its operands are ready and an ``add`` where the addmm was, when the
-operand storages this frees early outweigh the matmul's output held until
-the add. Run it after Inductor's pattern passes (its post-grad custom post
-pass), so the pair is not fused again.
+``hoist_late_matmuls`` splits such an ``addmm`` back into an ``mm``, placed
+where the operand storages it frees would otherwise die, and an ``add``
+where the addmm was, when those storages outweigh the matmul's output held
+until the add. Run it after Inductor's pattern passes (its post-grad custom
+post pass), so the pair is not fused again.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from .liveness import _default_hint, _tensor_bytes
 
 aten = torch.ops.aten
 
+# Ops whose output shares its first argument's storage and that may run anywhere after it
+# (not liveness.aliased_input: that includes in-place ops, which cannot move).
 _VIEWS = {
     aten.t.default, aten.permute.default, aten.transpose.int, aten.view.default, aten.reshape.default,
     aten._unsafe_view.default, aten.expand.default, aten.alias.default, aten.squeeze.dim, aten.unsqueeze.default,
@@ -68,7 +70,7 @@ def _last_other_reader(operand: fx.Node, addmm: fx.Node, position: dict[fx.Node,
     return last if position[last] < position[addmm] else None
 
 
-def _movable_views(operand: fx.Node, addmm: fx.Node) -> list[fx.Node]:
+def _movable_views(operand: fx.Node, addmm: fx.Node, position: dict[fx.Node, int]) -> list[fx.Node]:
     """The view nodes between ``operand``'s storage base and ``addmm`` if they can move to the base.
 
     Inductor's pattern leaves the transposes of a fused matmul where the add
@@ -83,18 +85,9 @@ def _movable_views(operand: fx.Node, addmm: fx.Node) -> list[fx.Node]:
     for view, reader in zip(chain, [addmm] + chain[:-1]):
         if set(view.users) != {reader}:
             return []
-    extra_inputs = [arg for view in chain for arg in view.all_input_nodes[1:]]
-    if extra_inputs and not set(extra_inputs) <= _before(base):
+    if any(position[arg] > position[base] for view in chain for arg in view.all_input_nodes[1:]):
         return []
     return chain[::-1]
-
-
-def _before(node: fx.Node) -> set[fx.Node]:
-    seen, cursor = set(), node
-    while cursor.op != "root":
-        seen.add(cursor)
-        cursor = cursor.prev
-    return seen
 
 
 def hoist_late_matmuls(graph: fx.Graph) -> int:
@@ -118,7 +111,7 @@ def hoist_late_matmuls(graph: fx.Graph) -> int:
         freed = sum(_nbytes(base) for base, last in dying.items() if last is not None)
         if freed <= _nbytes(node):
             continue
-        chains = [_movable_views(x, node) for x in (a, b)]
+        chains = [_movable_views(x, node, position) for x in (a, b)]
         ready = max(position[chain[0].args[0]] if chain else position[x] for x, chain in zip((a, b), chains))
         anchor = max([last for last in dying.values() if last is not None], key=position.__getitem__)
         start = max(ready, position[anchor])

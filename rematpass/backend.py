@@ -7,8 +7,10 @@ It hands the graph to Inductor with ``RematPartitioner`` as
 ``custom_partitioner_fn``; Inductor runs its joint-graph passes, calls our
 partitioner, and compiles the forward and backward it returns. After
 Inductor's post-grad patterns, ``passes.hoist_matmul`` moves a matmul that
-addmm fusion delayed back to where its operands are ready (with tied
-embeddings it would hold the logits gradient through the whole backward).
+addmm fusion delayed back to where its operands would otherwise die (with
+tied embeddings it would hold the logits gradient through the whole
+backward); Inductor's buffer reuse is off unless the ``buffer_reuse`` knob
+says otherwise.
 """
 
 from __future__ import annotations

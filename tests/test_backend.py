@@ -36,12 +36,14 @@ def test_partitioner_pass_and_buffer_reuse_reach_inductor(inductor_patches):
     assert inductor_patches({"buffer_reuse": True})["allow_buffer_reuse"] is True
 
 
-def test_a_users_post_grad_pass_still_runs_before_ours(inductor_patches, monkeypatch):
+def test_a_users_post_grad_pass_still_runs_before_ours(inductor_patches):
     def users_pass(graph):
         pass
 
-    monkeypatch.setattr(torch._inductor.config, "post_grad_custom_post_pass", users_pass)
-    passes = inductor_patches()["post_grad_custom_post_pass"]
+    # config.patch, not monkeypatch: undoing a monkeypatch deletes the entry, and Inductor's
+    # config module then hides it for the rest of the process.
+    with torch._inductor.config.patch(post_grad_custom_post_pass=users_pass):
+        passes = inductor_patches()["post_grad_custom_post_pass"]
     assert passes[0] is users_pass and isinstance(passes[1], backend.HoistLateMatmuls)
 
 
