@@ -32,10 +32,17 @@ _VIEWS = {
 }
 
 
-def _storage_base(node: fx.Node) -> fx.Node:
+def _view_chain(node: fx.Node) -> tuple[list[fx.Node], fx.Node]:
+    """The views from ``node`` down to its storage base (``node`` first), and the base."""
+    chain = []
     while node.op == "call_function" and node.target in _VIEWS and isinstance(node.args[0], fx.Node):
+        chain.append(node)
         node = node.args[0]
-    return node
+    return chain, node
+
+
+def _storage_base(node: fx.Node) -> fx.Node:
+    return _view_chain(node)[1]
 
 
 def _readers(base: fx.Node) -> list[fx.Node]:
@@ -77,11 +84,7 @@ def _movable_views(operand: fx.Node, addmm: fx.Node, position: dict[fx.Node, int
     was; they can run right after the base when nothing else reads them and
     their other inputs (symbolic sizes, say) are ready by then.
     """
-    chain, node = [], operand
-    while node.op == "call_function" and node.target in _VIEWS and isinstance(node.args[0], fx.Node):
-        chain.append(node)
-        node = node.args[0]
-    base = node
+    chain, base = _view_chain(operand)
     for view, reader in zip(chain, [addmm] + chain[:-1]):
         if set(view.users) != {reader}:
             return []
