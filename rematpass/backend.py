@@ -5,7 +5,10 @@
 
 It hands the graph to Inductor with ``RematPartitioner`` as
 ``custom_partitioner_fn``; Inductor runs its joint-graph passes, calls our
-partitioner, and compiles the forward and backward it returns. After
+partitioner, and compiles the forward and backward it returns. The last
+joint-graph pass is ``passes.gather_pool_grad``: a max-pool backward whose
+windows do not overlap becomes a gather that fuses into its consumers,
+instead of a scatter into a pool-input-sized zero tensor. After
 Inductor's post-grad patterns, ``passes.hoist_matmul`` moves a matmul that
 addmm fusion delayed back to where its operands would otherwise die (with
 tied embeddings it would hold the logits gradient through the whole
@@ -20,7 +23,7 @@ from typing import Any, Mapping
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
-from passes import hoist_matmul
+from passes import gather_pool_grad, hoist_matmul
 
 from . import config
 from .dump import watch_compile
@@ -37,14 +40,24 @@ class HoistLateMatmuls(CustomGraphPass):
         return get_hash_for_files((hoist_matmul.__file__,))
 
 
-def _post_grad_passes() -> tuple:
-    """Ours after any the user installed."""
-    installed = torch._inductor.config.post_grad_custom_post_pass
+class GatherMaxPoolBackward(CustomGraphPass):
+    """``passes.gather_pool_grad`` as an Inductor joint-graph pass, so the partitioner sees its result."""
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        gather_pool_grad.gather_max_pool_backward(graph)
+
+    def uuid(self) -> bytes:
+        return get_hash_for_files((gather_pool_grad.__file__,))
+
+
+def _after_user_passes(knob: str, ours: CustomGraphPass) -> tuple:
+    """Inductor config ``knob`` (a custom pass slot) with ours after any the user installed."""
+    installed = getattr(torch._inductor.config, knob)
     if installed is None:
         installed = ()
     elif not isinstance(installed, (list, tuple)):
         installed = (installed,)
-    return tuple(installed) + (HoistLateMatmuls(),)
+    return tuple(installed) + (ours,)
 
 
 def remat(gm: torch.fx.GraphModule, example_inputs, *, options: Mapping[str, Any] | None = None, mode: str | None = None):
@@ -56,7 +69,8 @@ def remat(gm: torch.fx.GraphModule, example_inputs, *, options: Mapping[str, Any
     if mode is not None and mode != "default":
         patches.update(torch._inductor.list_mode_options(mode))
     patches["custom_partitioner_fn"] = RematPartitioner(knobs)
-    patches["post_grad_custom_post_pass"] = _post_grad_passes()
+    patches["joint_custom_post_pass"] = _after_user_passes("joint_custom_post_pass", GatherMaxPoolBackward())
+    patches["post_grad_custom_post_pass"] = _after_user_passes("post_grad_custom_post_pass", HoistLateMatmuls())
     patches["allow_buffer_reuse"] = knobs.buffer_reuse
     with watch_compile(knobs.dump_dir):
         return compile_fx(gm, example_inputs, config_patches=patches)

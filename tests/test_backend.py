@@ -1,4 +1,4 @@
-"""What the remat backend hands Inductor: our partitioner, our post-grad pass, the buffer-reuse knob."""
+"""What the remat backend hands Inductor: our partitioner, our joint and post-grad passes, the buffer-reuse knob."""
 
 import pytest
 import torch
@@ -31,21 +31,26 @@ def inductor_patches(monkeypatch):
 def test_partitioner_pass_and_buffer_reuse_reach_inductor(inductor_patches):
     patches = inductor_patches()
     assert isinstance(patches["custom_partitioner_fn"], RematPartitioner)
+    assert [type(p) for p in patches["joint_custom_post_pass"]] == [backend.GatherMaxPoolBackward]
     assert [type(p) for p in patches["post_grad_custom_post_pass"]] == [backend.HoistLateMatmuls]
     assert patches["allow_buffer_reuse"] is False
     assert inductor_patches({"buffer_reuse": True})["allow_buffer_reuse"] is True
 
 
-def test_a_users_post_grad_pass_still_runs_before_ours(inductor_patches):
+@pytest.mark.parametrize("slot,ours", [
+    ("post_grad_custom_post_pass", backend.HoistLateMatmuls),
+    ("joint_custom_post_pass", backend.GatherMaxPoolBackward),
+])
+def test_a_users_pass_still_runs_before_ours(inductor_patches, slot, ours):
     def users_pass(graph):
         pass
 
     # config.patch, not monkeypatch: undoing a monkeypatch deletes the entry, and Inductor's
     # config module then hides it for the rest of the process.
-    with torch._inductor.config.patch(post_grad_custom_post_pass=users_pass):
-        passes = inductor_patches()["post_grad_custom_post_pass"]
-    assert passes[0] is users_pass and isinstance(passes[1], backend.HoistLateMatmuls)
+    with torch._inductor.config.patch({slot: users_pass}):
+        passes = inductor_patches()[slot]
+    assert passes[0] is users_pass and isinstance(passes[1], ours)
 
 
-def test_our_pass_is_cacheable():
-    assert backend.HoistLateMatmuls().uuid()
+def test_our_passes_are_cacheable():
+    assert backend.HoistLateMatmuls().uuid() and backend.GatherMaxPoolBackward().uuid()
