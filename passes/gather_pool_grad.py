@@ -114,11 +114,9 @@ def _add(graph: fx.Graph, fake_mode, target, args: tuple, kwargs: dict | None = 
     kwargs = kwargs or {}
     node = graph.call_function(target, args, kwargs)
 
-    def val(a):
-        return a.meta["val"] if isinstance(a, fx.Node) else a
-
+    fake_args, fake_kwargs = fx.node.map_arg((args, kwargs), lambda a: a.meta["val"])  # SymInts in shape lists too
     with fake_mode:
-        node.meta["val"] = target(*[val(a) for a in args], **{k: val(v) for k, v in kwargs.items()})
+        node.meta["val"] = target(*fake_args, **fake_kwargs)
     return node
 
 

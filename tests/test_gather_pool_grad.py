@@ -113,3 +113,29 @@ def test_inductor_backward_peaks_lower_with_the_gather(monkeypatch):
         torch.testing.assert_close(with_gather, without, rtol=1e-4, atol=1e-6)
     pool_input_bytes = 16 * 16 * 32 * 32 * 4
     assert peaks[True] <= peaks[False] - pool_input_bytes // 2, peaks
+
+
+def test_dynamic_batch_is_rewritten_and_matches_eager(monkeypatch):
+    """Real Inductor with a symbolic batch (the spatial sizes stay static): the shape lists hold SymInts."""
+    import copy
+
+    import passes.gather_pool_grad as gather_pool_grad
+
+    rewrites = []
+    original = gather_pool_grad.gather_max_pool_backward
+    monkeypatch.setattr(gather_pool_grad, "gather_max_pool_backward", lambda graph: rewrites.append(original(graph)))
+    torch.manual_seed(0)
+    model = PoolNet()
+    reference = copy.deepcopy(model)
+    step = torch.compile(model, backend="remat", options={"strict": True})
+    for batch in (8, 12):
+        x, labels = torch.randn(batch, 3, 16, 16), torch.randint(0, 10, (batch,))
+        torch._dynamo.mark_dynamic(x, 0)
+        torch._dynamo.mark_dynamic(labels, 0)
+        model.zero_grad()
+        reference.zero_grad()
+        step(x, labels).backward()
+        reference(x, labels).backward()
+        for got, expected in zip(model.parameters(), reference.parameters()):
+            torch.testing.assert_close(got.grad, expected.grad, rtol=1e-4, atol=1e-5)
+    assert rewrites == [1]
