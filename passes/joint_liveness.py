@@ -14,6 +14,7 @@ both give the same peak on extracted modules):
 - the backward runs the nodes that read tangents in graph order, each
   recomputed node placed just before its first reader, as AOTAutograd's
   reordering does; a saved value is freed after its last backward reader;
+- a multi-output op allocates all its outputs before its inputs are freed;
 - a view or an in-place result shares its input's storage; under the
   ``fused`` model a pointwise value only consumed by fusible consumers gets
   no buffer (``liveness.inductor_materialized``).
@@ -142,13 +143,17 @@ class JointPeakModel:
         delta = np.zeros(steps + 1, dtype=np.int64)
         owners = order[roots[order] == order]
         sizes = self.nbytes[owners] * mat[owners]
+        # A multi-output op's outputs (its getitems) are written while its inputs are alive.
+        parents = self.getitem_of[owners]
+        parent_pos = np.where(parents >= 0, pos[np.maximum(parents, 0)], -1)
+        written = np.where(parent_pos >= 0, parent_pos, pos[owners])
         last = np.full(n, -1, dtype=np.int64)
         last[owners] = pos[owners]
         reads = pos[self.dst] >= 0
         np.maximum.at(last, roots[self.src[reads]], pos[self.dst[reads]])
         pinned = np.zeros(n, dtype=bool)
         pinned[pinned_roots] = True
-        np.add.at(delta, pos[owners], sizes)
+        np.add.at(delta, written, sizes)
         freed = ~pinned[owners]
         np.add.at(delta, last[owners[freed]] + 1, -sizes[freed])
         for root, size in carried.items():

@@ -3,7 +3,8 @@
 The step runs the forward graph, keeps what it returns (outputs and saved
 tensors), then runs the backward graph. Each call_function node allocates its
 output unless it aliases an input (a view, or an in-place op's result); a
-storage is freed after the last node that reads any of its aliases, unless a
+multi-output op (a convolution's or attention's backward) allocates all its
+outputs while its inputs are alive; a storage is freed after the last node that reads any of its aliases, unless a
 graph output keeps it. What is counted is what the step allocates on top of
 what existed before it: parameters, buffers and the batch are not counted;
 gradients the backward returns are (they are allocated during the step).
@@ -131,16 +132,20 @@ def _run(
             key = owner[base]
             storages.readers[key] = storages.readers.get(key, 0) + readers(node)
         elif node.target is operator.getitem and isinstance(node.args[0], fx.Node):
-            key = (node.args[0], node.args[1])
-            parent = node.args[0]
-            keep = materialized(parent, [u for u in parent.users if u in phase_nodes], parent in outputs)
-            storages.allocate(key, _tensor_bytes(node.meta.get("val"), size_hint) if keep else 0, readers(node))
+            key = (node.args[0], node.args[1])  # allocated with its parent, below
         else:
             key = node
             val = node.meta.get("val")
             keep = materialized(node, [u for u in node.users if u in phase_nodes], node in outputs)
-            nbytes = 0 if isinstance(val, (list, tuple)) or not keep else _tensor_bytes(val, size_hint)
-            storages.allocate(key, nbytes, readers(node))
+            if isinstance(val, (list, tuple)):
+                # A multi-output op writes every output while its inputs are still alive.
+                storages.allocate(key, 0, readers(node))
+                for item in node.users:
+                    if item in phase_nodes and item.target is operator.getitem:
+                        nbytes = _tensor_bytes(item.meta.get("val"), size_hint) if keep else 0
+                        storages.allocate((node, item.args[1]), nbytes, readers(item))
+            else:
+                storages.allocate(key, _tensor_bytes(val, size_hint) if keep else 0, readers(node))
         owner[node] = key
         if node in outputs:
             storages.pinned.add(key)

@@ -49,6 +49,19 @@ def test_views_alias_and_storages_die_after_their_last_reader():
     assert estimate.peak_bytes >= estimate.boundary_bytes >= kib
 
 
+def test_a_multi_output_op_writes_its_outputs_while_its_inputs_are_alive():
+    def fn(x):
+        values, indices = torch.sort(x.sin(), dim=1)  # sin dies at the sort
+        return values.sum() + indices.sum()
+
+    x = torch.randn(32, 32, requires_grad=True)
+    g = _graphs(fn, x)
+    estimate = simulate_step(g["fw"], g["bw"], num_fwd_outputs=g["num_fwd_outputs"])
+    kib = 32 * 32 * 4
+    # sin, the sorted values and the int64 indices at once, not sin freed before the sort writes
+    assert estimate.forward_peak == kib + kib + 2 * kib
+
+
 def test_inductor_materialization_skips_fused_pointwise():
     def fn(x, w):
         return (torch.relu(x * 2 + 1) @ w).sum()
