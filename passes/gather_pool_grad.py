@@ -28,6 +28,7 @@ casts around the scatter) and symbolic spatial sizes are left alone.
 from __future__ import annotations
 
 import torch
+import torch._inductor.inductor_prims  # noqa: F401  (registers the max-pool offset prims)
 import torch.fx as fx
 from torch._guards import detect_fake_mode
 
@@ -40,9 +41,6 @@ def _is(node: object, target) -> bool:
 
 
 def _offsets_to_indices_target():
-    # Registered when Inductor is imported; absent on builds without it.
-    import torch._inductor.inductor_prims  # noqa: F401
-
     packet = getattr(prims, "_low_memory_max_pool_offsets_to_indices", None)
     return None if packet is None else packet.default
 
@@ -58,14 +56,12 @@ def _flattened(view: fx.Node) -> tuple[fx.Node, list[fx.Node]]:
 
 
 class _Match:
-    """One scatter-add max-pool backward whose windows do not overlap."""
+    """A scatter-add max-pool backward: the nodes of the pattern and what the gather reads."""
 
     def __init__(self, result: fx.Node, scatter: fx.Node, zeros: fx.Node, index_view: fx.Node, grad_view: fx.Node):
         self.result, self.scatter, self.zeros = result, scatter, zeros
         self.indices, index_between = _flattened(index_view)
         self.grad_out, grad_between = _flattened(grad_view)
-        self.offsets: fx.Node = self.indices.args[0]
-        self.kernel: list[int] = list(self.indices.args[1])
         self._between = index_between + [self.indices] + grad_between
 
     def dead_nodes(self) -> list[fx.Node]:
@@ -78,6 +74,7 @@ def _concrete(values) -> bool:
 
 
 def _match(result: fx.Node, offsets_to_indices) -> _Match | None:
+    """The pattern ending at ``result`` if its windows do not overlap, else None."""
     if not (_is(result, aten.view.default) and _is(result.args[0], aten.scatter_add.default)):
         return None
     scatter = result.args[0]
@@ -88,11 +85,11 @@ def _match(result: fx.Node, offsets_to_indices) -> _Match | None:
         return None
     if not (_is(index_view, aten.view.default) and _is(grad_view, aten.view.default)):
         return None
-    indices, grad_out = _flattened(index_view)[0], _flattened(grad_view)[0]
-    if not _is(indices, offsets_to_indices):
+    m = _Match(result, scatter, zeros, index_view, grad_view)
+    if not _is(m.indices, offsets_to_indices):
         return None
-    _, kernel, input_size, stride, padding, dilation = indices.args
-    grad_val, result_val = grad_out.meta.get("val"), result.meta.get("val")
+    _, kernel, input_size, stride, padding, dilation = m.indices.args
+    grad_val, result_val = m.grad_out.meta.get("val"), result.meta.get("val")
     if not (isinstance(grad_val, torch.Tensor) and isinstance(result_val, torch.Tensor)):
         return None
     if grad_val.dtype != result_val.dtype or grad_val.dim() != 4 or result_val.dim() != 4:
@@ -106,7 +103,7 @@ def _match(result: fx.Node, offsets_to_indices) -> _Match | None:
         return None  # a partial window at the edge (or symbolic sizes)
     if list(result_val.shape[-2:]) != list(input_size) or detect_fake_mode([grad_val]) is None:
         return None
-    return _Match(result, scatter, zeros, index_view, grad_view)
+    return m
 
 
 def _add(graph: fx.Graph, fake_mode, target, args: tuple, kwargs: dict | None = None) -> fx.Node:
@@ -123,13 +120,14 @@ def _add(graph: fx.Graph, fake_mode, target, args: tuple, kwargs: dict | None = 
 def _rewrite(graph: fx.Graph, m: _Match) -> None:
     grad_val = m.grad_out.meta["val"]
     fake_mode = detect_fake_mode([grad_val])
-    kh, kw = m.kernel
+    offsets, kernel = m.indices.args[:2]
+    kh, kw = kernel
     with graph.inserting_before(m.result):
         # [B, C, Ho, Wo] -> [B, C, Ho, 1, Wo, 1]: each window's row and column get their own dim.
         grad6 = _add(graph, fake_mode, aten.unsqueeze.default,
                      (_add(graph, fake_mode, aten.unsqueeze.default, (m.grad_out, 3)), 5))
         offsets6 = _add(graph, fake_mode, aten.unsqueeze.default,
-                        (_add(graph, fake_mode, aten.unsqueeze.default, (m.offsets, 3)), 5))
+                        (_add(graph, fake_mode, aten.unsqueeze.default, (offsets, 3)), 5))
         # position[i, j] = i*kw + j, the offset max-pool stores for window row i, column j
         iota = _add(graph, fake_mode, prims.iota.default, (kh * kw,),
                     dict(start=0, step=1, dtype=torch.int64, device=grad_val.device, requires_grad=False))

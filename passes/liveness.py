@@ -4,8 +4,8 @@ The step runs the forward graph, keeps what it returns (outputs and saved
 tensors), then runs the backward graph. Each call_function node allocates its
 output unless it aliases an input (a view, or an in-place op's result); a
 multi-output op (a convolution's or attention's backward) allocates all its
-outputs while its inputs are alive; a storage is freed after the last node that reads any of its aliases, unless a
-graph output keeps it. What is counted is what the step allocates on top of
+outputs while its inputs are alive; a storage is freed after the last node
+that reads any of its aliases, unless a graph output keeps it. What is counted is what the step allocates on top of
 what existed before it: parameters, buffers and the batch are not counted;
 gradients the backward returns are (they are allocated during the step).
 
