@@ -18,6 +18,7 @@ says otherwise.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Mapping
 
 import torch
@@ -50,14 +51,33 @@ class GatherMaxPoolBackward(CustomGraphPass):
         return get_hash_for_files((gather_pool_grad.__file__,))
 
 
-def _after_user_passes(knob: str, ours: CustomGraphPass) -> tuple:
-    """Inductor config ``knob`` (a custom pass slot) with ours after any the user installed."""
-    installed = getattr(torch._inductor.config, knob)
+class _PassesInOrder(CustomGraphPass):
+    """The user's passes, then ours, as one pass. Inductor accepts a list in a custom pass slot
+    only since pytorch#184108 (May 2026); older releases call the slot's value, so it must be one
+    callable. Cacheable when every pass is."""
+
+    def __init__(self, passes: tuple):
+        self.passes = passes
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        for graph_pass in self.passes:
+            graph_pass(graph)
+
+    def uuid(self) -> bytes | None:
+        ids = [p.uuid() if isinstance(p, CustomGraphPass) else None for p in self.passes]
+        if any(i is None for i in ids):
+            return None  # Inductor then bypasses its cache, as it would for the user's pass alone
+        return hashlib.sha256(repr(ids).encode()).digest()
+
+
+def _after_user_passes(slot: str, ours: CustomGraphPass) -> CustomGraphPass:
+    """What to put in Inductor's custom pass ``slot``: ours, after any the user installed there."""
+    installed = getattr(torch._inductor.config, slot)
     if installed is None:
-        installed = ()
-    elif not isinstance(installed, (list, tuple)):
+        return ours
+    if not isinstance(installed, (list, tuple)):
         installed = (installed,)
-    return tuple(installed) + (ours,)
+    return _PassesInOrder(tuple(installed) + (ours,))
 
 
 def remat(gm: torch.fx.GraphModule, example_inputs, *, options: Mapping[str, Any] | None = None, mode: str | None = None):

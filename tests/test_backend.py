@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import rematpass.backend as backend
+from torch._inductor.custom_graph_pass import CustomGraphPass
 from rematpass.partitioner import RematPartitioner
 
 
@@ -31,8 +32,8 @@ def inductor_patches(monkeypatch):
 def test_partitioner_pass_and_buffer_reuse_reach_inductor(inductor_patches):
     patches = inductor_patches()
     assert isinstance(patches["custom_partitioner_fn"], RematPartitioner)
-    assert [type(p) for p in patches["joint_custom_post_pass"]] == [backend.GatherMaxPoolBackward]
-    assert [type(p) for p in patches["post_grad_custom_post_pass"]] == [backend.HoistLateMatmuls]
+    assert isinstance(patches["joint_custom_post_pass"], backend.GatherMaxPoolBackward)
+    assert isinstance(patches["post_grad_custom_post_pass"], backend.HoistLateMatmuls)
     assert patches["allow_buffer_reuse"] is False
     assert inductor_patches({"buffer_reuse": True})["allow_buffer_reuse"] is True
 
@@ -48,9 +49,27 @@ def test_a_users_pass_still_runs_before_ours(inductor_patches, slot, ours):
     # config.patch, not monkeypatch: undoing a monkeypatch deletes the entry, and Inductor's
     # config module then hides it for the rest of the process.
     with torch._inductor.config.patch({slot: users_pass}):
-        passes = inductor_patches()[slot]
-    assert passes[0] is users_pass and isinstance(passes[1], ours)
+        installed = inductor_patches()[slot]
+    # One callable, not a list: torch releases before pytorch#184108 call the slot's value.
+    assert callable(installed) and not isinstance(installed, (list, tuple))
+    assert installed.passes[0] is users_pass and isinstance(installed.passes[1], ours)
+    ran = []
+    with torch._inductor.config.patch({slot: lambda graph: ran.append("user")}):
+        installed = inductor_patches()[slot]
+    installed(torch.fx.Graph())
+    assert ran == ["user"]
+    assert installed.uuid() is None  # a plain function has no uuid: Inductor must not cache
 
 
-def test_our_passes_are_cacheable():
+def test_our_passes_are_cacheable_alone_and_after_a_cacheable_user_pass(inductor_patches):
     assert backend.HoistLateMatmuls().uuid() and backend.GatherMaxPoolBackward().uuid()
+
+    class UsersPass(CustomGraphPass):
+        def __call__(self, graph):
+            pass
+
+        def uuid(self):
+            return "users-pass-v1"
+
+    with torch._inductor.config.patch(post_grad_custom_post_pass=UsersPass()):
+        assert inductor_patches()["post_grad_custom_post_pass"].uuid()
