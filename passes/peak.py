@@ -61,25 +61,33 @@ def pareto(points: list[PeakPoint]) -> list[PeakPoint]:
     return frontier
 
 
-def recompute_allowance(points: list[PeakPoint], saved_target: float, flops_of: Callable[[Cut], float]) -> tuple[float, bool]:
+def recompute_allowance(points: list[PeakPoint], saved_target: float, flops_of: Callable[[Cut], float],
+                        ops_of: Callable[[Cut], frozenset] | None = None) -> tuple[float, bool]:
     """(FLOPs, met): the least recomputation that brings summed saved bytes to ``saved_target``.
 
     Read off the lower convex hull of the scored plans in (saved bytes, FLOPs):
     between two plans the target is priced by linear interpolation, as a
-    fractional knapsack would (PyTorch's budget solver is one). ``met`` is False
-    when no scored plan saves that little; then every plan is allowed.
+    fractional knapsack would, where a 0/1 knapsack (PyTorch's default solver)
+    could buy part of what separates them. ``ops_of(cut)``, when given, names the
+    compute-bound ops a plan recomputes: when the plan that saves less recomputes
+    only one such op beyond the other, no plan in between buys part of it, and
+    the target costs that plan's FLOPs. ``met`` is False when no scored plan
+    saves that little; then every plan is allowed.
     """
-    spent = sorted({(p.cut.saved_bytes, flops_of(p.cut)) for p in points})
-    if not spent or spent[0][0] > saved_target:
+    spent = sorted({(p.cut.saved_bytes, flops_of(p.cut)): p.cut for p in points}.items(), key=lambda item: item[0])
+    if not spent or spent[0][0][0] > saved_target:
         return math.inf, False
-    best = min(flops for saved, flops in spent if saved <= saved_target)
-    for i, (low_saved, low_flops) in enumerate(spent):
+    best = min(flops for (saved, flops), _ in spent if saved <= saved_target)
+    for i, ((low_saved, low_flops), low_cut) in enumerate(spent):
         if low_saved > saved_target:
             break
-        for high_saved, high_flops in spent[i + 1:]:
-            if high_saved > saved_target:
-                share = (high_saved - saved_target) / (high_saved - low_saved)
-                best = min(best, high_flops + share * (low_flops - high_flops))
+        for (high_saved, high_flops), high_cut in spent[i + 1:]:
+            if high_saved <= saved_target:
+                continue
+            if ops_of is not None and len(ops_of(low_cut) - ops_of(high_cut)) <= 1:
+                continue  # one indivisible op apart: the low plan's own FLOPs, already in ``best``
+            share = (high_saved - saved_target) / (high_saved - low_saved)
+            best = min(best, high_flops + share * (low_flops - high_flops))
     return best, True
 
 

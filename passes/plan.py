@@ -38,6 +38,11 @@ class CutProblem:
         spent = self.recompute_cost if self.recompute_flops is None else self.recompute_flops
         return float(spent[cut.recomputed].sum())
 
+    def compute_ops_of(self, cut: "Cut") -> frozenset[int]:
+        """The candidates a plan recomputes that spend a fractional budget (compute-bound ops)."""
+        spent = self.recompute_cost if self.recompute_flops is None else self.recompute_flops
+        return frozenset(np.flatnonzero(cut.recomputed & (spent > 0)).tolist())
+
 
 @dataclass(frozen=True)
 class Cut:

@@ -9,7 +9,9 @@ recompute). Each plan's step peak is predicted (passes.joint_liveness). Then:
   some compute-bound FLOPs (matmuls, convolutions, attention; pointwise
   recomputation fuses into backward kernels and counts as free, as in
   PyTorch's budget solver), priced on the convex hull of the scored plans in
-  (saved bytes, FLOPs) as a fractional knapsack (PyTorch's) would price it.
+  (saved bytes, FLOPs) as a fractional knapsack would price it, except where
+  two plans are one compute-bound op apart: no knapsack buys part of an op
+  (PyTorch's default solver is a 0/1 knapsack), so the whole op is paid.
   rematpass spends that allowance where it lowers the peak most: the plan
   with the least predicted peak that recomputes no more FLOPs. 1 is the
   default plan, 0 the least-peak plan, and the predicted peak never rises as
@@ -137,7 +139,7 @@ def plan_for_peak(problem: CutProblem, lam_default: float, budget: float | int, 
         solves += 1
         least = min(p.cut.saved_bytes for p in scored)  # 0 on the scale, as PyTorch's is the inputs alone
         target = least + budget * (max(no_recompute.saved_bytes, default_point.cut.saved_bytes) - least)
-        allowance, met = recompute_allowance(scored, target, problem.flops_of)
+        allowance, met = recompute_allowance(scored, target, problem.flops_of, problem.compute_ops_of)
         allowance = max(allowance, problem.flops_of(default_point.cut))
         point = least_peak_within(scored, allowance, problem.flops_of)
     else:

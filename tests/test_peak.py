@@ -247,6 +247,19 @@ def test_recompute_allowance_prices_the_byte_cap_on_the_convex_hull():
     assert recompute_allowance(points, -1, flops_of) == (math.inf, False)
 
 
+def test_one_op_between_two_plans_is_paid_whole():
+    """A fractional price between plans that differ by one convolution would buy part of it; a
+    0/1 knapsack (PyTorch's default) cannot, so neither does the allowance."""
+    from passes.peak import recompute_allowance
+
+    points, flops_of = _flops_table(_point(100, 0, 10), _point(50, 10, 8))
+    saves_all, saves_less = (p.cut for p in points)
+    for ops, price in (({7}, 10), ({7, 8}, 5)):
+        table = {id(saves_all): frozenset(), id(saves_less): frozenset(ops)}
+        assert recompute_allowance(points, 75, flops_of, lambda cut: table[id(cut)]) == (pytest.approx(price), True)
+    assert recompute_allowance(points, 75, flops_of) == (pytest.approx(5), True)  # no op sets: fractional
+
+
 def test_least_peak_within_spends_the_allowance_on_the_peak():
     from passes.peak import least_peak_within
 
