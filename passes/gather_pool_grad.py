@@ -63,6 +63,7 @@ class _Match:
         self.indices, index_between = _flattened(index_view)
         self.grad_out, grad_between = _flattened(grad_view)
         self._between = index_between + [self.indices] + grad_between
+        self.fake_mode = None  # the joint graph's FakeTensorMode, set once the match holds
 
     def dead_nodes(self) -> list[fx.Node]:
         """The pattern's nodes, users first, once the result is replaced."""
@@ -101,7 +102,8 @@ def _match(result: fx.Node, offsets_to_indices) -> _Match | None:
     pooled = list(grad_val.shape[-2:])
     if not _concrete(pooled) or [p * k for p, k in zip(pooled, kernel)] != list(input_size):
         return None  # a partial window at the edge (or symbolic sizes)
-    if list(result_val.shape[-2:]) != list(input_size) or detect_fake_mode([grad_val]) is None:
+    m.fake_mode = detect_fake_mode([grad_val])
+    if list(result_val.shape[-2:]) != list(input_size) or m.fake_mode is None:
         return None
     return m
 
@@ -118,8 +120,7 @@ def _add(graph: fx.Graph, fake_mode, target, args: tuple, kwargs: dict | None = 
 
 
 def _rewrite(graph: fx.Graph, m: _Match) -> None:
-    grad_val = m.grad_out.meta["val"]
-    fake_mode = detect_fake_mode([grad_val])
+    grad_val, fake_mode = m.grad_out.meta["val"], m.fake_mode
     offsets, kernel = m.indices.args[:2]
     kh, kw = kernel
     with graph.inserting_before(m.result):
