@@ -29,8 +29,9 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import rematpass  # noqa: E402
-from rematpass import bench, bench_models  # noqa: E402
-from rematpass.bench_output import machine  # noqa: E402
+from rematpass import bench  # noqa: E402
+from rematpass.bench import models as bench_models  # noqa: E402
+from rematpass.bench.output import machine  # noqa: E402
 
 VARIANTS = [f"inductor@{b}" for b in (0.8, 0.5, 0.3, 0.1)] + ["remat"] + [f"remat@{b}" for b in (0.8, 0.5, 0.3, 0.1)]
 

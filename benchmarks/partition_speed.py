@@ -51,12 +51,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 from models import TinyGPT  # noqa: E402
 
 import rematpass  # noqa: E402
-from passes import torch_extract  # noqa: E402
-from passes import torch_internals as ti  # noqa: E402
-from passes.analysis import BACKWARD_ONLY, FORWARD, INPUT, GraphSummary, summarize_joint_graph  # noqa: E402
-from passes.budget import plan_for_budget  # noqa: E402
-from passes.mincut import CutNetwork  # noqa: E402
-from passes.plan import CutProblem  # noqa: E402
+from rematpass.passes import torch_extract  # noqa: E402
+from rematpass.passes import torch_internals as ti  # noqa: E402
+from rematpass.passes.analysis import BACKWARD_ONLY, FORWARD, INPUT, GraphSummary, summarize_joint_graph  # noqa: E402
+from rematpass.passes.budget import plan_for_budget  # noqa: E402
+from rematpass.passes.mincut import CutNetwork  # noqa: E402
+from rematpass.passes.plan import CutProblem  # noqa: E402
 from rematpass.cost import CostModel  # noqa: E402
 from rematpass.partitioner import budget_target, cyclic_gc_paused  # noqa: E402
 

@@ -85,7 +85,7 @@ def _is_builtin_op(node: fx.Node) -> bool:
     target = node.target
     if target is operator.getitem:
         return True
-    if isinstance(target, torch._ops.OpOverload):
+    if isinstance(target, ti.OpOverload):
         return target.namespace in ("aten", "prims")
     # Python operators on SymInts (operator.mul, sym_size...) are pure.
     return getattr(target, "__module__", None) in ("_operator", "operator", "math", "torch") or ti.is_sym_node(node)
@@ -104,7 +104,7 @@ class _OpFacts:
         found = self._ops.get(node.target)
         if found is None:
             target = node.target
-            mutable = isinstance(target, torch._ops.OpOverload) and target._schema.is_mutable
+            mutable = isinstance(target, ti.OpOverload) and target._schema.is_mutable
             found = self._ops[target] = (_is_random(node), mutable, op_name(node))
         return found
 

@@ -28,9 +28,9 @@ casts around the scatter) and symbolic spatial sizes are left alone.
 from __future__ import annotations
 
 import torch
-import torch._inductor.inductor_prims  # noqa: F401  (registers the max-pool offset prims)
 import torch.fx as fx
-from torch._guards import detect_fake_mode
+
+from .torch_internals import detect_fake_mode  # also registers Inductor's prims (the max-pool offsets)
 
 aten = torch.ops.aten
 prims = torch.ops.prims

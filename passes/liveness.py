@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
-import torch._inductor.inductor_prims  # noqa: F401  (registers prims.inductor_random)
 import torch.fx as fx
+
+from . import torch_internals  # noqa: F401  (registers Inductor's prims, which the op sets below name)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,12 @@
-"""Where we touch private PyTorch APIs (with passes/torch_extract.py).
+"""Where the graph passes touch private PyTorch APIs (with passes/torch_extract.py).
 
-Every import from ``torch._functorch``, ``torch._inductor`` or other private
-modules goes through this file or passes/torch_extract.py (AOTAutograd's
-forward/backward module contract), so that a new torch release breaks two
-files at most. The functions are thin: they name what we use and pin the contract we rely on
-(tests/test_passes.py and tests/test_extract.py check them against the installed torch).
+Every private import of ``passes/`` (``torch._functorch``, ``torch._inductor``'s prims,
+``torch._guards``, ``torch._ops``, ``torch.utils._pytree``, ``torch.fx.experimental``) goes
+through this file or passes/torch_extract.py (AOTAutograd's forward/backward module contract);
+Inductor's and Dynamo's plumbing (config, pass slots, ``compile_fx``, caches, logging) goes through
+rematpass/inductor_hooks.py. So a new torch release breaks those three files. The functions are
+thin: they name what we use and pin the contract we rely on (tests/test_passes.py and
+tests/test_extract.py check them against the installed torch).
 """
 
 from __future__ import annotations
@@ -15,19 +17,26 @@ from typing import Any, Iterable, Sequence
 
 import sympy
 import torch
+import torch._inductor.inductor_prims  # noqa: F401  (registers prims.inductor_random and the max-pool offset prims)
 import torch.fx as fx
 from torch._functorch import config as functorch_config
 from torch._functorch import partitioners as _p
 from torch._functorch.compile_utils import get_aten_target
+from torch._guards import detect_fake_mode
+from torch._ops import OpOverload, OpOverloadPacket
 from torch.fx.experimental.proxy_tensor import is_sym_node, py_sym_types
 from torch.utils._ordered_set import OrderedSet
+from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.checkpoint import CheckpointPolicy
 
 __all__ = [
     "CheckpointPolicy",
     "NodeRoles",
+    "OpOverload",
+    "OpOverloadPacket",
     "classify_joint_graph",
     "default_partition",
+    "detect_fake_mode",
     "get_aten_target",
     "hint_int",
     "is_sym_node",
@@ -35,6 +44,8 @@ __all__ = [
     "prepare_joint_graph",
     "sym_expr",
     "torch_min_cut_partition",
+    "tree_leaves",
+    "tree_map",
 ]
 
 

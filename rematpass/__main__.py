@@ -1,5 +1,5 @@
 """``python -m rematpass show|diff|frontier DIR``: see rematpass/cli.py."""
 
-from .cli import main
+from .inspect.cli import main
 
 raise SystemExit(main())

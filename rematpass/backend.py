@@ -22,12 +22,12 @@ import hashlib
 from typing import Any, Mapping
 
 import torch
-from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
-from passes import gather_pool_grad, hoist_matmul
+from .passes import gather_pool_grad, hoist_matmul
 
 from . import config
-from .dump import watch_compile
+from .inductor_hooks import CustomGraphPass, compile_with_inductor, get_hash_for_files, installed_pass, mode_options
+from .inspect.dump import watch_compile
 from .partitioner import RematPartitioner
 
 
@@ -72,7 +72,7 @@ class _PassesInOrder(CustomGraphPass):
 
 def _after_user_passes(slot: str, ours: CustomGraphPass) -> CustomGraphPass:
     """What to put in Inductor's custom pass ``slot``: ours, after any the user installed there."""
-    installed = getattr(torch._inductor.config, slot)
+    installed = installed_pass(slot)
     if installed is None:
         return ours
     if not isinstance(installed, (list, tuple)):
@@ -82,15 +82,13 @@ def _after_user_passes(slot: str, ours: CustomGraphPass) -> CustomGraphPass:
 
 def remat(gm: torch.fx.GraphModule, example_inputs, *, options: Mapping[str, Any] | None = None, mode: str | None = None):
     """Compile ``gm`` with Inductor, partitioned by rematpass. Knobs come from ``options``."""
-    from torch._inductor.compile_fx import compile_fx
-
     knobs = config.resolve(options)
     patches: dict[str, Any] = {}
     if mode is not None and mode != "default":
-        patches.update(torch._inductor.list_mode_options(mode))
+        patches.update(mode_options(mode))
     patches["custom_partitioner_fn"] = RematPartitioner(knobs)
     patches["joint_custom_post_pass"] = _after_user_passes("joint_custom_post_pass", GatherMaxPoolBackward())
     patches["post_grad_custom_post_pass"] = _after_user_passes("post_grad_custom_post_pass", HoistLateMatmuls())
     patches["allow_buffer_reuse"] = knobs.buffer_reuse
     with watch_compile(knobs.dump_dir):
-        return compile_fx(gm, example_inputs, config_patches=patches)
+        return compile_with_inductor(gm, example_inputs, patches)

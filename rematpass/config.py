@@ -27,6 +27,8 @@ from typing import Any, Mapping
 
 import torch
 
+from .passes.torch_internals import OpOverload, OpOverloadPacket
+
 ENV_PREFIX = "REMAT_"
 
 
@@ -152,9 +154,9 @@ def _rate(name: str, value: Any) -> float | None:
 
 def canonical_op_name(name: Any, knob: str) -> str:
     """``"mm"``, ``"aten.mm"``, ``"aten::mm"``, ``"aten.mm.default"`` or the op itself -> ``"aten.mm"``."""
-    if isinstance(name, torch._ops.OpOverload):
+    if isinstance(name, OpOverload):
         name = name.overloadpacket
-    if isinstance(name, torch._ops.OpOverloadPacket):
+    if isinstance(name, OpOverloadPacket):
         return f"{name._qualified_op_name.split('::')[0]}.{name.__name__}"
     if not isinstance(name, str) or not name.strip():
         raise _fail(knob, name, "each op must be a name or a torch op")

@@ -27,9 +27,9 @@ import torch
 import torch.fx as fx
 from torch.utils.flop_counter import flop_registry
 
-from passes import torch_internals as ti
-from passes.analysis import BACKWARD_ONLY, FORWARD, INPUT, GraphSummary
-from passes.plan import CutProblem
+from .passes import torch_internals as ti
+from .passes.analysis import BACKWARD_ONLY, FORWARD, INPUT, GraphSummary
+from .passes.plan import CutProblem
 
 # Default machine rates by device type: (FLOP/s, bytes/s). Deliberately round
 # numbers; the knobs flops_per_second and bytes_per_second override them.

@@ -21,17 +21,17 @@ import warnings
 from typing import Any, Sequence
 
 import torch.fx as fx
-from torch._inductor.custom_graph_pass import CustomPartitionerFn, get_hash_for_files
 
-from passes import torch_extract
-from passes import torch_internals as ti
-from passes.analysis import summarize_joint_graph
-from passes.budget import plan_for_budget
+from .passes import torch_extract
+from .passes import torch_internals as ti
+from .passes.analysis import summarize_joint_graph
+from .passes.budget import plan_for_budget
 
 from .config import Knobs
+from .inductor_hooks import CustomPartitionerFn, current_compile_id, get_hash_for_files
 from .cost import CostModel
 from .peak_planning import PeakPredictor, plan_for_peak
-from .report import build_report, record
+from .inspect.report import build_report, record
 
 log = logging.getLogger("rematpass")
 
@@ -39,8 +39,10 @@ log = logging.getLogger("rematpass")
 @functools.lru_cache(maxsize=1)
 def source_hash() -> bytes:
     """Hash of our own sources: a new rematpass version never reuses a cached plan."""
-    root = pathlib.Path(__file__).resolve().parent.parent
-    files = sorted(str(p) for d in ("rematpass", "passes") for p in (root / d).glob("*.py"))
+    from . import passes
+
+    package_dirs = (pathlib.Path(__file__).resolve().parent, pathlib.Path(passes.__file__).resolve().parent)
+    files = sorted({str(p) for d in package_dirs for p in d.rglob("*.py")})
     return get_hash_for_files(tuple(files))
 
 
@@ -103,7 +105,7 @@ class RematPartitioner(CustomPartitionerFn):
             )
 
     def partition(self, gm, joint_inputs, *, num_fwd_outputs: int, static_lifetime_input_indices: list[int]):
-        from . import dump
+        from .inspect import dump
 
         started = time.perf_counter()
         gm = ti.prepare_joint_graph(gm)
@@ -122,7 +124,7 @@ class RematPartitioner(CustomPartitionerFn):
         predictor = PeakPredictor(gm, summary, roles, num_fwd_outputs, self.knobs.peak_model)
         peak_plan = None
         if self.knobs.solver == "ilp":  # exact; falls back to the min-cut plan with a warning
-            from passes.ilp import ilp_plan
+            from .passes.ilp import ilp_plan
 
             plan = ilp_plan(problem, costs.default_lambda, budget_target(self.knobs), time_limit=self.knobs.ilp_time_limit)
         elif budget_target(self.knobs) is None:
@@ -136,7 +138,7 @@ class RematPartitioner(CustomPartitionerFn):
         report = build_report(
             self.knobs, summary, costs, plan,
             solve_seconds=solve_seconds, total_seconds=time.perf_counter() - started,
-            default_saved=plan.default_saved, compile_id=dump.current_compile_id(),
+            default_saved=plan.default_saved, compile_id=current_compile_id(),
         )
         estimate = predictor.joint_estimate(plan.cut)
         report = dataclasses.replace(

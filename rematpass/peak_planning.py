@@ -39,16 +39,16 @@ from typing import Callable
 import numpy as np
 import torch.fx as fx
 
-from passes.analysis import GraphSummary
-from passes.joint_liveness import JointPeakModel
-from passes.liveness import PeakEstimate, inductor_materialized, simulate_step
-from passes.mincut import CutNetwork
-from passes.budget import LOWEST_LAMBDA_FRACTION
-from passes.hull import walk_hull
-from passes.peak import (
+from .passes.analysis import GraphSummary
+from .passes.joint_liveness import JointPeakModel
+from .passes.liveness import PeakEstimate, inductor_materialized, simulate_step
+from .passes.mincut import CutNetwork
+from .passes.budget import LOWEST_LAMBDA_FRACTION
+from .passes.hull import walk_hull
+from .passes.peak import (
     choose_on_frontier, least_peak_within, pareto, peak_frontier, recompute_allowance, refine_between,
 )
-from passes.plan import Cut, CutProblem, Plan
+from .passes.plan import Cut, CutProblem, Plan
 
 
 # Recomputation a thousand times dearer than the default's price: the plan that recomputes

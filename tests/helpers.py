@@ -111,7 +111,7 @@ def capture_joint_graph(model, inputs, **compile_kwargs) -> dict:
     from torch._inductor.decomposition import select_decomp_table
     from torch._inductor.virtualized import V
 
-    from passes import torch_internals as ti
+    from rematpass.passes import torch_internals as ti
 
     captured = {}
 
@@ -153,8 +153,8 @@ def analysed(captured: dict):
 
     from torch._inductor.virtualized import V
 
-    from passes import torch_internals as ti
-    from passes.analysis import summarize_joint_graph
+    from rematpass.passes import torch_internals as ti
+    from rematpass.passes.analysis import summarize_joint_graph
     from rematpass.cost import CostModel
 
     kwargs = captured["kwargs"]

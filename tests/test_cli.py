@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import rematpass
-from rematpass import cli
-from rematpass.report import fmt_bytes
+from rematpass.inspect import cli
+from rematpass.inspect.report import fmt_bytes
 from helpers import cheap_backend
 from models import ResidualMLP
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import rematpass
-from rematpass import dump
-from rematpass.report import (
+from rematpass.inspect import dump
+from rematpass.inspect.report import (
     BACKWARD, CHEAPER_TO_RECOMPUTE, CHEAPER_TO_SAVE, INPUT_DECISION, NOT_NEEDED, RECOMPUTED, SAVED,
 )
 from helpers import cheap_backend

@@ -9,10 +9,10 @@ import torch
 
 from helpers import analysed, capture_joint_graph
 from models import ConvBN, ResidualMLP, TinyGPT
-from passes import torch_extract
-from passes import torch_internals as ti
-from passes.analysis import FORWARD
-from passes.budget import plan_for_budget
+from rematpass.passes import torch_extract
+from rematpass.passes import torch_internals as ti
+from rematpass.passes.analysis import FORWARD
+from rematpass.passes.budget import plan_for_budget
 
 
 @pytest.fixture(scope="module")

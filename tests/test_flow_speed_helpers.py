@@ -15,10 +15,10 @@ import pytest
 from torch._functorch.compile_utils import fx_graph_cse
 
 from helpers import analysed, standard_joint_graphs
-from passes import torch_extract
-from passes import torch_internals as ti
-from passes.flow import FlowNetwork, min_cut
-from passes.mincut import used_in_backward
+from rematpass.passes import torch_extract
+from rematpass.passes import torch_internals as ti
+from rematpass.passes.flow import FlowNetwork, min_cut
+from rematpass.passes.mincut import used_in_backward
 from rematpass.cost import _hint, _tensor_bytes
 
 
@@ -104,7 +104,7 @@ def test_used_in_backward_matches_the_plain_loop(joint_graphs):
 def test_reorder_in_place_matches_pytorchs_reordering(joint_graphs):
     import torch._functorch.partitioners as p
 
-    from passes.budget import plan_for_budget
+    from rematpass.passes.budget import plan_for_budget
 
     moved = 0
     for captured in joint_graphs:

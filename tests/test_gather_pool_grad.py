@@ -8,7 +8,7 @@ import torch._inductor.lowering  # noqa: F401  (Inductor's max-pool decompositio
 from torch._inductor.decomposition import select_decomp_table
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from passes.gather_pool_grad import gather_max_pool_backward
+from rematpass.passes.gather_pool_grad import gather_max_pool_backward
 from rematpass.measure import peak_memory
 
 aten = torch.ops.aten
@@ -119,7 +119,7 @@ def test_dynamic_batch_is_rewritten_and_matches_eager(monkeypatch):
     """Real Inductor with a symbolic batch (the spatial sizes stay static): the shape lists hold SymInts."""
     import copy
 
-    import passes.gather_pool_grad as gather_pool_grad
+    import rematpass.passes.gather_pool_grad as gather_pool_grad
 
     rewrites = []
     original = gather_pool_grad.gather_max_pool_backward

@@ -5,7 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from passes.hoist_matmul import hoist_late_matmuls
+from rematpass.passes.hoist_matmul import hoist_late_matmuls
 from rematpass.measure import peak_memory
 
 aten = torch.ops.aten

@@ -20,13 +20,13 @@ import rematpass
 import rematpass.partitioner as partitioner_module
 from helpers import assert_close_grads, cheap_backend, clone, compiled_step, train_step
 from models import ConvBN, ResidualMLP, TinyGPT
-from passes.analysis import BACKWARD_ONLY, FORWARD, INPUT, GraphSummary
-from passes.budget import plan_for_budget
-from passes.evaluate import budget_time, quantized_objective, violations
-from passes.flow import InfeasibleCut
-from passes.ilp import INFEASIBLE, ILPFallbackWarning, compare_with_hull, ilp_plan, solve_ilp, solve_ilp_budget
-from passes.mincut import CutNetwork
-from passes.plan import Cut, CutProblem
+from rematpass.passes.analysis import BACKWARD_ONLY, FORWARD, INPUT, GraphSummary
+from rematpass.passes.budget import plan_for_budget
+from rematpass.passes.evaluate import budget_time, quantized_objective, violations
+from rematpass.passes.flow import InfeasibleCut
+from rematpass.passes.ilp import INFEASIBLE, ILPFallbackWarning, compare_with_hull, ilp_plan, solve_ilp, solve_ilp_budget
+from rematpass.passes.mincut import CutNetwork
+from rematpass.passes.plan import Cut, CutProblem
 
 LAMBDA_FRACTIONS = (1e-7, 1e-3, 0.3, 1.0, 30.0)
 

@@ -9,13 +9,13 @@ import torch
 import rematpass
 from helpers import capture_joint_graph, clone, compiled_step
 from models import ResidualMLP
-from passes import torch_extract
-from passes import torch_internals as ti
-from passes.analysis import FORWARD, INPUT, GraphSummary
-from passes.budget import plan_for_budget
-from passes.flow import INT_INF, InfeasibleCut, min_cut, quantize
-from passes.mincut import solve_min_cut
-from passes.plan import CutProblem
+from rematpass.passes import torch_extract
+from rematpass.passes import torch_internals as ti
+from rematpass.passes.analysis import FORWARD, INPUT, GraphSummary
+from rematpass.passes.budget import plan_for_budget
+from rematpass.passes.flow import INT_INF, InfeasibleCut, min_cut, quantize
+from rematpass.passes.mincut import solve_min_cut
+from rematpass.passes.plan import CutProblem
 
 
 def test_quantize_keeps_small_costs_positive_and_infinity_infinite():
@@ -89,7 +89,7 @@ def test_torch_contract_forward_outputs_then_saved_and_backward_inputs_saved_the
     joint = ti.prepare_joint_graph(joint)
     roles = ti.classify_joint_graph(joint, kwargs["static_lifetime_input_indices"], kwargs["num_fwd_outputs"])
     assert roles.tangents_closure and roles.required_fw
-    from passes.analysis import summarize_joint_graph
+    from rematpass.passes.analysis import summarize_joint_graph
     from rematpass.cost import CostModel
 
     summary = summarize_joint_graph(joint, roles)

@@ -6,7 +6,7 @@ import torch
 import rematpass
 from helpers import cheap_backend, clone, freeing_compiler
 from models import ResidualMLP, TinyGPT
-from passes.liveness import aliased_input, inductor_materialized, simulate_step
+from rematpass.passes.liveness import aliased_input, inductor_materialized, simulate_step
 from rematpass.measure import peak_memory
 
 
@@ -136,9 +136,9 @@ def test_joint_model_predicts_the_peak_of_the_extracted_modules(joint_graphs, pe
     from torch._inductor.virtualized import V
 
     from helpers import analysed
-    from passes import torch_extract
-    from passes.hull import walk_hull
-    from passes.mincut import CutNetwork
+    from rematpass.passes import torch_extract
+    from rematpass.passes.hull import walk_hull
+    from rematpass.passes.mincut import CutNetwork
     from rematpass.peak_planning import PeakPredictor
 
     compared = differing_plans = 0
@@ -177,8 +177,8 @@ def six_layer_problem():
 def test_plans_between_hull_vertices_tie_at_the_breakpoint_and_nest(six_layer_problem):
     import numpy as np
 
-    from passes.hull import walk_hull
-    from passes.mincut import CutNetwork
+    from rematpass.passes.hull import walk_hull
+    from rematpass.passes.mincut import CutNetwork
 
     problem, lam_default = six_layer_problem
     network = CutNetwork(problem)
@@ -198,8 +198,8 @@ def test_plans_between_hull_vertices_tie_at_the_breakpoint_and_nest(six_layer_pr
 
 def test_budgets_choose_plans_between_hull_vertices(six_layer_problem):
     """Budgets reach plans that recompute some of the identical layers, not only all or none."""
-    from passes.hull import walk_hull
-    from passes.mincut import CutNetwork
+    from rematpass.passes.hull import walk_hull
+    from rematpass.passes.mincut import CutNetwork
     from rematpass.peak_planning import plan_for_peak
 
     problem, lam_default = six_layer_problem
@@ -217,8 +217,8 @@ def test_budgets_choose_plans_between_hull_vertices(six_layer_problem):
 def _point(saved_bytes, flops, peak, recompute_seconds=0.0):
     import numpy as np
 
-    from passes.peak import PeakPoint
-    from passes.plan import Cut
+    from rematpass.passes.peak import PeakPoint
+    from rematpass.passes.plan import Cut
 
     recomputed = np.array([flops > 0])
     cut = Cut(0.0, np.array([True]), recomputed, recomputed, float(saved_bytes), recompute_seconds)
@@ -233,7 +233,7 @@ def _flops_table(*points):
 def test_recompute_allowance_prices_the_byte_cap_on_the_convex_hull():
     import math
 
-    from passes.peak import recompute_allowance
+    from rematpass.passes.peak import recompute_allowance
 
     points, flops_of = _flops_table(
         _point(100, 0, 10), _point(50, 10, 8), _point(0, 100, 5),
@@ -250,7 +250,7 @@ def test_recompute_allowance_prices_the_byte_cap_on_the_convex_hull():
 def test_one_op_between_two_plans_is_paid_whole():
     """A fractional price between plans that differ by one convolution would buy part of it; a
     0/1 knapsack (PyTorch's default) cannot, so neither does the allowance."""
-    from passes.peak import recompute_allowance
+    from rematpass.passes.peak import recompute_allowance
 
     points, flops_of = _flops_table(_point(100, 0, 10), _point(50, 10, 8))
     saves_all, saves_less = (p.cut for p in points)
@@ -261,7 +261,7 @@ def test_one_op_between_two_plans_is_paid_whole():
 
 
 def test_least_peak_within_spends_the_allowance_on_the_peak():
-    from passes.peak import least_peak_within
+    from rematpass.passes.peak import least_peak_within
 
     points, flops_of = _flops_table(
         _point(100, 0, 10), _point(70, 0, 9, recompute_seconds=2.0), _point(80, 0, 9, recompute_seconds=1.0),
@@ -280,8 +280,8 @@ def test_fractions_recompute_no_more_flops_than_pytorchs_budget_at_the_same_numb
     from torch._inductor.virtualized import V
 
     from helpers import capture_joint_graph
-    from passes import torch_internals as ti
-    from rematpass.bench_measure import duplicated_work
+    from rematpass.passes import torch_internals as ti
+    from rematpass.bench.measure import duplicated_work
     from rematpass.config import resolve
     from rematpass.partitioner import RematPartitioner
 

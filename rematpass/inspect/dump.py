@@ -41,11 +41,12 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from passes.hull import walk_hull
-from passes.mincut import CutNetwork
-from passes.plan import CutProblem, Plan
+from ..passes.hull import walk_hull
+from ..passes.mincut import CutNetwork
+from ..passes.plan import CutProblem, Plan
 
-from .cost import CostTable
+from ..cost import CostTable
+from ..inductor_hooks import aot_autograd_cache_hits, current_compile_id, trace_artifact
 from .report import PartitionReport
 
 log = logging.getLogger("rematpass")
@@ -82,17 +83,6 @@ class RematDumpWarning(UserWarning):
 
 _counter = itertools.count()
 _lock = threading.Lock()
-
-
-def current_compile_id() -> str | None:
-    """Dynamo's id of the compile in progress ("0/0", "1/2", "!0/0/0"), or None outside one."""
-    try:
-        from torch._guards import CompileContext
-
-        compile_id = CompileContext.current_compile_id()
-    except Exception:
-        return None
-    return None if compile_id is None else str(compile_id)
 
 
 def safe_name(text: str) -> str:
@@ -142,7 +132,7 @@ def _jsonable(value: Any) -> Any:
 
 def graph_statistics(summary, joint: fx.GraphModule | None, forward: fx.GraphModule | None,
                      backward: fx.GraphModule | None) -> dict[str, Any]:
-    from passes.analysis import BACKWARD_ONLY, FORWARD, INPUT
+    from ..passes.analysis import BACKWARD_ONLY, FORWARD, INPUT
 
     def count(gm):
         return None if gm is None else sum(1 for _ in gm.graph.nodes)
@@ -167,7 +157,7 @@ def plan_dict(report: PartitionReport, graph: dict[str, Any] | None = None) -> d
     """Everything plan.json holds: one JSON-ready dict."""
     saved = report.saved_nodes()
     recomputed = report.recomputed_nodes()
-    from . import __version__
+    from .. import __version__
 
     return {
         "schema": "rematpass.plan",
@@ -222,7 +212,7 @@ def frontier(problem: CutProblem, plan: Plan, flops: np.ndarray | None = None, *
     minimising ``saved bytes + lambda * recompute seconds`` for the lambda it
     was found at.
     """
-    from passes.analysis import INPUT
+    from ..passes.analysis import INPUT
 
     started = time.perf_counter()
     flops = np.zeros(problem.summary.num_nodes) if flops is None else flops
@@ -357,11 +347,7 @@ def publish(report: PartitionReport, *, dump_dir: str | None, joint: fx.GraphMod
     """Emit the plan as a structured-trace artifact, write the dump folder when ``dump_dir`` is set,
     and tell a watching backend that this compile was partitioned."""
     _mark_partitioned()
-    torch._logging.trace_structured(
-        "artifact",
-        metadata_fn=lambda: {"name": "remat_plan", "encoding": "json"},
-        payload_fn=lambda: json.dumps(plan_dict(report)),
-    )
+    trace_artifact("remat_plan", lambda: json.dumps(plan_dict(report)))
     if not dump_dir:
         return None
     folder = write_dump(dump_dir, report, joint=joint, forward=forward, backward=backward,
@@ -386,16 +372,10 @@ def _mark_partitioned() -> None:
         entry["partitioned"] = True
 
 
-def _cache_hits() -> int:
-    from torch._dynamo.utils import counters
-
-    return int(counters["aot_autograd"]["autograd_cache_hit"])
-
-
 def note_compile_start(dump_dir: str | os.PathLike | None) -> dict[str, Any]:
     """Call before ``compile_fx``; pass what it returns to ``note_compile_end``."""
     token = {"dump_dir": os.fspath(dump_dir) if dump_dir else None, "compile_id": current_compile_id(),
-             "partitioned": False, "cache_hits": _cache_hits()}
+             "partitioned": False, "cache_hits": aot_autograd_cache_hits()}
     _stack().append(token)
     return token
 
@@ -408,7 +388,7 @@ def note_compile_end(token: dict[str, Any]) -> pathlib.Path | None:
         stack.remove(token)
     if not token["dump_dir"] or token["partitioned"]:
         return None
-    cache_hit = _cache_hits() > token["cache_hits"]
+    cache_hit = aot_autograd_cache_hits() > token["cache_hits"]
     folder = claim_graph_dir(token["dump_dir"], token["compile_id"])
     graph = f"graph {token['compile_id']}" if token["compile_id"] else "this graph"
     if cache_hit:

@@ -4,7 +4,7 @@
     python -m rematpass.bench --models gpt2 llama --variants inductor remat remat@0.3
     python -m rematpass.bench --device cuda --size 4 --out bench-gpu
 
-Trains each model of the suite (``rematpass.bench_models``) under each
+Trains each model of the suite (``rematpass.bench.models``) under each
 variant in one process, prints one table per model, writes ``results.json``
 to ``--out`` and draws ``pareto.png`` (peak memory against step time; needs
 the ``plot`` extra, matplotlib).
@@ -32,7 +32,7 @@ How each figure is measured:
   (torch.utils.flop_counter's: matmul, conv, attention; pointwise ops count 0) of
   the backward graph's copies of forward ops, read from the graphs each
   partitioner returns, the same way for all three partitioners (see
-  ``rematpass.bench_measure``); ``recompute ops / elements`` count the copied
+  ``rematpass.bench.measure``); ``recompute ops / elements`` count the copied
   non-view ops and their output elements, which shows pointwise recomputation.
   Eager variants: FlopCounterMode's total over forward+backward minus eager's.
 - partition time: wall time of the partitioner call alone (Inductor's joint-graph
@@ -72,10 +72,11 @@ from typing import Any, Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import bench_models
-from .bench_output import _mib, machine, markdown, plot, table, targets
-from .bench_measure import PartitionRecorder, grad_error, saved_bytes_with_held
-from .measure import peak_memory, saved_activation_bytes
+from . import models as bench_models
+from .output import _mib, machine, markdown, plot, table, targets
+from .measure import PartitionRecorder, grad_error, saved_bytes_with_held
+from .. import inductor_hooks
+from ..measure import peak_memory, saved_activation_bytes
 
 SCHEMA = "rematpass.bench/1"
 DEFAULT_VARIANTS = ["eager", "checkpoint", "inductor"] + [f"inductor@{b}" for b in (0.8, 0.5, 0.3, 0.1)] + [
@@ -105,7 +106,7 @@ class Variant:
 
     def first_call_context(self):
         if self.kind == "inductor" and self.budget is not None:
-            return torch._functorch.config.patch(activation_memory_budget=self.budget)
+            return inductor_hooks.activation_memory_budget(self.budget)
         return contextlib.nullcontext()
 
 
@@ -248,7 +249,7 @@ def run_model(bench: bench_models.BenchModel, variants: list[Variant], *, device
               say: Callable[[str], None] = print) -> dict[str, Any]:
     import rematpass
 
-    torch._dynamo.reset()
+    inductor_hooks.reset_dynamo()
     names = {id(m): n for n, m in bench.module.named_modules()}
     block_paths = [names[id(b)] for b in bench.blocks]
     reference = Run(Variant("eager", "eager"), bench, device, block_paths)
@@ -341,7 +342,7 @@ def _warm_up(device: str) -> None:
     for backend in ("inductor", "remat"):
         model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU(), torch.nn.Linear(8, 1)).to(device)
         torch.compile(model, backend=backend)(torch.randn(4, 8, device=device)).sum().backward()
-    torch._dynamo.reset()
+    inductor_hooks.reset_dynamo()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -375,7 +376,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    torch._inductor.config.force_disable_caches = True  # so every variant's partitioner really runs
+    inductor_hooks.inductor_caches_disabled()  # so every variant's partitioner really runs
     warnings.filterwarnings("ignore", message=".*dynamo_pgo force disabled.*")
     say = lambda line: print(line, flush=True)
     results: dict[str, Any] = {
@@ -406,5 +407,3 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return results
 
 
-if __name__ == "__main__":
-    main()

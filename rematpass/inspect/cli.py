@@ -136,7 +136,7 @@ def record_measured_peak(path: str | pathlib.Path, peak_bytes: int) -> int:
 
         >>> import tempfile, torch, rematpass
         >>> from rematpass.measure import peak_memory
-        >>> from rematpass.cli import record_measured_peak
+        >>> from rematpass import record_measured_peak
         >>> dump = tempfile.mkdtemp()
         >>> model = torch.compile(torch.nn.Linear(8, 8), backend="remat", options={"dump_dir": dump})
         >>> step = lambda: model(torch.randn(4, 8)).sum().backward()

@@ -8,18 +8,18 @@ ask, right after a compile, what was saved and why.
 from __future__ import annotations
 
 import collections
-import logging
 import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch.fx as fx
 
-from passes.analysis import BACKWARD_ONLY, FORWARD, INPUT, GraphSummary, op_name
-from passes.plan import Plan
+from ..passes.analysis import BACKWARD_ONLY, FORWARD, INPUT, GraphSummary, op_name
+from ..passes.plan import Plan
 
-from .config import Knobs
-from .cost import CostTable
+from ..config import Knobs
+from ..cost import CostTable
+from ..inductor_hooks import register_torch_log
 
 SAVED = "saved"
 RECOMPUTED = "recomputed"
@@ -42,17 +42,7 @@ INPUT_KIND = "input"
 LOG_NAME = "rematpass"
 
 
-def _register_torch_log() -> None:
-    """Let ``TORCH_LOGS="+rematpass"`` and ``torch._logging.set_logs(rematpass=...)`` control our logger."""
-    try:
-        from torch._logging._internal import register_log
-
-        register_log(LOG_NAME, LOG_NAME)
-    except Exception:  # an older or newer torch without the hook: plain logging still works
-        logging.getLogger(LOG_NAME).debug("could not register the rematpass log with torch._logging")
-
-
-_register_torch_log()
+register_torch_log(LOG_NAME)  # TORCH_LOGS="+rematpass" and torch._logging.set_logs(rematpass=...)
 
 
 @dataclass(frozen=True)

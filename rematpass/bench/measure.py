@@ -1,6 +1,6 @@
 """How ``python -m rematpass.bench`` reads what a partitioner did, and the figures it adds to ``rematpass.measure``.
 
-- ``PartitionRecorder`` wraps ``torch._inductor.compile_fx.partition_fn``, the one
+- ``PartitionRecorder`` wraps Inductor's ``partition_fn``, the one
   function through which Inductor asks for every partition, whichever partitioner
   is configured (Inductor's min-cut, PyTorch's memory-budget path, or rematpass's
   ``custom_partitioner_fn``). It times the partitioner call alone (Inductor's
@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import operator
 import time
 import warnings
@@ -26,10 +25,11 @@ from typing import Any, Callable
 
 import torch
 import torch.fx as fx
-from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.flop_counter import flop_registry
 
-from .measure import _storage_key
+from ..inductor_hooks import wrapped_partition_fn
+from ..measure import _storage_key
+from ..passes.torch_internals import tree_leaves, tree_map
 
 
 def _is_view(node: fx.Node) -> bool:
@@ -76,40 +76,27 @@ class PartitionRecorder:
 
     def __init__(self):
         self.records: list[dict[str, Any]] = []
-        self._module = None
-        self._original = None
+        self._context = None
 
     def __enter__(self):
-        import torch._inductor.compile_fx as compile_fx
+        records = self.records
 
-        self._module, self._original = compile_fx, getattr(compile_fx, "partition_fn", None)
-        if self._original is None:
-            warnings.warn("torch._inductor.compile_fx.partition_fn not found: no recompute or partition figures")
-            return self
-        original, records = self._original, self.records
-
-        def partitioner_now():
-            from torch._functorch.partitioners import min_cut_rematerialization_partition
-            custom = torch._inductor.config.custom_partitioner_fn
-            return functools.partial(custom or min_cut_rematerialization_partition, compiler="inductor")
-
-        def partition_fn(gm, joint_inputs, *, partitioner_fn_override=None, **kwargs):
-            inner = partitioner_fn_override or partitioner_now()
-
+        def wrap(inner):
             def timed(*args, **kw):
                 started = time.perf_counter()
                 fw, bw = inner(*args, **kw)
                 records.append({"seconds": time.perf_counter() - started, **duplicated_work(fw, bw)})
                 return fw, bw
 
-            return original(gm, joint_inputs, partitioner_fn_override=timed, **kwargs)
+            return timed
 
-        compile_fx.partition_fn = partition_fn
+        self._context = wrapped_partition_fn(wrap)
+        if not self._context.__enter__():
+            warnings.warn("Inductor's compile_fx.partition_fn not found: no recompute or partition figures")
         return self
 
     def __exit__(self, *exc):
-        if self._original is not None:
-            self._module.partition_fn = self._original
+        return self._context.__exit__(*exc)
 
 
 # ------------------------------------------------------------------ measuring one variant

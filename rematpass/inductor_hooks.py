@@ -1,0 +1,131 @@
+"""Where rematpass touches Inductor, Dynamo and torch's logging (graph-level private APIs live in
+``passes/torch_internals.py`` and ``passes/torch_extract.py``).
+
+Every private import of the package outside those two files goes through here, so that a torch
+release that moves one breaks this file and the tests that pin it (tests/test_backend.py,
+tests/test_dump.py), not the backend, the dumps and the benchmark one by one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from typing import Any, Callable, Iterator
+
+import torch
+from torch._inductor.custom_graph_pass import CustomGraphPass, CustomPartitionerFn, get_hash_for_files
+
+__all__ = [
+    "CustomGraphPass",
+    "CustomPartitionerFn",
+    "activation_memory_budget",
+    "aot_autograd_cache_hits",
+    "compile_with_inductor",
+    "current_compile_id",
+    "get_hash_for_files",
+    "inductor_caches_disabled",
+    "installed_pass",
+    "mode_options",
+    "register_torch_log",
+    "reset_dynamo",
+    "trace_artifact",
+    "wrapped_partition_fn",
+]
+
+
+def compile_with_inductor(gm: torch.fx.GraphModule, example_inputs, config_patches: dict[str, Any]):
+    """``compile_fx`` with Inductor config patches that stay active through the lazy backward compile."""
+    from torch._inductor.compile_fx import compile_fx
+
+    return compile_fx(gm, example_inputs, config_patches=config_patches)
+
+
+def installed_pass(slot: str) -> Any:
+    """What the user put in Inductor's custom pass ``slot`` (``joint_custom_post_pass``, ...)."""
+    return getattr(torch._inductor.config, slot)
+
+
+def mode_options(mode: str) -> dict[str, Any]:
+    """Inductor's config patches for a ``torch.compile`` mode ("max-autotune", ...)."""
+    return dict(torch._inductor.list_mode_options(mode))
+
+
+def current_compile_id() -> str | None:
+    """Dynamo's id of the compile in progress ("0/0", "1/2", "!0/0/0"), or None outside one."""
+    try:
+        from torch._guards import CompileContext
+
+        compile_id = CompileContext.current_compile_id()
+    except Exception:
+        return None
+    return None if compile_id is None else str(compile_id)
+
+
+def aot_autograd_cache_hits() -> int:
+    """How many times AOTAutograd's cache has served a compiled graph in this process."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["aot_autograd"]["autograd_cache_hit"])
+
+
+def trace_artifact(name: str, payload: Callable[[], str]) -> None:
+    """A JSON artifact in ``TORCH_TRACE`` (tlparse shows it); free when tracing is off."""
+    torch._logging.trace_structured(
+        "artifact", metadata_fn=lambda: {"name": name, "encoding": "json"}, payload_fn=payload,
+    )
+
+
+def register_torch_log(name: str) -> None:
+    """Let ``TORCH_LOGS="+name"`` and ``torch._logging.set_logs(name=...)`` control logger ``name``."""
+    try:
+        from torch._logging._internal import register_log
+
+        register_log(name, name)
+    except Exception:  # an older or newer torch without the hook: plain logging still works
+        logging.getLogger(name).debug("could not register the %s log with torch._logging", name)
+
+
+def reset_dynamo() -> None:
+    """Forget every compiled graph, so the next call compiles (and partitions) again."""
+    torch._dynamo.reset()
+
+
+def activation_memory_budget(budget: float):
+    """A context in which PyTorch's own partitioner uses ``activation_memory_budget=budget``."""
+    return torch._functorch.config.patch(activation_memory_budget=budget)
+
+
+def inductor_caches_disabled() -> None:
+    """Turn off the FX graph and AOTAutograd caches for this process: a hit skips the partitioner."""
+    torch._inductor.config.force_disable_caches = True
+
+
+@contextlib.contextmanager
+def wrapped_partition_fn(wrap: Callable[[Callable], Callable]) -> Iterator[bool]:
+    """Route every partitioner call Inductor makes through ``wrap(partitioner)``.
+
+    Yields False (and wraps nothing) when this torch has no ``compile_fx.partition_fn``.
+    """
+    import torch._inductor.compile_fx as compile_fx
+
+    original = getattr(compile_fx, "partition_fn", None)
+    if original is None:
+        yield False
+        return
+
+    def partitioner_now():
+        from torch._functorch.partitioners import min_cut_rematerialization_partition
+
+        custom = torch._inductor.config.custom_partitioner_fn
+        return functools.partial(custom or min_cut_rematerialization_partition, compiler="inductor")
+
+    def partition_fn(gm, joint_inputs, *, partitioner_fn_override=None, **kwargs):
+        inner = partitioner_fn_override or partitioner_now()
+        return original(gm, joint_inputs, partitioner_fn_override=wrap(inner), **kwargs)
+
+    compile_fx.partition_fn = partition_fn
+    try:
+        yield True
+    finally:
+        compile_fx.partition_fn = original
