@@ -57,22 +57,30 @@ def measure(name: str, variants: list[str], steps: int) -> list[dict]:
     rows = []
     for spec in variants:
         on, off = runs[(spec, True)], runs[(spec, False)]
-        rows.append({
-            "model": name, "variant": spec,
-            "peak_on": on.result["peak_bytes"], "peak_off": off.result["peak_bytes"],
-            "step_on": statistics.median(on.times), "step_off": statistics.median(off.times),
-        })
+        rows.append(
+            {
+                "model": name,
+                "variant": spec,
+                "peak_on": on.result["peak_bytes"],
+                "peak_off": off.result["peak_bytes"],
+                "step_on": statistics.median(on.times),
+                "step_off": statistics.median(off.times),
+            }
+        )
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | variant | peak, reuse on | peak, reuse off | off / on | step on / off (ms) | off / on |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | variant | peak, reuse on | peak, reuse off | off / on | step on / off (ms) | off / on |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         lines.append(
             f"| {r['model']} | `{r['variant']}` | {r['peak_on']:,} B | {r['peak_off']:,} B | "
             f"{r['peak_off'] / r['peak_on']:.3f}x | {r['step_on'] * 1e3:.1f} / {r['step_off'] * 1e3:.1f} | "
-            f"{r['step_off'] / r['step_on']:.3f}x |")
+            f"{r['step_off'] / r['step_on']:.3f}x |"
+        )
     return "\n".join(lines)
 
 
@@ -94,9 +102,11 @@ def main() -> None:
         rows += new
     if args.write:
         host = machine()
-        header = (f"# Buffer reuse on and off\n\n`python benchmarks/buffer_reuse.py --write`, {datetime.date.today()}: "
-                  f"{host.get('cpu', platform.machine())}, {host['cpu_count']} cores, torch {host['torch']}, "
-                  f"1 thread, {args.steps} interleaved steps per copy (medians).\n\n")
+        header = (
+            f"# Buffer reuse on and off\n\n`python benchmarks/buffer_reuse.py --write`, {datetime.date.today()}: "
+            f"{host.get('cpu', platform.machine())}, {host['cpu_count']} cores, torch {host['torch']}, "
+            f"1 thread, {args.steps} interleaved steps per copy (medians).\n\n"
+        )
         pathlib.Path(__file__).with_name("RESULTS_buffer_reuse.md").write_text(header + table(rows) + "\n")
 
 

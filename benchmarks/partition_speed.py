@@ -3,7 +3,7 @@
     python benchmarks/partition_speed.py                 # print the table
     python benchmarks/partition_speed.py --write         # and write benchmarks/RESULTS_partition_speed.md
 
-For GPT-style models (tests/models.TinyGPT) of 4, 16, 32 and 96 layers the
+For GPT-style models (rematpass.zoo.TinyGPT) of 4, 16, 32 and 96 layers the
 joint graph is captured once, as Inductor hands it to a partitioner
 (decomposed, joint passes run), and each partitioner then runs on its own
 deep copy, interleaved, several times; the table gives medians. Like
@@ -48,17 +48,17 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from models import TinyGPT  # noqa: E402
+from synthetic import BACKWARD_ONLY, FORWARD, INPUT, SyntheticGraph  # noqa: E402  (tests/synthetic.py)
 
 import rematpass  # noqa: E402
+from rematpass.analyse import analyse  # noqa: E402
+from rematpass.partitioner import budget_target, cyclic_gc_paused  # noqa: E402
 from rematpass.passes import torch_extract  # noqa: E402
 from rematpass.passes import torch_internals as ti  # noqa: E402
-from rematpass.passes.analysis import BACKWARD_ONLY, FORWARD, INPUT, GraphSummary, summarize_joint_graph  # noqa: E402
 from rematpass.passes.budget import plan_for_budget  # noqa: E402
 from rematpass.passes.mincut import CutNetwork  # noqa: E402
 from rematpass.passes.plan import CutProblem  # noqa: E402
-from rematpass.cost import CostModel  # noqa: E402
-from rematpass.partitioner import budget_target, cyclic_gc_paused  # noqa: E402
+from rematpass.zoo import TinyGPT  # noqa: E402
 
 torch._inductor.config.force_disable_caches = True
 
@@ -75,7 +75,9 @@ def capture_joint(model: torch.nn.Module, inputs) -> dict:
     captured = {}
 
     def spy(gm, joint_inputs, **kwargs):
-        captured.update(gm=copy.deepcopy(gm), inputs=joint_inputs, kwargs=dict(kwargs), fake=detect_fake_mode(joint_inputs))
+        captured.update(
+            gm=copy.deepcopy(gm), inputs=joint_inputs, kwargs=dict(kwargs), fake=detect_fake_mode(joint_inputs)
+        )
         return ti.default_partition(gm, joint_inputs, **kwargs)
 
     def partition(gm, joint_inputs, **kwargs):
@@ -86,7 +88,9 @@ def capture_joint(model: torch.nn.Module, inputs) -> dict:
         return make_boxed_func(gm.forward)
 
     torch._dynamo.reset()
-    backend = aot_autograd(fw_compiler=eager, bw_compiler=eager, partition_fn=partition, decompositions=select_decomp_table())
+    backend = aot_autograd(
+        fw_compiler=eager, bw_compiler=eager, partition_fn=partition, decompositions=select_decomp_table()
+    )
     torch.compile(model, backend=backend)(*inputs).backward()
     torch._dynamo.reset()
     return captured
@@ -153,20 +157,19 @@ def run_ours(captured, knobs: dict) -> tuple[float, float]:
 def ours_stages(captured) -> dict:
     """The default partition's stages one by one, timed: graph clean-up (DCE, CSE),
     classification, summary + cost table, min-cut solve, module extraction."""
-    gm = copy.deepcopy(captured["gm"])
     kwargs = captured["kwargs"]
-    seconds = {}
     with inductor_context(captured), cyclic_gc_paused():  # as the partitioner runs
-        started = time.perf_counter()
-        gm = ti.prepare_joint_graph(gm)
-        seconds["prepare"] = time.perf_counter() - started
-        started = time.perf_counter()
-        roles = ti.classify_joint_graph(gm, kwargs["static_lifetime_input_indices"], kwargs["num_fwd_outputs"])
-        seconds["classify"] = time.perf_counter() - started
-        started = time.perf_counter()
-        summary = summarize_joint_graph(gm, roles)
-        costs = CostModel().table(summary)
-        seconds["summarize+cost"] = time.perf_counter() - started
+        a = analyse(
+            copy.deepcopy(captured["gm"]),
+            num_fwd_outputs=kwargs["num_fwd_outputs"],
+            static_lifetime_input_indices=kwargs["static_lifetime_input_indices"],
+        )
+        gm, roles, summary, costs = a.gm, a.roles, a.summary, a.costs
+        seconds = {
+            "prepare": a.seconds["prepare"],
+            "classify": a.seconds["classify"],
+            "summarize+cost": a.seconds["summarize"] + a.seconds["price"],
+        }
         started = time.perf_counter()
         plan = plan_for_budget(costs.problem(summary), costs.default_lambda, None)
         seconds["solve"] = time.perf_counter() - started
@@ -190,10 +193,12 @@ def gpt_rows(layer_counts, repeats: int):
         model = TinyGPT(layers=layers)
         captured = capture_joint(model, (model.example(),))
         with inductor_context(captured):
-            probe = ti.prepare_joint_graph(copy.deepcopy(captured["gm"]))
             kw = captured["kwargs"]
-            roles = ti.classify_joint_graph(probe, kw["static_lifetime_input_indices"], kw["num_fwd_outputs"])
-            candidates = summarize_joint_graph(probe, roles).num_nodes
+            candidates = analyse(
+                copy.deepcopy(captured["gm"]),
+                num_fwd_outputs=kw["num_fwd_outputs"],
+                static_lifetime_input_indices=kw["static_lifetime_input_indices"],
+            ).summary.num_nodes
         times = {name: [] for name, _ in variants}
         staged = []
         for _ in range(repeats):  # interleaved: A B C D (stages) A B C D (stages) ...
@@ -210,11 +215,6 @@ def gpt_rows(layer_counts, repeats: int):
         rows.append((layers, len(captured["gm"].graph.nodes), candidates, med, stages))
         print(f"  {layers} layers done", file=sys.stderr, flush=True)
     return rows
-
-
-class _Node:
-    def __init__(self, name: str):
-        self.name = name
 
 
 def synthetic_problem(n: int, seed: int = 0) -> CutProblem:
@@ -234,24 +234,20 @@ def synthetic_problem(n: int, seed: int = 0) -> CutProblem:
     src, dst = np.concatenate(src), np.concatenate(dst)
     ok = ~((kind[dst] == FORWARD) & (kind[src] == BACKWARD_ONLY))
     keys = np.unique(src[ok].astype(np.int64) * n + dst[ok])
-    no_recompute = tuple("input" if k == INPUT else ("random" if r < 0.01 else None) for k, r in zip(kind, rng.random(n)))
+    no_recompute = tuple(
+        "input" if k == INPUT else ("random" if r < 0.01 else None) for k, r in zip(kind, rng.random(n))
+    )
     no_save = tuple(None if nr else ("view" if r < 0.1 else None) for nr, r in zip(no_recompute, rng.random(n)))
     is_static = (kind == INPUT) & (rng.random(n) < 0.7)
-    summary = GraphSummary(
-        nodes=tuple(_Node(f"n{i}") for i in range(n)),
-        kind=kind,
-        edge_src=(keys // n).astype(np.int32),
-        edge_dst=(keys % n).astype(np.int32),
-        needed_by_backward=(rng.random(n) < 0.3) & (kind != BACKWARD_ONLY),
-        must_recompute=np.array([nr is None for nr in no_recompute]) & (kind == FORWARD) & (rng.random(n) < 0.005),
-        is_static=is_static,
-        is_view=np.array([r == "view" for r in no_save]),
-        no_recompute_reason=no_recompute,
-        no_save_reason=no_save,
-    )
+    needed = (rng.random(n) < 0.3) & (kind != BACKWARD_ONLY)
+    must = np.array([nr is None for nr in no_recompute]) & (kind == FORWARD) & (rng.random(n) < 0.005)
     nbytes = np.where(is_static, 0.0, np.exp(rng.uniform(np.log(1e3), np.log(1e7), n)).round())
     cost = np.where(kind == FORWARD, nbytes / 1e10 * np.where(rng.random(n) < 0.6, 0.05, 3.0), 0.0)
-    return CutProblem(summary, nbytes, cost)
+    g = SyntheticGraph()
+    g.nodes(kind, nbytes, cost, no_recompute=no_recompute, no_save=no_save, static=is_static, must_recompute=must)
+    g.edges(keys // n, keys % n)
+    g.needed_by_backward(needed)
+    return g.problem()
 
 
 def synthetic_rows(n: int, repeats: int):
@@ -278,7 +274,9 @@ def _commit() -> str:
     try:
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
         dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "passes", "rematpass"], capture_output=True, text=True
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "passes", "rematpass"],
+            capture_output=True,
+            text=True,
         ).stdout.strip()
         return head.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
     except OSError:
@@ -359,7 +357,9 @@ def main(argv=None):
     if args.write:
         out = ROOT / "benchmarks" / "RESULTS_partition_speed.md"
         stamp = datetime.date.today().isoformat()
-        out.write_text(f"# Partition speed ({stamp})\n\nMeasured with `python benchmarks/partition_speed.py --write`.\n\n{table}")
+        out.write_text(
+            f"# Partition speed ({stamp})\n\nMeasured with `python benchmarks/partition_speed.py --write`.\n\n{table}"
+        )
         print(f"wrote {out}", file=sys.stderr)
 
 

@@ -28,44 +28,26 @@ import warnings
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import rematpass
+from rematpass.zoo import GPT
+
+VOCAB = 256
 
 
-class Block(nn.Module):
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
-
-    def forward(self, x):
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.proj(y.transpose(1, 2).reshape(b, t, d))
-        return x + self.mlp(self.ln2(x))
-
-
-class GPT(nn.Module):
-    def __init__(self, vocab: int = 256, dim: int = 128, heads: int = 4, layers: int = 4, seq: int = 64):
-        super().__init__()
-        self.tok = nn.Embedding(vocab, dim)
-        self.pos = nn.Parameter(torch.randn(seq, dim) * 0.02)
-        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(layers))
-        self.ln = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, vocab)
-
-    def forward(self, tokens):
-        x = self.tok(tokens) + self.pos[: tokens.shape[1]]
-        for block in self.blocks:
-            x = block(x)
-        logits = self.head(self.ln(x))
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+def build_model(args) -> GPT:
+    """The examples' GPT (rematpass.zoo): no dropout layers, a vocabulary head with bias."""
+    return GPT(
+        VOCAB,
+        args.dim,
+        heads=4,
+        layers=args.layers,
+        seq=args.seq,
+        dropout=None,
+        head_bias=True,
+        embedding_dropout=False,
+    )
 
 
 def parse_args():
@@ -75,10 +57,16 @@ def parse_args():
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--budget", type=float, default=None, help="rematpass memory_budget (default: its fastest plan)")
+    parser.add_argument(
+        "--budget", type=float, default=None, help="rematpass memory_budget (default: its fastest plan)"
+    )
     parser.add_argument("--backend", default="remat", help='torch.compile backend ("inductor" to compare)')
-    parser.add_argument("--bucket-cap-mb", type=float, default=1.0,
-                        help="DDP bucket size; Dynamo's DDPOptimizer rejects sizes under 1 MiB")
+    parser.add_argument(
+        "--bucket-cap-mb",
+        type=float,
+        default=1.0,
+        help="DDP bucket size; Dynamo's DDPOptimizer rejects sizes under 1 MiB",
+    )
     parser.add_argument("--no-optimize-ddp", action="store_true", help="one graph, no split at bucket boundaries")
     parser.add_argument("--check", action="store_true", help="compare step-1 gradients with single-process eager")
     return parser.parse_args()
@@ -124,7 +112,7 @@ def train(args, device):
     torch._dynamo.config.optimize_ddp = not args.no_optimize_ddp
 
     torch.manual_seed(0)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    model = GPT(dim=args.dim, layers=args.layers, seq=args.seq).to(device)
+    model = build_model(args).to(device)
     replica = copy.deepcopy(model) if args.check else None
     ddp = DDP(model, bucket_cap_mb=args.bucket_cap_mb)
     options = {} if args.budget is None else {"memory_budget": args.budget}
@@ -133,8 +121,8 @@ def train(args, device):
 
     data = torch.Generator().manual_seed(1)
     for step in range(args.steps):
-        global_batch = torch.randint(0, 256, (world * args.batch, args.seq), generator=data).to(device)
-        shard = global_batch[rank * args.batch:(rank + 1) * args.batch]
+        global_batch = torch.randint(0, VOCAB, (world * args.batch, args.seq), generator=data).to(device)
+        shard = global_batch[rank * args.batch : (rank + 1) * args.batch]
         optimizer.zero_grad(set_to_none=True)
         loss = compiled(shard)
         loss.backward()  # DDP averages the gradients over the ranks
@@ -148,8 +136,10 @@ def train(args, device):
 
     if rank == 0:
         reports = rematpass.recent_reports()
-        print(f"rank 0: rematpass planned {len(reports)} graph(s)"
-              + (" (DDP split the model at bucket boundaries)" if len(reports) > 1 else ""))
+        print(
+            f"rank 0: rematpass planned {len(reports)} graph(s)"
+            + (" (DDP split the model at bucket boundaries)" if len(reports) > 1 else "")
+        )
         for report in reports:
             print("  " + report.one_line())
 

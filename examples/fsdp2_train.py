@@ -33,7 +33,8 @@ from torch.distributed.fsdp import fully_shard
 import rematpass
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ddp_train import GPT, init_distributed, shut_down_distributed  # noqa: E402  (shared with the DDP example)
+# Shared with the DDP example: the model and the process-group set-up.
+from ddp_train import VOCAB, build_model, init_distributed, shut_down_distributed  # noqa: E402
 
 
 def parse_args():
@@ -43,7 +44,9 @@ def parse_args():
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--budget", type=float, default=None, help="rematpass memory_budget (default: its fastest plan)")
+    parser.add_argument(
+        "--budget", type=float, default=None, help="rematpass memory_budget (default: its fastest plan)"
+    )
     parser.add_argument("--backend", default="remat", help='torch.compile backend ("inductor" to compare)')
     parser.add_argument("--check", action="store_true", help="compare step-1 gradients with single-process eager")
     return parser.parse_args()
@@ -62,7 +65,7 @@ def train(args, device):
     mesh = init_device_mesh(device.type, (world,))
 
     torch.manual_seed(0)  # the same initial weights on every rank: each keeps its shard
-    model = GPT(dim=args.dim, layers=args.layers, seq=args.seq).to(device)
+    model = build_model(args).to(device)
     replica = copy.deepcopy(model) if args.check else None
     options = {} if args.budget is None else {"memory_budget": args.budget}
     for block in model.blocks:
@@ -73,8 +76,8 @@ def train(args, device):
 
     data = torch.Generator().manual_seed(1)
     for step in range(args.steps):
-        global_batch = torch.randint(0, 256, (world * args.batch, args.seq), generator=data).to(device)
-        shard = global_batch[rank * args.batch:(rank + 1) * args.batch]
+        global_batch = torch.randint(0, VOCAB, (world * args.batch, args.seq), generator=data).to(device)
+        shard = global_batch[rank * args.batch : (rank + 1) * args.batch]
         optimizer.zero_grad(set_to_none=True)
         loss = model(shard)
         loss.backward()  # FSDP2 reduce-scatters the averaged gradients to their shards

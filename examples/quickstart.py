@@ -13,28 +13,10 @@ import copy
 import warnings
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 import rematpass
 from rematpass.measure import peak_memory, saved_activation_bytes
-
-
-class SmallTransformer(nn.Module):
-    def __init__(self, vocab=256, dim=128, heads=4, layers=2, seq=64, dropout=0.1):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, dim)
-        self.pos = nn.Parameter(torch.zeros(seq, dim))
-        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout, batch_first=True, norm_first=True, activation="gelu")
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.head = nn.Linear(dim, vocab)
-        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(seq), persistent=False)
-
-    def forward(self, tokens):
-        x = self.embed(tokens) + self.pos[: tokens.shape[1]]
-        x = self.encoder(x, mask=self.mask[: tokens.shape[1], : tokens.shape[1]], is_causal=True)
-        logits = self.head(x)
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+from rematpass.zoo import SmallTransformer  # nn.TransformerEncoder as a language model: any nn.Module will do
 
 
 def train(model, tokens, steps, lr=1e-3):

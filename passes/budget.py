@@ -16,12 +16,12 @@ most within the budget is taken.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from .mincut import CutNetwork, cut_from_source_side
-from .plan import Cut, CutProblem, Plan
+from .plan import Cut, CutProblem, HullPoint, Plan
 
 # The far end of the hull: recompute cost still breaks ties between plans of
 # equal bytes, but never outweighs a byte.
@@ -34,14 +34,14 @@ class _Solver:
         self.problem = problem
         self.network = CutNetwork(problem)  # built once: each lambda pays only its max-flow
         self.solves = 0
-        self.seen: list[tuple[float, float, float]] = []
+        self.seen: list[HullPoint] = []
 
     def __call__(self, lam: float, between: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Cut, np.ndarray]:
         """The plan at ``lam`` and the flow's source side."""
         self.solves += 1
         side = self.network.min_cut(lam, between).source_side
         cut = cut_from_source_side(self.problem, lam, side)
-        self.seen.append((lam, cut.saved_bytes, cut.recompute_cost))
+        self.seen.append(cut.hull_point())
         return cut, side
 
 
@@ -93,4 +93,4 @@ def _fill_in(solve: _Solver, low: Cut, high: Cut, target: float, count: int = 16
     solve.solves += 1
     tied = solve.network.plans_between(lam, count)
     fitting = [c for c in tied if low.saved_bytes < c.saved_bytes <= target]
-    return max(fitting, key=lambda c: (c.saved_bytes, -c.recompute_cost), default=low)
+    return max(fitting, key=lambda c: (c.saved_bytes, -c.time_cost), default=low)

@@ -136,7 +136,9 @@ class FlowNetwork:
     source and sink: no capacities could make a finite cut then.
     """
 
-    def __init__(self, num_vertices: int, tails: np.ndarray, heads: np.ndarray, infinite: np.ndarray, source: int, sink: int):
+    def __init__(
+        self, num_vertices: int, tails: np.ndarray, heads: np.ndarray, infinite: np.ndarray, source: int, sink: int
+    ):
         self.num_vertices, self.source, self.sink = num_vertices, source, sink
         self.tails = np.asarray(tails, dtype=np.int64)
         self.heads = np.asarray(heads, dtype=np.int64)
@@ -146,7 +148,9 @@ class FlowNetwork:
             raise InfeasibleCut(path)
         self._layout = _Layout(num_vertices, self.tails, self.heads)
 
-    def min_cut(self, capacity: np.ndarray, *, inside: np.ndarray | None = None, outside: np.ndarray | None = None) -> MinCut:
+    def min_cut(
+        self, capacity: np.ndarray, *, inside: np.ndarray | None = None, outside: np.ndarray | None = None
+    ) -> MinCut:
         """The minimum cut with the smallest source side (vertices reachable in the residual graph).
 
         ``capacity`` is per edge, ``inf`` exactly where ``infinite`` is set.
@@ -179,7 +183,6 @@ class FlowNetwork:
         side[free] = sub_side[2:]
         return MinCut(side, value + int(quantised[crossing].astype(np.int64).sum()), scale)
 
-
     def min_cut_lattice(self, capacity: np.ndarray) -> MinCutLattice:
         """All minimum cuts for ``capacity`` (one max-flow), as ``MinCutLattice``."""
         quantised, _ = quantize(np.where(self.infinite, math.inf, capacity))
@@ -189,7 +192,9 @@ class FlowNetwork:
         return MinCutLattice(smallest, ~reaches_sink, residual)
 
 
-def min_cut(num_vertices: int, tails: np.ndarray, heads: np.ndarray, capacity: np.ndarray, source: int, sink: int) -> MinCut:
+def min_cut(
+    num_vertices: int, tails: np.ndarray, heads: np.ndarray, capacity: np.ndarray, source: int, sink: int
+) -> MinCut:
     """One-off minimum cut: see ``FlowNetwork``. ``inf`` capacities may never be cut."""
     capacity = np.asarray(capacity, dtype=np.float64)
     return FlowNetwork(num_vertices, tails, heads, ~np.isfinite(capacity), source, sink).min_cut(capacity)

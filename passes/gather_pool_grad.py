@@ -125,17 +125,32 @@ def _rewrite(graph: fx.Graph, m: _Match) -> None:
     kh, kw = kernel
     with graph.inserting_before(m.result):
         # [B, C, Ho, Wo] -> [B, C, Ho, 1, Wo, 1]: each window's row and column get their own dim.
-        grad6 = _add(graph, fake_mode, aten.unsqueeze.default,
-                     (_add(graph, fake_mode, aten.unsqueeze.default, (m.grad_out, 3)), 5))
-        offsets6 = _add(graph, fake_mode, aten.unsqueeze.default,
-                        (_add(graph, fake_mode, aten.unsqueeze.default, (offsets, 3)), 5))
+        grad6 = _add(
+            graph,
+            fake_mode,
+            aten.unsqueeze.default,
+            (_add(graph, fake_mode, aten.unsqueeze.default, (m.grad_out, 3)), 5),
+        )
+        offsets6 = _add(
+            graph, fake_mode, aten.unsqueeze.default, (_add(graph, fake_mode, aten.unsqueeze.default, (offsets, 3)), 5)
+        )
         # position[i, j] = i*kw + j, the offset max-pool stores for window row i, column j
-        iota = _add(graph, fake_mode, prims.iota.default, (kh * kw,),
-                    dict(start=0, step=1, dtype=torch.int64, device=grad_val.device, requires_grad=False))
+        iota = _add(
+            graph,
+            fake_mode,
+            prims.iota.default,
+            (kh * kw,),
+            dict(start=0, step=1, dtype=torch.int64, device=grad_val.device, requires_grad=False),
+        )
         position = _add(graph, fake_mode, aten.view.default, (iota, [1, 1, 1, kh, 1, kw]))
         is_max = _add(graph, fake_mode, aten.eq.Tensor, (offsets6, position))
-        zero = _add(graph, fake_mode, aten.full.default, ([], 0.0),
-                    dict(dtype=grad_val.dtype, layout=torch.strided, device=grad_val.device, pin_memory=False))
+        zero = _add(
+            graph,
+            fake_mode,
+            aten.full.default,
+            ([], 0.0),
+            dict(dtype=grad_val.dtype, layout=torch.strided, device=grad_val.device, pin_memory=False),
+        )
         spread = _add(graph, fake_mode, aten.where.self, (is_max, grad6, zero))
         if not spread.meta["val"].is_contiguous():  # strides follow a channels-last grad_out
             spread = _add(graph, fake_mode, aten.clone.default, (spread,), dict(memory_format=torch.contiguous_format))

@@ -20,22 +20,16 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from .liveness import _default_hint, _tensor_bytes
+from .liveness import hinted_size, tensor_bytes
+from .op_facts import is_movable_view
 
 aten = torch.ops.aten
-
-# Ops whose output shares its first argument's storage and that may run anywhere after it
-# (not liveness.aliased_input: that includes in-place ops, which cannot move).
-_VIEWS = {
-    aten.t.default, aten.permute.default, aten.transpose.int, aten.view.default, aten.reshape.default,
-    aten._unsafe_view.default, aten.expand.default, aten.alias.default, aten.squeeze.dim, aten.unsqueeze.default,
-}
 
 
 def _view_chain(node: fx.Node) -> tuple[list[fx.Node], fx.Node]:
     """The views from ``node`` down to its storage base (``node`` first), and the base."""
     chain = []
-    while node.op == "call_function" and node.target in _VIEWS and isinstance(node.args[0], fx.Node):
+    while is_movable_view(node) and isinstance(node.args[0], fx.Node):
         chain.append(node)
         node = node.args[0]
     return chain, node
@@ -50,14 +44,14 @@ def _readers(base: fx.Node) -> list[fx.Node]:
     found, pending = [], list(base.users)
     while pending:
         user = pending.pop()
-        if user.op == "call_function" and user.target in _VIEWS:
+        if is_movable_view(user):
             pending.extend(user.users)
         found.append(user)
     return found
 
 
 def _nbytes(node: fx.Node) -> int:
-    return _tensor_bytes(node.meta.get("val"), _default_hint)  # symbolic sizes at their hints
+    return tensor_bytes(node.meta.get("val"), hinted_size)  # symbolic sizes at their hints
 
 
 def _last_other_reader(operand: fx.Node, addmm: fx.Node, position: dict[fx.Node, int]) -> fx.Node | None:
@@ -72,7 +66,7 @@ def _last_other_reader(operand: fx.Node, addmm: fx.Node, position: dict[fx.Node,
     readers = _readers(base)
     if any(u.op == "output" for u in readers):
         return None
-    others = [u for u in readers if u is not addmm and not (u.target in _VIEWS and addmm in _readers(u))]
+    others = [u for u in readers if u is not addmm and not (is_movable_view(u) and addmm in _readers(u))]
     last = max(others, key=position.__getitem__, default=base)
     return last if position[last] < position[addmm] else None
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .mincut import CutNetwork
 from .plan import Cut
@@ -62,7 +62,7 @@ def walk_hull(
             continue  # on the segment already: low and high are neighbours
         pending += [(low, middle), (middle, high)]
     vertices: list[Cut] = []
-    for cut in sorted(solved, key=lambda c: (-c.saved_bytes, c.recompute_cost)):
+    for cut in sorted(solved, key=lambda c: (-c.saved_bytes, c.time_cost)):
         if not any(cut.same_plan(v) for v in vertices):
             vertices.append(cut)
     return HullWalk(vertices, solved, complete)

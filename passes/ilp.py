@@ -145,11 +145,17 @@ def solve_ilp(problem: CutProblem, lam: float, *, time_limit: float | None = Non
     no_save, no_recompute = network.no_save, network.no_recompute
     cost = np.concatenate([np.where(no_save, 0, save), np.where(no_recompute, 0, recompute)]).astype(np.float64)
     status, x, message = _milp(problem, cost, [], time_limit)
-    return _result(problem, lam, status, x, message, started, lambda cut: quantized_objective(problem, lam, cut, network))
+    return _result(
+        problem, lam, status, x, message, started, lambda cut: quantized_objective(problem, lam, cut, network)
+    )
 
 
 def solve_ilp_budget(
-    problem: CutProblem, target_bytes: float, *, time_limit: float | None = None, lam: float = math.nan,
+    problem: CutProblem,
+    target_bytes: float,
+    *,
+    time_limit: float | None = None,
+    lam: float = math.nan,
     tie_break: bool = True,
 ) -> ILPResult:
     """Minimise recompute cost subject to ``saved bytes <= target_bytes``.
@@ -208,7 +214,9 @@ class BudgetGap:
         )
 
 
-def compare_with_hull(problem: CutProblem, lam_default: float, target_bytes: float, *, time_limit: float | None = None) -> BudgetGap:
+def compare_with_hull(
+    problem: CutProblem, lam_default: float, target_bytes: float, *, time_limit: float | None = None
+) -> BudgetGap:
     """Solve one byte target both ways; raises RuntimeError when either finds no plan."""
     hull = plan_for_budget(problem, lam_default, float(target_bytes))
     if not hull.budget_met:
@@ -222,8 +230,8 @@ def compare_with_hull(problem: CutProblem, lam_default: float, target_bytes: flo
         ilp=result.cut,
         hull_recompute=budget_time(problem, hull.cut),
         ilp_recompute=result.objective,
-        hull_seconds=hull.cut.recompute_cost,
-        ilp_seconds=result.cut.recompute_cost,
+        hull_seconds=hull.cut.time_cost,
+        ilp_seconds=result.cut.time_cost,
         num_solves=hull.num_solves,
     )
 
@@ -261,6 +269,12 @@ def ilp_plan(problem: CutProblem, lam_default: float, budget=None, *, time_limit
         )
         return fallback
     return Plan(
-        result.cut, lam_default, target, budget_met=True, num_solves=fallback.num_solves,
-        hull=fallback.hull, solver="ilp", default_saved=fallback.default_saved,
+        result.cut,
+        lam_default,
+        target,
+        budget_met=True,
+        num_solves=fallback.num_solves,
+        hull=fallback.hull,
+        solver="ilp",
+        default_saved=fallback.default_saved,
     )

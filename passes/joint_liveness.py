@@ -23,12 +23,13 @@ both give the same peak on extracted modules):
 from __future__ import annotations
 
 import operator
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch.fx as fx
 
-from .liveness import PeakEstimate, _default_hint, _is_fusible_consumer, _is_pointwise, _tensor_bytes, aliased_input
+from .liveness import PeakEstimate, hinted_size, tensor_bytes
+from .op_facts import aliased_input, is_fusible_consumer, is_pointwise
 
 NO_NODE = -1
 
@@ -36,7 +37,7 @@ NO_NODE = -1
 class JointPeakModel:
     """The joint graph as arrays; ``estimate`` simulates one plan's step."""
 
-    def __init__(self, joint: fx.GraphModule, *, num_fwd_outputs: int, fused: bool, size_hint=_default_hint):
+    def __init__(self, joint: fx.GraphModule, *, num_fwd_outputs: int, fused: bool, size_hint=hinted_size):
         nodes = list(joint.graph.nodes)
         self.nodes = nodes
         index = {node: i for i, node in enumerate(nodes)}
@@ -55,14 +56,14 @@ class JointPeakModel:
                 continue
             val = node.meta.get("val")
             if not isinstance(val, (list, tuple)):
-                self.nbytes[i] = _tensor_bytes(val, size_hint)
+                self.nbytes[i] = tensor_bytes(val, size_hint)
             base = aliased_input(node)
             if base is not None:
                 self.alias_of[i] = index[base]
             elif node.target is operator.getitem and isinstance(node.args[0], fx.Node):
                 self.getitem_of[i] = index[node.args[0]]
-            self.pointwise[i] = _is_pointwise(node)
-            self.fusible[i] = _is_fusible_consumer(node)
+            self.pointwise[i] = is_pointwise(node)
+            self.fusible[i] = is_fusible_consumer(node)
             for arg in node.all_input_nodes:
                 src.append(index[arg])
                 dst.append(i)
@@ -73,8 +74,12 @@ class JointPeakModel:
             self.users[s].append(d)
         self.fused = fused
         outputs = nodes[-1].args[0]
-        self.real_outputs = np.array([index[o] for o in outputs[:num_fwd_outputs] if isinstance(o, fx.Node)], dtype=np.int64)
-        self.grad_outputs = np.array([index[o] for o in outputs[num_fwd_outputs:] if isinstance(o, fx.Node)], dtype=np.int64)
+        self.real_outputs = np.array(
+            [index[o] for o in outputs[:num_fwd_outputs] if isinstance(o, fx.Node)], dtype=np.int64
+        )
+        self.grad_outputs = np.array(
+            [index[o] for o in outputs[num_fwd_outputs:] if isinstance(o, fx.Node)], dtype=np.int64
+        )
 
     def mask(self, nodes: Iterable[fx.Node]) -> np.ndarray:
         out = np.zeros(len(self.nodes), dtype=bool)
@@ -130,8 +135,15 @@ class JointPeakModel:
         own[parent] = own[self.getitem_of[parent]]
         return own
 
-    def _phase(self, order: np.ndarray, roots: np.ndarray, mat: np.ndarray, pinned_roots: np.ndarray,
-               carried: dict[int, int], base: int) -> tuple[int, int]:
+    def _phase(
+        self,
+        order: np.ndarray,
+        roots: np.ndarray,
+        mat: np.ndarray,
+        pinned_roots: np.ndarray,
+        carried: dict[int, int],
+        base: int,
+    ) -> tuple[int, int]:
         """Peak live bytes over ``order`` and the position where it is reached (-1: before the first step).
 
         ``carried`` maps storages that exist before the phase to their size: they are freed after
@@ -165,7 +177,9 @@ class JointPeakModel:
         at = int(np.argmax(live))
         return (int(live[at]), at) if live[at] > base else (base, -1)
 
-    def estimate(self, forward: np.ndarray, saved: np.ndarray, recomputed: np.ndarray, backward: np.ndarray) -> PeakEstimate:
+    def estimate(
+        self, forward: np.ndarray, saved: np.ndarray, recomputed: np.ndarray, backward: np.ndarray
+    ) -> PeakEstimate:
         """The step's peak for a plan; all arguments are boolean masks over the joint graph's nodes."""
         forward_body = forward & self.is_call
         fw_order = self._raised_getitems(np.flatnonzero(forward_body), np.arange(len(self.nodes)))

@@ -16,15 +16,14 @@ op fused into its consumer never allocates).
 
 from __future__ import annotations
 
-import functools
 import operator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import torch
 import torch.fx as fx
 
-from . import torch_internals  # noqa: F401  (registers Inductor's prims, which the op sets below name)
+from .op_facts import aliased_input, is_fusible_consumer, is_pointwise
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,8 @@ class PeakEstimate:
     timeline: tuple[tuple[str, str, int], ...]  # (phase, node, live bytes after it ran)
 
 
-def _tensor_bytes(val: object, size_hint: Callable[[object], int]) -> int:
+def tensor_bytes(val: object, size_hint: Callable[[object], int]) -> int:
+    """Bytes of a tensor value with each size made concrete by ``size_hint``; 0 for anything else."""
     if isinstance(val, torch.Tensor):
         numel = 1
         for s in val.shape:
@@ -47,38 +47,13 @@ def _tensor_bytes(val: object, size_hint: Callable[[object], int]) -> int:
     return 0
 
 
-def _default_hint(value: object) -> int:
+def hinted_size(value: object) -> int:
+    """A size as an int: a symbolic one at its shape environment's hint."""
     if isinstance(value, torch.SymInt):
         from .torch_internals import hint_int
 
         return hint_int(value, fallback=4096)
     return int(value)
-
-
-def aliased_input(node: fx.Node) -> fx.Node | None:
-    """The input whose storage ``node``'s output shares (views, in-place results), if any."""
-    if node.op != "call_function" or node.target is operator.getitem:
-        return None
-    positions = _aliased_argument_positions(node.target)
-    if positions is None:
-        return None
-    for i in positions:
-        if i < len(node.args) and isinstance(node.args[i], fx.Node):
-            return node.args[i]
-    return next((a for a in node.args if isinstance(a, fx.Node)), None)
-
-
-@functools.lru_cache(maxsize=None)
-def _aliased_argument_positions(target) -> tuple[int, ...] | None:
-    """Positions of the arguments an op's first output aliases; None if it aliases none."""
-    schema = getattr(target, "_schema", None)
-    if schema is None or not schema.returns or schema.returns[0].alias_info is None:
-        return None
-    alias_set = schema.returns[0].alias_info.before_set
-    return tuple(
-        i for i, argument in enumerate(schema.arguments)
-        if argument.alias_info is not None and argument.alias_info.before_set & alias_set
-    )
 
 
 class _Storages:
@@ -143,10 +118,10 @@ def _run(
                 storages.allocate(key, 0, readers(node))
                 for item in node.users:
                     if item in phase_nodes and item.target is operator.getitem:
-                        nbytes = _tensor_bytes(item.meta.get("val"), size_hint) if keep else 0
+                        nbytes = tensor_bytes(item.meta.get("val"), size_hint) if keep else 0
                         storages.allocate((node, item.args[1]), nbytes, readers(item))
             else:
-                storages.allocate(key, _tensor_bytes(val, size_hint) if keep else 0, readers(node))
+                storages.allocate(key, tensor_bytes(val, size_hint) if keep else 0, readers(node))
         owner[node] = key
         if node in outputs:
             storages.pinned.add(key)
@@ -174,13 +149,30 @@ def _phase_readers(phase_nodes: set[fx.Node]) -> Callable[[fx.Node], int]:
     return lambda node: sum(1 for user in node.users if user in phase_nodes)
 
 
-def _simulate(forward_parts, backward_parts, saved: list[fx.Node], carried: Callable[[fx.Node], fx.Node | None],
-              real_outputs: list[fx.Node], materialized, size_hint) -> PeakEstimate:
+def _simulate(
+    forward_parts,
+    backward_parts,
+    saved: list[fx.Node],
+    carried: Callable[[fx.Node], fx.Node | None],
+    real_outputs: list[fx.Node],
+    materialized,
+    size_hint,
+) -> PeakEstimate:
     storages = _Storages()
     timeline: list[tuple[str, str, int]] = []
     fw_inputs, fw_body, fw_outputs = forward_parts
-    fw_peak, fw_node = _run("forward", fw_inputs, fw_body, _phase_readers(set(fw_body)), set(fw_outputs),
-                            storages, {}, materialized, size_hint, timeline)
+    fw_peak, fw_node = _run(
+        "forward",
+        fw_inputs,
+        fw_body,
+        _phase_readers(set(fw_body)),
+        set(fw_outputs),
+        storages,
+        {},
+        materialized,
+        size_hint,
+        timeline,
+    )
     # Between the passes only the real outputs and the saved tensors stay alive;
     # saved tensors live until the backward's last read of them.
     saved_keys = {storages.owner[n] for n in saved if n in storages.owner}
@@ -197,8 +189,18 @@ def _simulate(forward_parts, backward_parts, saved: list[fx.Node], carried: Call
         source = carried(node)
         if source is not None and source in storages.owner:
             preexisting[node] = storages.owner[source]
-    bw_peak, bw_node = _run("backward", bw_inputs, bw_body, _phase_readers(set(bw_body)), set(bw_outputs),
-                            storages, preexisting, materialized, size_hint, timeline)
+    bw_peak, bw_node = _run(
+        "backward",
+        bw_inputs,
+        bw_body,
+        _phase_readers(set(bw_body)),
+        set(bw_outputs),
+        storages,
+        preexisting,
+        materialized,
+        size_hint,
+        timeline,
+    )
     for key in set(preexisting.values()):
         storages.release(key)
     if bw_peak >= fw_peak:
@@ -214,7 +216,7 @@ def simulate_step(
     *,
     num_fwd_outputs: int,
     materialized: Callable[..., bool] = lambda node, users=None, is_output=False: True,
-    size_hint: Callable[[object], int] = _default_hint,
+    size_hint: Callable[[object], int] = hinted_size,
 ) -> PeakEstimate:
     """Simulate a partition's forward then backward module; see the module docstring."""
     forward_parts = _graph_parts(forward.graph)
@@ -223,11 +225,15 @@ def simulate_step(
     real_outputs = [n for n in fw_outputs[:num_fwd_outputs] if isinstance(n, fx.Node)]
     # The partition keeps names: a backward placeholder named like a saved value is that value.
     by_name = {n.name: n for n in saved}
-    return _simulate(forward_parts, _graph_parts(backward.graph), saved, lambda node: by_name.get(node.name),
-                     real_outputs, materialized, size_hint)
-
-
-__all__: Iterable[str] = ["PeakEstimate", "aliased_input", "simulate_step"]
+    return _simulate(
+        forward_parts,
+        _graph_parts(backward.graph),
+        saved,
+        lambda node: by_name.get(node.name),
+        real_outputs,
+        materialized,
+        size_hint,
+    )
 
 
 def inductor_materialized(node: fx.Node, users: Iterable[fx.Node] | None = None, is_output: bool = False) -> bool:
@@ -236,34 +242,12 @@ def inductor_materialized(node: fx.Node, users: Iterable[fx.Node] | None = None,
     Pointwise ops are inlined into their consumers unless a consumer cannot
     fuse them (a matmul, a convolution, any extern kernel) or the graph
     returns them; everything else (matmuls, reductions, extern ops) writes a
-    buffer.
+    buffer. Which ops are which: passes.op_facts.
     """
     if node.op != "call_function":
         return True
-    if not _is_pointwise(node):
+    if not is_pointwise(node):
         return True
     if users is None:
         users = node.users
-    return is_output or any(u.op == "output" or not _is_fusible_consumer(u) for u in users)
-
-
-def _is_pointwise(node: fx.Node) -> bool:
-    if node.op != "call_function" or node.target is operator.getitem:
-        return False
-    return torch.Tag.pointwise in getattr(node.target, "tags", ()) or getattr(node.target, "_overloadpacket", None) in _POINTWISE_EXTRA
-
-
-def _is_fusible_consumer(node: fx.Node) -> bool:
-    if node.op != "call_function":
-        return False
-    if node.target is operator.getitem:
-        return True
-    if _is_pointwise(node) or aliased_input(node) is not None:
-        return True
-    return getattr(node.target, "_overloadpacket", None) in _FUSIBLE_REDUCTIONS
-
-
-_aten = torch.ops.aten
-_prims = torch.ops.prims
-_POINTWISE_EXTRA = {_aten.where, _aten.clone, _aten._to_copy, _prims.convert_element_type, _aten.full, _aten.scalar_tensor, _prims.inductor_random, _prims.inductor_lookup_seed}
-_FUSIBLE_REDUCTIONS = {_aten.sum, _aten.mean, _aten.amax, _aten.amin, _aten.var_mean, _aten.var, _prims.var, _prims.sum, _aten.max, _aten.min, _aten.argmax, _aten._softmax, _aten._log_softmax, _prims.prepare_softmax_online}
+    return is_output or any(u.op == "output" or not is_fusible_consumer(u) for u in users)

@@ -1,13 +1,13 @@
-"""The flow network that prices memory and time together (DESIGN.md section 3).
+"""The flow network that prices memory and time together (docs/design.md, section 3).
 
 Each candidate v becomes ``v_in -> v_out`` with capacity
 ``save_bytes[v] + lam * save_time[v]`` (the write of a value the forward
-computes only to save it); ``source -> v_in`` costs ``lam * recompute_cost[v]``
+computes only to save it); ``source -> v_in`` costs ``lam * recompute_seconds[v]``
 (infinite when v must not be recomputed); ``v_out -> sink`` is infinite when
 the backward reads v; data edges are infinite. A finite cut saves exactly the
 nodes with ``v_in`` on the source side and ``v_out`` on the sink side,
 recomputes those with ``v_in`` on the sink side, and its value is
-``saved bytes + lam * time``, where a ``Cut``'s ``recompute_cost`` is that time:
+``saved bytes + lam * time``, where a ``Cut``'s ``time_cost`` is that time:
 recomputation plus the writes of the values it saves that cost one.
 
 The edges do not depend on lambda, only the source edges' capacities do, so
@@ -23,7 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import breadth_first_order, connected_components
 
-from .analysis import BACKWARD_ONLY, FORWARD, GraphSummary
+from .analysis import FORWARD, GraphSummary
 from .flow import FlowNetwork, InfeasibleCut, MinCut, quantize
 from .plan import Cut, CutProblem
 
@@ -41,7 +41,9 @@ def vertex_out(i: np.ndarray | int):
 def hard_rules(summary: GraphSummary) -> tuple[np.ndarray, np.ndarray]:
     """(cannot save, cannot recompute) per candidate, from the summary's reasons."""
     no_save = np.fromiter((r is not None for r in summary.no_save_reason), dtype=bool, count=summary.num_nodes)
-    no_recompute = np.fromiter((r is not None for r in summary.no_recompute_reason), dtype=bool, count=summary.num_nodes)
+    no_recompute = np.fromiter(
+        (r is not None for r in summary.no_recompute_reason), dtype=bool, count=summary.num_nodes
+    )
     return no_save, no_recompute
 
 
@@ -60,9 +62,9 @@ class CutNetwork:
         self.no_save, self.no_recompute = hard_rules(s)
         self._save_bytes = problem.save_bytes.astype(np.float64)
         self._save_time = np.zeros(n) if problem.save_time is None else problem.save_time.astype(np.float64)
-        self._recompute_cost = problem.recompute_cost.astype(np.float64)
+        self._recompute_seconds = problem.recompute_seconds.astype(np.float64)
         # A recomputable node whose recomputation is free needs no source edge.
-        self._sourced = idx[self.no_recompute | (self._recompute_cost > 0)]
+        self._sourced = idx[self.no_recompute | (self._recompute_seconds > 0)]
         needed = idx[s.needed_by_backward]
         must = idx[s.must_recompute]
         groups = [  # (tails, heads, infinite)
@@ -95,7 +97,7 @@ class CutNetwork:
         caps = np.full(len(self.tails), math.inf)
         save = self._save_bytes + lam * self._save_time if price_save_time else self._save_bytes
         caps[:n] = np.where(self.no_save, math.inf, save)
-        sourced = np.where(self.no_recompute[self._sourced], math.inf, lam * self._recompute_cost[self._sourced])
+        sourced = np.where(self.no_recompute[self._sourced], math.inf, lam * self._recompute_seconds[self._sourced])
         caps[n : n + len(self._sourced)] = sourced
         return caps
 
@@ -156,8 +158,11 @@ class CutNetwork:
         if len(free) == 0 or count <= 0:
             return []
         sub = lattice.residual[free][:, free].tocoo()
-        _, group = connected_components(sp.csr_array((np.ones(len(sub.row), dtype=np.int8), (sub.row, sub.col)),
-                                                     shape=(len(free), len(free))), directed=True, connection="strong")
+        _, group = connected_components(
+            sp.csr_array((np.ones(len(sub.row), dtype=np.int8), (sub.row, sub.col)), shape=(len(free), len(free))),
+            directed=True,
+            connection="strong",
+        )
         groups = int(group.max()) + 1
         tail, head = group[sub.row], group[sub.col]
         crossing = tail != head
@@ -229,7 +234,7 @@ def cut_from_plan(problem: CutProblem, lam: float, saved: np.ndarray, in_backwar
         recomputed=recomputed,
         in_backward=in_backward,
         saved_bytes=float(problem.save_bytes[saved & ~s.is_static].sum()),
-        recompute_cost=problem.time_of(saved, recomputed),
+        time_cost=problem.time_of(saved, recomputed),
     )
 
 
@@ -255,6 +260,10 @@ def describe_vertex(summary: GraphSummary, vertex: int) -> str:
 
 
 __all__ = [
-    "CutNetwork", "solve_min_cut", "cut_from_plan", "cut_from_source_side",
-    "used_in_backward", "hard_rules", "BACKWARD_ONLY",
+    "CutNetwork",
+    "solve_min_cut",
+    "cut_from_plan",
+    "cut_from_source_side",
+    "used_in_backward",
+    "hard_rules",
 ]

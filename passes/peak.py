@@ -9,7 +9,8 @@ Two ways to choose:
 
 - by a peak cap: ``choose_on_frontier`` takes the least-recompute plan under it;
 - by a recompute allowance: ``recompute_allowance`` prices a cap on summed
-  saved bytes in FLOPs (what the cheapest plans that meet it spend), and
+  saved bytes in the budget's spend (``CutProblem.budget_spend_of``: FLOPs of
+  compute-bound ops, what the cheapest plans that meet it spend), and
   ``least_peak_within`` takes the plan with the least peak that spends no more.
 
 Either way, the plans that fit a tighter target are a superset (allowance) or
@@ -20,8 +21,9 @@ plan's predicted peak never rises as the target tightens.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import NamedTuple
 
 from .mincut import CutNetwork
 from .plan import Cut
@@ -32,11 +34,44 @@ MAX_PEAK_EVALUATIONS = 16
 @dataclass(frozen=True, eq=False)  # compared by identity: a Cut holds arrays
 class PeakPoint:
     cut: Cut
-    peak: int
+    peak: int  # predicted step peak, bytes
+
+    def scored(self) -> ScoredPlan:
+        return ScoredPlan(self.cut.saved_bytes, self.cut.time_cost, self.peak)
 
 
-def peak_frontier(plans: list[Cut], peak_of: Callable[[Cut], int], max_evaluations: int = MAX_PEAK_EVALUATIONS) -> tuple[list[PeakPoint], list[PeakPoint]]:
-    """(frontier, everything scored): the plans worth choosing, most saved bytes first.
+class ScoredPlan(NamedTuple):
+    """A plan scored for its peak, as reports keep it (no arrays)."""
+
+    saved_bytes: float
+    time_cost: float  # Cut.time_cost: seconds
+    predicted_peak_bytes: int
+
+
+class PeakFrontier(NamedTuple):
+    frontier: list[PeakPoint]  # the plans worth choosing, most saved bytes first
+    scored: list[PeakPoint]  # every plan scored
+
+
+class Allowance(NamedTuple):
+    spend: float  # of a fractional budget, in CutProblem.budget_spend_of's unit
+    met: bool  # False: no scored plan saves little enough, and every plan is allowed
+
+
+class FrontierChoice(NamedTuple):
+    point: PeakPoint
+    met: bool  # False: no frontier plan fits the cap, and ``point`` is the least-peak one
+
+
+class Refinement(NamedTuple):
+    points: list[PeakPoint]  # most saved bytes first
+    solves: int  # max-flow solves spent
+
+
+def peak_frontier(
+    plans: list[Cut], peak_of: Callable[[Cut], int], max_evaluations: int = MAX_PEAK_EVALUATIONS
+) -> PeakFrontier:
+    """The plans worth choosing, most saved bytes first, and every plan scored.
 
     A plan is kept only if its predicted peak is below that of every plan that
     saves more (and so recomputes less): saving less only to peak higher is
@@ -49,72 +84,81 @@ def peak_frontier(plans: list[Cut], peak_of: Callable[[Cut], int], max_evaluatio
         step = (len(plans) - 1) / (max_evaluations - 1)
         plans = [plans[round(i * step)] for i in range(max_evaluations)]
     scored = [PeakPoint(cut, int(peak_of(cut))) for cut in plans]
-    return pareto(scored), scored
+    return PeakFrontier(pareto(scored), scored)
 
 
 def pareto(points: list[PeakPoint]) -> list[PeakPoint]:
     """The points no other point beats on both peak and recomputation, most saved bytes first."""
     frontier: list[PeakPoint] = []
-    for point in sorted(points, key=lambda p: (-p.cut.saved_bytes, p.cut.recompute_cost)):
+    for point in sorted(points, key=lambda p: (-p.cut.saved_bytes, p.cut.time_cost)):
         if not frontier or point.peak < frontier[-1].peak:
             frontier.append(point)
     return frontier
 
 
-def recompute_allowance(points: list[PeakPoint], saved_target: float, flops_of: Callable[[Cut], float],
-                        ops_of: Callable[[Cut], frozenset] | None = None) -> tuple[float, bool]:
-    """(FLOPs, met): the least recomputation that brings summed saved bytes to ``saved_target``.
+def recompute_allowance(
+    points: list[PeakPoint],
+    saved_target: float,
+    spend_of: Callable[[Cut], float],
+    ops_of: Callable[[Cut], frozenset] | None = None,
+) -> Allowance:
+    """The least recomputation that brings summed saved bytes to ``saved_target``, in what
+    ``spend_of(cut)`` counts (FLOPs of compute-bound ops: ``CutProblem.budget_spend_of``).
 
-    Read off the lower convex hull of the scored plans in (saved bytes, FLOPs):
+    Read off the lower convex hull of the scored plans in (saved bytes, spend):
     between two plans the target is priced by linear interpolation, as a
     fractional knapsack would, where a 0/1 knapsack (PyTorch's default solver)
     could buy part of what separates them. ``ops_of(cut)``, when given, names the
     compute-bound ops a plan recomputes: when the plan that saves less recomputes
     only one such op beyond the other, no plan in between buys part of it, and
-    the target costs that plan's FLOPs. ``met`` is False when no scored plan
+    the target costs that plan's spend. ``met`` is False when no scored plan
     saves that little; then every plan is allowed.
     """
-    spent = sorted({(p.cut.saved_bytes, flops_of(p.cut)): p.cut for p in points}.items(), key=lambda item: item[0])
+    spent = sorted({(p.cut.saved_bytes, spend_of(p.cut)): p.cut for p in points}.items(), key=lambda item: item[0])
     if not spent or spent[0][0][0] > saved_target:
-        return math.inf, False
-    best = min(flops for (saved, flops), _ in spent if saved <= saved_target)
-    for i, ((low_saved, low_flops), low_cut) in enumerate(spent):
+        return Allowance(math.inf, False)
+    best = min(spend for (saved, spend), _ in spent if saved <= saved_target)
+    for i, ((low_saved, low_spend), low_cut) in enumerate(spent):
         if low_saved > saved_target:
             break
-        for (high_saved, high_flops), high_cut in spent[i + 1:]:
+        for (high_saved, high_spend), high_cut in spent[i + 1 :]:
             if high_saved <= saved_target:
                 continue
             if ops_of is not None and len(ops_of(low_cut) - ops_of(high_cut)) <= 1:
-                continue  # one indivisible op apart: the low plan's own FLOPs, already in ``best``
+                continue  # one indivisible op apart: the low plan's own spend, already in ``best``
             share = (high_saved - saved_target) / (high_saved - low_saved)
-            best = min(best, high_flops + share * (low_flops - high_flops))
-    return best, True
+            best = min(best, high_spend + share * (low_spend - high_spend))
+    return Allowance(best, True)
 
 
-def least_peak_within(points: list[PeakPoint], allowance: float, flops_of: Callable[[Cut], float]) -> PeakPoint:
-    """The plan with the least predicted peak among those recomputing at most ``allowance`` FLOPs
-    (ties: the least estimated recompute time). Some plan must fit: the caller includes the default."""
-    fitting = [p for p in points if flops_of(p.cut) <= allowance * (1 + 1e-9)]
-    return min(fitting, key=lambda p: (p.peak, p.cut.recompute_cost, -p.cut.saved_bytes))
+def least_peak_within(points: list[PeakPoint], allowance: float, spend_of: Callable[[Cut], float]) -> PeakPoint:
+    """The plan with the least predicted peak among those spending at most ``allowance`` (as
+    ``spend_of`` counts; ties: the least time cost). Some plan must fit: the caller includes the default."""
+    fitting = [p for p in points if spend_of(p.cut) <= allowance * (1 + 1e-9)]
+    return min(fitting, key=lambda p: (p.peak, p.cut.time_cost, -p.cut.saved_bytes))
 
 
-def choose_on_frontier(frontier: list[PeakPoint], peak_cap: float) -> tuple[PeakPoint, bool]:
-    """(plan, met): the first frontier plan (least recompute) whose predicted peak fits
-    ``peak_cap``; the last one (the least peak) if none does."""
+def choose_on_frontier(frontier: list[PeakPoint], peak_cap: float) -> FrontierChoice:
+    """The first frontier plan (least recompute) whose predicted peak fits ``peak_cap``;
+    the last one (the least peak) if none does."""
     for point in frontier:
         if point.peak <= peak_cap:
-            return point, True
-    return frontier[-1], False
+            return FrontierChoice(point, True)
+    return FrontierChoice(frontier[-1], False)
 
 
 REFINED_PLANS = 8
 
 
 def refine_between(
-    network: CutNetwork, hull: list[Cut], above: PeakPoint, below: PeakPoint, peak_of: Callable[[Cut], int],
+    network: CutNetwork,
+    hull: list[Cut],
+    above: PeakPoint,
+    below: PeakPoint,
+    peak_of: Callable[[Cut], int],
     count: int = REFINED_PLANS,
-) -> tuple[list[PeakPoint], int]:
-    """Plans between two neighbouring frontier points, most saved bytes first; and the solves spent.
+) -> Refinement:
+    """Plans between two neighbouring frontier points, most saved bytes first, and the solves spent.
 
     The hull's vertices can be far apart: with identical layers one breakpoint
     switches them all at once. ``CutNetwork.plans_between`` fills each hull
@@ -139,12 +183,12 @@ def refine_between(
         candidates += network.plans_between(lam, share)
         candidates.append(less)
         solves += 1
-    distinct = {(c.saved_bytes, c.recompute_cost): c for c in candidates if low < c.saved_bytes < high}
+    distinct = {(c.saved_bytes, c.time_cost): c for c in candidates if low < c.saved_bytes < high}
     kept: list[PeakPoint] = []
     lowest = above.peak
-    for cut in sorted(distinct.values(), key=lambda c: (-c.saved_bytes, c.recompute_cost)):
+    for cut in sorted(distinct.values(), key=lambda c: (-c.saved_bytes, c.time_cost)):
         peak = int(peak_of(cut))
         if below.peak <= peak < lowest:
             kept.append(PeakPoint(cut, peak))
             lowest = peak
-    return kept, solves
+    return Refinement(kept, solves)

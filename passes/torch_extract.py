@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.fx as fx
@@ -55,7 +55,9 @@ def extract_forward_backward(
     try:
         fw_module, bw_module = one_pass_modules(joint_module, saved_tensors, saved_sym, saved_opaque, num_fwd_outputs)
     except NeedsTorchExtraction:
-        fw_module, bw_module = torch_modules(joint_module, saved_tensors, saved_sym, saved_opaque, roles, num_fwd_outputs)
+        fw_module, bw_module = torch_modules(
+            joint_module, saved_tensors, saved_sym, saved_opaque, roles, num_fwd_outputs
+        )
     if _p.has_recomputable_ops(joint_module) and _p.has_recomputable_rng_ops(joint_module):
         fw_module, bw_module = _p.functionalize_rng_ops(joint_module, fw_module, bw_module, len(saved_sym))
     bw_module = reorder_like_autograd_engine(bw_module)
@@ -133,14 +135,18 @@ def _copy_module(joint: fx.GraphModule, inputs: list[fx.Node], outputs: list[obj
     return fx._lazy_graph_module._make_graph_module(joint, graph)
 
 
-def one_pass_modules(joint_module: fx.GraphModule, saved_values, saved_sym_nodes, saved_opaque_nodes, num_fwd_outputs: int):
+def one_pass_modules(
+    joint_module: fx.GraphModule, saved_values, saved_sym_nodes, saved_opaque_nodes, num_fwd_outputs: int
+):
     """The modules ``_extract_fwd_bwd_modules`` returns (AOTAutograd path), each node copied once."""
     if not _one_pass_supported_here() or saved_opaque_nodes:
         raise NeedsTorchExtraction("opaque values or an older torch")
     if inductor_config.post_grad_fusion_options.get("activation_quantization_aten_pass") is not None:
         raise NeedsTorchExtraction("activation quantisation rewrites the modules")
     graph = joint_module.graph
-    fwd_outputs, bwd_outputs, fwd_descs, bwd_descs = _p._extract_fwd_bwd_outputs(joint_module, num_fwd_outputs=num_fwd_outputs)
+    fwd_outputs, bwd_outputs, fwd_descs, bwd_descs = _p._extract_fwd_bwd_outputs(
+        joint_module, num_fwd_outputs=num_fwd_outputs
+    )
     placeholders = graph.find_nodes(op="placeholder")
     if any(_p._is_backward_state(n) for n in placeholders):
         raise NeedsTorchExtraction("backward state is passed to the backward directly")
@@ -160,15 +166,24 @@ def one_pass_modules(joint_module: fx.GraphModule, saved_values, saved_sym_nodes
     unchecked = [n for n in saved_values if n.meta.get("saved_tensor_with_no_vc_check", False)]
     saved_values = checked + unchecked
     saved_descs = [
-        _p.SavedForBackwardsNoVcCheckAOTOutput(i) if len(checked) <= i < len(saved_values) else _p.SavedForBackwardsAOTOutput(i)
+        _p.SavedForBackwardsNoVcCheckAOTOutput(i)
+        if len(checked) <= i < len(saved_values)
+        else _p.SavedForBackwardsAOTOutput(i)
         for i in range(len(saved_values) + len(saved_sym_nodes))
     ]
     forward = _copy_module(
-        joint_module, [*primals, *fwd_seeds], [*fwd_outputs, *saved_values, *saved_sym_nodes],
-        [*fwd_descs, *saved_descs], "forward",
+        joint_module,
+        [*primals, *fwd_seeds],
+        [*fwd_outputs, *saved_values, *saved_sym_nodes],
+        [*fwd_descs, *saved_descs],
+        "forward",
     )
     backward = _copy_module(
-        joint_module, [*saved_sym_nodes, *saved_values, *tangents, *bwd_seeds], list(bwd_outputs), list(bwd_descs), "backward",
+        joint_module,
+        [*saved_sym_nodes, *saved_values, *tangents, *bwd_seeds],
+        list(bwd_outputs),
+        list(bwd_descs),
+        "backward",
     )
     return forward, backward
 

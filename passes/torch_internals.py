@@ -11,9 +11,9 @@ tests/test_extract.py check them against the installed torch).
 
 from __future__ import annotations
 
-import operator
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import sympy
 import torch
@@ -24,7 +24,7 @@ from torch._functorch import partitioners as _p
 from torch._functorch.compile_utils import get_aten_target
 from torch._guards import detect_fake_mode
 from torch._ops import OpOverload, OpOverloadPacket
-from torch.fx.experimental.proxy_tensor import is_sym_node, py_sym_types
+from torch.fx.experimental.proxy_tensor import is_sym_node
 from torch.utils._ordered_set import OrderedSet
 from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.checkpoint import CheckpointPolicy
@@ -37,7 +37,6 @@ __all__ = [
     "classify_joint_graph",
     "default_partition",
     "detect_fake_mode",
-    "get_aten_target",
     "hint_int",
     "is_sym_node",
     "op_types",
@@ -60,10 +59,13 @@ class NodeRoles:
     static_inputs: OrderedSet[fx.Node]  # parameters and buffers: live for the whole step
 
     @classmethod
-    def from_torch(cls, info: Any) -> "NodeRoles":
+    def from_torch(cls, info: Any) -> NodeRoles:
         return cls(
-            list(info.inputs), set(info.required_fw_nodes), set(info.required_bw_nodes),
-            set(info.tangents_closure), info.static_lifetime_input_nodes,
+            list(info.inputs),
+            set(info.required_fw_nodes),
+            set(info.required_bw_nodes),
+            set(info.tangents_closure),
+            info.static_lifetime_input_nodes,
         )
 
 
@@ -229,7 +231,10 @@ def classify_joint_graph(
         return torch_classify_nodes(joint_module, static_lifetime_input_indices, num_fwd_outputs)
     static = set(static_lifetime_input_indices)
     return NodeRoles(
-        inputs, set(inputs) | set(forward.kept), set(required_bw), tangents_closure,
+        inputs,
+        set(inputs) | set(forward.kept),
+        set(required_bw),
+        tangents_closure,
         OrderedSet(p for i, p in enumerate(primals) if i in static),
     )
 
@@ -237,14 +242,6 @@ def classify_joint_graph(
 def torch_classify_nodes(joint_module, static_lifetime_input_indices, num_fwd_outputs) -> NodeRoles:
     """PyTorch's own classification: the reference ``classify_joint_graph`` reproduces."""
     return NodeRoles.from_torch(_p.classify_nodes(joint_module, list(static_lifetime_input_indices), num_fwd_outputs))
-
-
-def is_primal_input(node: fx.Node) -> bool:
-    return _p._is_primal(node)
-
-
-def is_forward_seed_input(node: fx.Node) -> bool:
-    return _p._is_fwd_seed_offset(node)
 
 
 def must_be_in_forward(node: fx.Node) -> bool:
@@ -303,8 +300,14 @@ def is_assert_only_symbool(node: fx.Node) -> bool:
 
 
 def op_types() -> Any:
-    """PyTorch's op categories (fusible, compute-intensive, random, view)."""
+    """PyTorch's op categories (fusible, compute-intensive, random, view); passes.op_facts reads them."""
     return _p.get_default_op_list()
+
+
+def op_schema(target: object) -> Any:
+    """An op's ``torch.FunctionSchema`` (arguments, returns, alias and mutation facts); None for targets
+    that are not ops (getitem, Python operators on sizes)."""
+    return getattr(target, "_schema", None)
 
 
 def sym_expr(value: int | torch.SymInt) -> sympy.Expr:
@@ -344,11 +347,3 @@ def default_partition(joint_module, joint_inputs, *, num_fwd_outputs, static_lif
 def torch_min_cut_partition(joint_module, joint_inputs, **kwargs):
     """Inductor's default partitioner, our fallback and our baseline."""
     return _p.min_cut_rematerialization_partition(joint_module, joint_inputs, **kwargs)
-
-
-def is_getitem(node: fx.Node) -> bool:
-    return node.target is operator.getitem
-
-
-def is_symbolic_value(val: object) -> bool:
-    return isinstance(val, py_sym_types)

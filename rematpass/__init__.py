@@ -7,10 +7,10 @@ See README.md for the knobs and how to read a plan.
 """
 
 from . import config
+from .config import KnobError, Knobs
 from .inspect.cli import record_measured_peak
-from .config import Knobs, KnobError
-from .partitioner import RematFallbackWarning, RematPartitioner
 from .inspect.report import PartitionReport, clear_reports, recent_reports
+from .partitioner import RematFallbackWarning, RematPartitioner
 
 __version__ = "0.1.0"
 

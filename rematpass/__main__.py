@@ -1,4 +1,4 @@
-"""``python -m rematpass show|diff|frontier DIR``: see rematpass/cli.py."""
+"""``python -m rematpass show|diff|frontier|calibrate``: see rematpass/inspect/cli.py."""
 
 from .inspect.cli import main
 

@@ -19,16 +19,16 @@ says otherwise.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
-
-from .passes import gather_pool_grad, hoist_matmul
 
 from . import config
 from .inductor_hooks import CustomGraphPass, compile_with_inductor, get_hash_for_files, installed_pass, mode_options
 from .inspect.dump import watch_compile
 from .partitioner import RematPartitioner
+from .passes import gather_pool_grad, hoist_matmul
 
 
 class HoistLateMatmuls(CustomGraphPass):
@@ -80,7 +80,9 @@ def _after_user_passes(slot: str, ours: CustomGraphPass) -> CustomGraphPass:
     return _PassesInOrder(tuple(installed) + (ours,))
 
 
-def remat(gm: torch.fx.GraphModule, example_inputs, *, options: Mapping[str, Any] | None = None, mode: str | None = None):
+def remat(
+    gm: torch.fx.GraphModule, example_inputs, *, options: Mapping[str, Any] | None = None, mode: str | None = None
+):
     """Compile ``gm`` with Inductor, partitioned by rematpass. Knobs come from ``options``."""
     knobs = config.resolve(options)
     patches: dict[str, Any] = {}

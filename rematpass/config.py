@@ -22,8 +22,9 @@ import functools
 import os
 import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -55,7 +56,8 @@ class Knobs:
     strict: bool = False
     # Write each partitioned graph's plan and graphs under this folder.
     dump_dir: str | None = None
-    # "mincut" (default) or "ilp": the exact ILP for small graphs, falling back to min-cut.
+    # "mincut" (default) or "ilp": the default plan solved exactly by an ILP (small graphs), falling
+    # back to min-cut; not combinable with a memory_budget (KnobError).
     solver: str = "mincut"
     # Seconds the ILP solver may take before we fall back to the min-cut plan.
     ilp_time_limit: float = 30.0
@@ -65,7 +67,7 @@ class Knobs:
     peak_model: str = "fused"
     # Let Inductor hold a freed buffer for a later allocation of the same size (its
     # allow_buffer_reuse). Off by default: the held buffer stays allocated across the
-    # kernels between, above the peak the plan was chosen for (README, Peak memory).
+    # kernels between, above the peak the plan was chosen for (docs/design.md, section 8).
     buffer_reuse: bool = False
 
 
@@ -77,16 +79,23 @@ KNOB_HELP = {
     "always_recompute": "a list of op names such as ['aten.gelu'] (or a comma-separated string)",
     "strict": "True or False",
     "dump_dir": "None or a folder path (string or os.PathLike)",
-    "solver": "'mincut' or 'ilp'",
+    "solver": "'mincut' or 'ilp' (the default plan solved exactly; not with a memory_budget below 1)",
     "ilp_time_limit": "a positive number of seconds",
     "peak_model": "'fused' (Inductor) or 'unfused' (every op allocates)",
     "buffer_reuse": "True or False",
 }
 
 _UNITS = {
-    "": 1, "b": 1,
-    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
 }
 _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
@@ -255,7 +264,7 @@ def from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]
     found = {}
     for key, value in environ.items():
         if key.startswith(ENV_PREFIX):
-            name = key[len(ENV_PREFIX):].lower()
+            name = key[len(ENV_PREFIX) :].lower()
             if name in _VALIDATORS:
                 found[name] = value
             elif name not in _IGNORED_ENV:
@@ -263,8 +272,9 @@ def from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]
     return found
 
 
-# REMAT_* variables that belong to later features or tools, not to Knobs.
-_IGNORED_ENV: set[str] = set()
+# REMAT_* variables that are not knobs: REMAT_RATES_FILE says where `rematpass calibrate` keeps
+# the measured rates (rematpass.calibrate).
+_IGNORED_ENV: frozenset[str] = frozenset({"rates_file"})
 
 _local = threading.local()
 
@@ -307,4 +317,19 @@ def resolve(options: Mapping[str, Any] | None = None, environ: Mapping[str, str]
         _check_names(values, where)
         for name, value in values.items():
             merged[name] = _VALIDATORS[name](value)
-    return Knobs(**merged)
+    knobs = Knobs(**merged)
+    _check_solver_with_budget(knobs)
+    return knobs
+
+
+def _check_solver_with_budget(knobs: Knobs) -> None:
+    """A solver changes the algorithm, never what a knob means. The ILP solves the default plan's
+    objective (saved bytes + lambda * time) exactly; a budget is planned on the predicted peak,
+    which the ILP does not model, so the two are not combined."""
+    budget = knobs.memory_budget
+    if knobs.solver == "ilp" and budget is not None and not (isinstance(budget, float) and budget == 1.0):
+        raise KnobError(
+            f"rematpass knob solver='ilp' cannot be combined with memory_budget={budget!r}: the ILP solves "
+            "the default plan exactly and does not model the predicted peak a budget is planned on; "
+            "allowed: solver='ilp' with memory_budget None or 1.0, or solver='mincut' with any memory_budget"
+        )

@@ -6,9 +6,10 @@ evaluated with the shape environment's hints. FLOPs come from
 attention, and from the element count for everything else. Time is a
 roofline, ``max(flops / flops_per_second, bytes moved / bytes_per_second)``,
 with one exception that matters most: a fusible op (pointwise, view, cheap
-reduction) recomputed inside a backward kernel that already reads its inputs
-costs only its arithmetic, plus one write of its output when a non-fusible
-backward op (a matmul, say) needs it materialised.
+reduction; ``passes.op_facts.is_fusible_recompute``) recomputed inside a
+backward kernel that already reads its inputs costs only its arithmetic, plus
+one write of its output when a non-fusible backward op (a matmul, say) needs
+it materialised.
 
 Prices, in the units the solver uses:
 - saving node v costs ``bytes(v)`` (0 for parameters and buffers);
@@ -18,17 +19,18 @@ Prices, in the units the solver uses:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import sympy
 import torch
 import torch.fx as fx
-from torch.utils.flop_counter import flop_registry
 
+from .calibrate import load_rates
 from .passes import torch_internals as ti
 from .passes.analysis import BACKWARD_ONLY, FORWARD, INPUT, GraphSummary
+from .passes.op_facts import flop_formula, is_compute_bound, is_fusible_recompute, is_getitem, is_view
 from .passes.plan import CutProblem
 
 # Default machine rates by device type: (FLOP/s, bytes/s). Deliberately round
@@ -69,7 +71,8 @@ class CostTable:
         values[summary.is_static | (summary.kind == INPUT)] = 0.0
         return values
 
-    def recompute_cost(self, summary: GraphSummary) -> np.ndarray:
+    def recompute_seconds(self, summary: GraphSummary) -> np.ndarray:
+        """Seconds recomputing each candidate in the backward adds (0 when the forward does not compute it)."""
         values = np.array([c.recompute_time for c in self.costs], dtype=np.float64)
         values[summary.kind != FORWARD] = 0.0
         return values
@@ -89,8 +92,13 @@ class CostTable:
         return values
 
     def problem(self, summary: GraphSummary) -> CutProblem:
-        return CutProblem(summary, self.save_bytes(summary), self.recompute_cost(summary), self.recompute_flops(summary),
-                          self.save_time(summary))
+        return CutProblem(
+            summary,
+            self.save_bytes(summary),
+            self.recompute_seconds(summary),
+            self.recompute_flops(summary),
+            self.save_time(summary),
+        )
 
     @property
     def default_lambda(self) -> float:
@@ -174,13 +182,12 @@ def node_flops(node: fx.Node, numel_of: Callable[[fx.Node], int] = _node_numel) 
 
     ``numel_of`` gives a node's element count (``CostModel.table`` passes a cached one).
     """
-    if node.op != "call_function" or ti.is_getitem(node):
+    if node.op != "call_function" or is_getitem(node):
         return 0
-    packet = getattr(node.target, "overloadpacket", None)
-    if packet is not None and packet in flop_registry:
+    if is_compute_bound(node):
         args, kwargs = _arg_vals(node)
         try:
-            return _to_int(flop_registry[packet](*args, **kwargs, out_val=node.meta.get("val")))
+            return _to_int(flop_formula(node)(*args, **kwargs, out_val=node.meta.get("val")))
         except Exception:
             pass
     input_numel = max((numel_of(a) for a in node.all_input_nodes), default=0)
@@ -223,25 +230,20 @@ class CostModel:
     def __init__(self, flops_per_second: float | None = None, bytes_per_second: float | None = None):
         self._flops_per_second = flops_per_second
         self._bytes_per_second = bytes_per_second
-        self._types = ti.op_types()
-        self._fusible: dict[object, bool] = {}
 
     def rates_for(self, device: str) -> tuple[float, float]:
-        default_flops, default_bytes = DEFAULT_RATES.get(device, DEFAULT_RATES["cpu"])
+        """The knobs' rates, else what ``rematpass calibrate`` measured for ``device``, else DEFAULT_RATES."""
+        if self._flops_per_second and self._bytes_per_second:
+            return self._flops_per_second, self._bytes_per_second
+        calibrated = load_rates(device)
+        if calibrated is not None:
+            default_flops, default_bytes = calibrated.flops_per_second, calibrated.bytes_per_second
+        else:
+            default_flops, default_bytes = DEFAULT_RATES.get(device, DEFAULT_RATES["cpu"])
         return (self._flops_per_second or default_flops, self._bytes_per_second or default_bytes)
 
-    def _is_fusible(self, node: fx.Node) -> bool:
-        if node.op != "call_function":
-            return False
-        found = self._fusible.get(node.target)  # a property of the op alone: cached per target
-        if found is None:
-            found = self._fusible[node.target] = bool(
-                ti.is_getitem(node) or self._types.is_fusible(node) or self._types.is_view(node)
-                or torch.Tag.pointwise in getattr(node.target, "tags", ())
-            )
-        return found
-
-    def _materialized_in_backward(self, node: fx.Node, forward_nodes: set[fx.Node]) -> bool:
+    @staticmethod
+    def _materialized_in_backward(node: fx.Node, forward_nodes: set[fx.Node]) -> bool:
         """Whether some backward op that cannot fuse it reads it (through views)."""
         pending = [node]
         while pending:
@@ -249,9 +251,9 @@ class CostModel:
             for user in current.users:
                 if user.op == "output" or user in forward_nodes:
                     continue
-                if self._types.is_view(user):
+                if is_view(user):
                     pending.append(user)
-                elif not self._is_fusible(user):
+                elif not is_fusible_recompute(user):
                     return True
         return False
 
@@ -260,20 +262,20 @@ class CostModel:
         flops_rate, bytes_rate = self.rates_for(device)
         forward_nodes = {n for n, k in zip(summary.nodes, summary.kind.tolist()) if k == FORWARD}
         sizes = _Sizes()
-        is_view = summary.is_view.tolist()
+        views = summary.is_view.tolist()
 
         costs = []
         for i, node in enumerate(summary.nodes):
             raw, nbytes, _ = sizes(node)
             expr = sympy.expand(raw) if not isinstance(raw, int) else sympy.Integer(raw)
-            if node.op != "call_function" or is_view[i] or ti.is_getitem(node) or ti.is_sym_node(node):
+            if node.op != "call_function" or views[i] or is_getitem(node) or ti.is_sym_node(node):
                 costs.append(NodeCost(expr, nbytes, 0, 0.0, 0.0, True))
                 continue
             flops = node_flops(node, sizes.numel)
-            compute_flops = flops if getattr(node.target, "overloadpacket", None) in flop_registry else 0
+            compute_flops = flops if is_compute_bound(node) else 0
             moved = nbytes + sum(sizes.bytes(a) for a in node.all_input_nodes)
             time = max(flops / flops_rate, moved / bytes_rate)
-            fused = self._is_fusible(node)
+            fused = is_fusible_recompute(node)
             if fused:
                 recompute = flops / flops_rate
                 if self._materialized_in_backward(node, forward_nodes):

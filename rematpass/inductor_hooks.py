@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass, CustomPartitionerFn, get_hash_for_files
@@ -72,7 +73,9 @@ def aot_autograd_cache_hits() -> int:
 def trace_artifact(name: str, payload: Callable[[], str]) -> None:
     """A JSON artifact in ``TORCH_TRACE`` (tlparse shows it); free when tracing is off."""
     torch._logging.trace_structured(
-        "artifact", metadata_fn=lambda: {"name": name, "encoding": "json"}, payload_fn=payload,
+        "artifact",
+        metadata_fn=lambda: {"name": name, "encoding": "json"},
+        payload_fn=payload,
     )
 
 

@@ -1,10 +1,10 @@
-"""Exact memory figures of one training step (DESIGN.md section 4).
+"""Exact memory figures of one training step (docs/design.md, section 4).
 
-    >>> import torch
-    >>> from rematpass.measure import saved_activation_bytes
-    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh())
-    >>> saved_activation_bytes(lambda: model(torch.randn(4, 8)).sum().backward(), model)
-    256
+>>> import torch
+>>> from rematpass.measure import saved_activation_bytes
+>>> model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh())
+>>> saved_activation_bytes(lambda: model(torch.randn(4, 8)).sum().backward(), model)
+256
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

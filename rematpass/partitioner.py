@@ -1,7 +1,8 @@
 """``RematPartitioner``: the custom partitioner Inductor calls on each joint graph.
 
 The pipeline, one stage a module: prepare and classify (passes.torch_internals),
-summarise (passes.analysis), price (rematpass.cost), solve (passes.budget; with a
+summarise (passes.analysis) and price (rematpass.cost), the four of them run by
+rematpass.analyse; solve (passes.budget; with a
 budget, rematpass.peak_planning over passes.hull and passes.peak),
 rewrite (passes.torch_extract.extract_forward_backward), report
 (rematpass.report). Any failure while planning falls back to PyTorch's own
@@ -18,20 +19,20 @@ import logging
 import pathlib
 import time
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch.fx as fx
 
-from .passes import torch_extract
-from .passes import torch_internals as ti
-from .passes.analysis import summarize_joint_graph
-from .passes.budget import plan_for_budget
-
+from .analyse import analyse
+from .calibrate import rates_file_key
 from .config import Knobs
 from .inductor_hooks import CustomPartitionerFn, current_compile_id, get_hash_for_files
-from .cost import CostModel
-from .peak_planning import PeakPredictor, plan_for_peak
 from .inspect.report import build_report, record
+from .passes import torch_extract
+from .passes import torch_internals as ti
+from .passes.budget import plan_for_budget
+from .peak_planning import PeakPredictor, plan_for_peak
 
 log = logging.getLogger("rematpass")
 
@@ -81,14 +82,17 @@ class RematPartitioner(CustomPartitionerFn):
         self.knobs = knobs or Knobs()
 
     def uuid(self) -> Any:
-        return (repr(self.knobs), source_hash().hex())
+        # The calibrated rates file prices every plan whose rates are not set by knobs.
+        return (repr(self.knobs), source_hash().hex(), rates_file_key())
 
     def __call__(self, gm: fx.GraphModule, joint_inputs: Sequence[object], **kwargs: Any):
         num_fwd_outputs = kwargs["num_fwd_outputs"]
         static = list(kwargs.get("static_lifetime_input_indices") or [])
         try:
             with cyclic_gc_paused():
-                return self.partition(gm, joint_inputs, num_fwd_outputs=num_fwd_outputs, static_lifetime_input_indices=static)
+                return self.partition(
+                    gm, joint_inputs, num_fwd_outputs=num_fwd_outputs, static_lifetime_input_indices=static
+                )
         except Exception as exc:
             if self.knobs.strict:
                 raise
@@ -100,25 +104,31 @@ class RematPartitioner(CustomPartitionerFn):
             )
             log.warning("fallback to PyTorch's partitioner: %s", exc, exc_info=True)
             return ti.torch_min_cut_partition(
-                gm, joint_inputs, compiler=kwargs.get("compiler", "inductor"),
-                num_fwd_outputs=num_fwd_outputs, static_lifetime_input_indices=static,
+                gm,
+                joint_inputs,
+                compiler=kwargs.get("compiler", "inductor"),
+                num_fwd_outputs=num_fwd_outputs,
+                static_lifetime_input_indices=static,
             )
 
     def partition(self, gm, joint_inputs, *, num_fwd_outputs: int, static_lifetime_input_indices: list[int]):
         from .inspect import dump
 
         started = time.perf_counter()
-        gm = ti.prepare_joint_graph(gm)
-        roles = ti.classify_joint_graph(gm, static_lifetime_input_indices, num_fwd_outputs)
-        if not roles.required_bw:
+        analysis = analyse(
+            gm,
+            num_fwd_outputs=num_fwd_outputs,
+            static_lifetime_input_indices=static_lifetime_input_indices,
+            knobs=self.knobs,
+        )
+        gm, roles, summary, costs = analysis.gm, analysis.roles, analysis.summary, analysis.costs
+        if summary is None:  # the backward reads nothing of the forward: nothing to choose
             return ti.default_partition(
-                gm, joint_inputs, num_fwd_outputs=num_fwd_outputs,
+                gm,
+                joint_inputs,
+                num_fwd_outputs=num_fwd_outputs,
                 static_lifetime_input_indices=static_lifetime_input_indices,
             )
-        summary = summarize_joint_graph(
-            gm, roles, never_recompute=self.knobs.never_recompute, always_recompute=self.knobs.always_recompute
-        )
-        costs = CostModel(self.knobs.flops_per_second, self.knobs.bytes_per_second).table(summary)
         solve_started = time.perf_counter()
         problem = costs.problem(summary)
         predictor = PeakPredictor(gm, summary, roles, num_fwd_outputs, self.knobs.peak_model)
@@ -126,7 +136,7 @@ class RematPartitioner(CustomPartitionerFn):
         if self.knobs.solver == "ilp":  # exact; falls back to the min-cut plan with a warning
             from .passes.ilp import ilp_plan
 
-            plan = ilp_plan(problem, costs.default_lambda, budget_target(self.knobs), time_limit=self.knobs.ilp_time_limit)
+            plan = ilp_plan(problem, costs.default_lambda, None, time_limit=self.knobs.ilp_time_limit)
         elif budget_target(self.knobs) is None:
             plan = plan_for_budget(problem, costs.default_lambda, None)
         else:
@@ -136,9 +146,14 @@ class RematPartitioner(CustomPartitionerFn):
         saved = [node for node, keep in zip(summary.nodes, plan.saved) if keep]
         fw_module, bw_module = torch_extract.extract_forward_backward(gm, saved, roles, num_fwd_outputs)
         report = build_report(
-            self.knobs, summary, costs, plan,
-            solve_seconds=solve_seconds, total_seconds=time.perf_counter() - started,
-            default_saved=plan.default_saved, compile_id=current_compile_id(),
+            self.knobs,
+            summary,
+            costs,
+            plan,
+            solve_seconds=solve_seconds,
+            total_seconds=time.perf_counter() - started,
+            default_saved=plan.default_saved,
+            compile_id=current_compile_id(),
         )
         estimate = predictor.joint_estimate(plan.cut)
         report = dataclasses.replace(
@@ -150,11 +165,20 @@ class RematPartitioner(CustomPartitionerFn):
         )
         record(report)
         try:
-            dump.publish(report, dump_dir=self.knobs.dump_dir, joint=gm, forward=fw_module, backward=bw_module,
-                         problem=problem, plan=plan, costs=costs)
+            dump.publish(
+                report,
+                dump_dir=self.knobs.dump_dir,
+                joint=gm,
+                forward=fw_module,
+                backward=bw_module,
+                problem=problem,
+                plan=plan,
+                costs=costs,
+            )
         except Exception as exc:  # a dump must never stop training
-            warnings.warn(f"rematpass could not write its dump: {type(exc).__name__}: {exc}",
-                          dump.RematDumpWarning, stacklevel=2)
+            warnings.warn(
+                f"rematpass could not write its dump: {type(exc).__name__}: {exc}", dump.RematDumpWarning, stacklevel=2
+            )
         if not plan.budget_met:
             warnings.warn(
                 f"rematpass: memory_budget={self.knobs.memory_budget!r} cannot be met on this graph; "

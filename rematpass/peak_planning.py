@@ -33,23 +33,28 @@ recomputation.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch.fx as fx
 
 from .passes.analysis import GraphSummary
+from .passes.budget import LOWEST_LAMBDA_FRACTION
+from .passes.hull import walk_hull
 from .passes.joint_liveness import JointPeakModel
 from .passes.liveness import PeakEstimate, inductor_materialized, simulate_step
 from .passes.mincut import CutNetwork
-from .passes.budget import LOWEST_LAMBDA_FRACTION
-from .passes.hull import walk_hull
 from .passes.peak import (
-    choose_on_frontier, least_peak_within, pareto, peak_frontier, recompute_allowance, refine_between,
+    ScoredPlan,
+    choose_on_frontier,
+    least_peak_within,
+    pareto,
+    peak_frontier,
+    recompute_allowance,
+    refine_between,
 )
 from .passes.plan import Cut, CutProblem, Plan
-
 
 # Recomputation a thousand times dearer than the default's price: the plan that recomputes
 # nothing that costs anything (views and other free ops still move to the backward).
@@ -60,7 +65,7 @@ NO_RECOMPUTE_LAMBDA_FACTOR = 1e3
 class PeakPlan:
     plan: Plan
     target_peak: float | None  # the cap, for absolute budgets
-    scored: tuple[tuple[float, float, int], ...]  # (saved bytes, recompute seconds, predicted peak)
+    scored: tuple[ScoredPlan, ...]  # every plan scored for its peak
 
 
 class PeakPredictor:
@@ -117,7 +122,9 @@ def _remembered(peak_of: Callable[[Cut], int]) -> Callable[[Cut], int]:
     return peak
 
 
-def plan_for_peak(problem: CutProblem, lam_default: float, budget: float | int, predict: Callable[[Cut], int]) -> PeakPlan:
+def plan_for_peak(
+    problem: CutProblem, lam_default: float, budget: float | int, predict: Callable[[Cut], int]
+) -> PeakPlan:
     predict = _remembered(predict)
     network = CutNetwork(problem)
     walk = walk_hull(network, [lam_default * LOWEST_LAMBDA_FRACTION, lam_default])
@@ -131,7 +138,7 @@ def plan_for_peak(problem: CutProblem, lam_default: float, budget: float | int, 
             refined, refine_solves = refine_between(network, plans, above, below, predict)
             solves += refine_solves
             scored = scored + refined
-    hull = tuple((c.lam, c.saved_bytes, c.recompute_cost) for c in solved)
+    hull = tuple(c.hull_point() for c in solved)
     default_point = scored[0]  # the hull's first vertex: the default plan
     default_cut = next(c for c in solved if c.lam == lam_default)
     if isinstance(budget, float):
@@ -139,9 +146,9 @@ def plan_for_peak(problem: CutProblem, lam_default: float, budget: float | int, 
         solves += 1
         least = min(p.cut.saved_bytes for p in scored)  # 0 on the scale, as PyTorch's is the inputs alone
         target = least + budget * (max(no_recompute.saved_bytes, default_point.cut.saved_bytes) - least)
-        allowance, met = recompute_allowance(scored, target, problem.flops_of, problem.compute_ops_of)
-        allowance = max(allowance, problem.flops_of(default_point.cut))
-        point = least_peak_within(scored, allowance, problem.flops_of)
+        allowance, met = recompute_allowance(scored, target, problem.budget_spend_of, problem.compute_ops_of)
+        allowance = max(allowance, problem.budget_spend_of(default_point.cut))
+        point = least_peak_within(scored, allowance, problem.budget_spend_of)
     else:
         target = None
         frontier = pareto(scored)
@@ -152,6 +159,5 @@ def plan_for_peak(problem: CutProblem, lam_default: float, budget: float | int, 
             solves += refine_solves
             scored = scored + refined
             point = next((p for p in refined if p.peak <= budget), point)
-    table = tuple((p.cut.saved_bytes, p.cut.recompute_cost, p.peak) for p in scored)
     plan = Plan(point.cut, lam_default, target, met, solves, hull, default_saved=default_cut.saved)
-    return PeakPlan(plan, None if target is not None else float(budget), table)
+    return PeakPlan(plan, None if target is not None else float(budget), tuple(p.scored() for p in scored))

@@ -48,10 +48,9 @@ def cheap_backend(compiler=None, **knobs):
     The graph the partitioner sees is the one Inductor would hand it (dropout
     becomes inductor_seeds / inductor_random), without the C++ compile.
     """
+    from torch._guards import detect_fake_mode
     from torch._inductor.compile_fx import partition_fn
     from torch._inductor.decomposition import select_decomp_table
-
-    from torch._guards import detect_fake_mode
     from torch._inductor.virtualized import V
 
     partitioner = rematpass.RematPartitioner(rematpass.config.resolve({"strict": True, **knobs}))
@@ -59,8 +58,10 @@ def cheap_backend(compiler=None, **knobs):
     def partition(gm, joint_inputs, **kwargs):
         # Through Inductor's own hook (not partition_fn's override, new in torch 2.13), so the
         # helper runs on every torch the package supports.
-        with V.set_fake_mode(detect_fake_mode(joint_inputs)), \
-                torch._inductor.config.patch(custom_partitioner_fn=partitioner):
+        with (
+            V.set_fake_mode(detect_fake_mode(joint_inputs)),
+            torch._inductor.config.patch(custom_partitioner_fn=partitioner),
+        ):
             return partition_fn(gm, joint_inputs, **kwargs)
 
     return aot_autograd(
@@ -77,7 +78,9 @@ def train_step(model, inputs, seed: int = 0):
     model.zero_grad(set_to_none=True)
     loss = model(*inputs)
     loss.backward()
-    grads = {n.removeprefix("_orig_mod."): p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    grads = {
+        n.removeprefix("_orig_mod."): p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None
+    }
     return loss.detach(), grads
 
 
@@ -124,7 +127,9 @@ def capture_joint_graph(model, inputs, **compile_kwargs) -> dict:
             return partition_fn(gm, joint_inputs, partitioner_fn_override=spy, **kwargs)
 
     backend = aot_autograd(
-        fw_compiler=_eager_compiler, bw_compiler=_eager_compiler, partition_fn=partition,
+        fw_compiler=_eager_compiler,
+        bw_compiler=_eager_compiler,
+        partition_fn=partition,
         decompositions=select_decomp_table(),
     )
     compiled_step(model, inputs, backend, **compile_kwargs)
@@ -133,7 +138,7 @@ def capture_joint_graph(model, inputs, **compile_kwargs) -> dict:
 
 def standard_joint_graphs() -> list[dict]:
     """Captured joint graphs of the residual MLP, the conv net with BatchNorm and a GPT with dropout."""
-    from models import ConvBN, ResidualMLP, TinyGPT
+    from rematpass.zoo import ConvBN, ResidualMLP, TinyGPT
 
     torch.manual_seed(0)
     gpt = TinyGPT(layers=2, dropout=0.1)
@@ -145,7 +150,8 @@ def standard_joint_graphs() -> list[dict]:
 
 
 def analysed(captured: dict):
-    """A captured joint graph prepared, classified, summarised and priced as the partitioner does.
+    """A captured joint graph prepared, classified, summarised and priced as the partitioner does
+    (``rematpass.analyse``), with the default knobs.
 
     Returns a namespace: gm, roles, summary, table (the cost table), kwargs, fake (the fake mode).
     """
@@ -153,14 +159,15 @@ def analysed(captured: dict):
 
     from torch._inductor.virtualized import V
 
-    from rematpass.passes import torch_internals as ti
-    from rematpass.passes.analysis import summarize_joint_graph
-    from rematpass.cost import CostModel
+    from rematpass.analyse import analyse
 
     kwargs = captured["kwargs"]
     with V.set_fake_mode(captured["fake"]):
-        gm = ti.prepare_joint_graph(copy.deepcopy(captured["joint"]))
-        roles = ti.classify_joint_graph(gm, kwargs["static_lifetime_input_indices"], kwargs["num_fwd_outputs"])
-        summary = summarize_joint_graph(gm, roles)
-        table = CostModel().table(summary)
-    return SimpleNamespace(gm=gm, roles=roles, summary=summary, table=table, kwargs=kwargs, fake=captured["fake"])
+        a = analyse(
+            copy.deepcopy(captured["joint"]),
+            num_fwd_outputs=kwargs["num_fwd_outputs"],
+            static_lifetime_input_indices=kwargs["static_lifetime_input_indices"],
+        )
+    return SimpleNamespace(
+        gm=a.gm, roles=a.roles, summary=a.summary, table=a.costs, kwargs=kwargs, fake=captured["fake"]
+    )

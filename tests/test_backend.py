@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from torch._inductor.custom_graph_pass import CustomGraphPass
 
 import rematpass.backend as backend
-from torch._inductor.custom_graph_pass import CustomGraphPass
 from rematpass.partitioner import RematPartitioner
 
 
@@ -38,10 +38,13 @@ def test_partitioner_pass_and_buffer_reuse_reach_inductor(inductor_patches):
     assert inductor_patches({"buffer_reuse": True})["allow_buffer_reuse"] is True
 
 
-@pytest.mark.parametrize("slot,ours", [
-    ("post_grad_custom_post_pass", backend.HoistLateMatmuls),
-    ("joint_custom_post_pass", backend.GatherMaxPoolBackward),
-])
+@pytest.mark.parametrize(
+    "slot,ours",
+    [
+        ("post_grad_custom_post_pass", backend.HoistLateMatmuls),
+        ("joint_custom_post_pass", backend.GatherMaxPoolBackward),
+    ],
+)
 def test_a_users_pass_still_runs_before_ours(inductor_patches, slot, ours):
     def users_pass(graph):
         pass

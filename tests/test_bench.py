@@ -4,19 +4,46 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from rematpass import bench
 
 VARIANT_KEYS = {
-    "name", "kind", "budget", "peak_bytes", "saved_bytes", "recompute_flops", "recompute_ops", "recompute_elements",
-    "partitions", "partition_seconds", "compile_seconds", "step_seconds", "step_rounds", "grads", "loss",
+    "name",
+    "kind",
+    "budget",
+    "peak_bytes",
+    "saved_bytes",
+    "recompute_flops",
+    "recompute_ops",
+    "recompute_elements",
+    "partitions",
+    "partition_seconds",
+    "compile_seconds",
+    "step_seconds",
+    "step_rounds",
+    "grads",
+    "loss",
 }
 
 
+@pytest.mark.inductor
+@pytest.mark.slow
 def test_bench_writes_results_and_budget_lowers_peak(tmp_path, capsys):
-    results = bench.main([
-        "--models", "tiny-mlp", "--variants", "remat@1.0", "remat@0.1", "--steps", "2", "--no-warmup",
-        "--out", str(tmp_path),
-    ])
+    results = bench.main(
+        [
+            "--models",
+            "tiny-mlp",
+            "--variants",
+            "remat@1.0",
+            "remat@0.1",
+            "--steps",
+            "2",
+            "--no-warmup",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     printed = capsys.readouterr().out
     assert "[tiny-mlp 1/2] remat@1.0" in printed and "remat@0.1" in printed  # progress lines and the table
 

@@ -12,12 +12,12 @@ import sys
 
 import pytest
 import torch
+from helpers import cheap_backend
 
 import rematpass
 from rematpass.inspect import cli
 from rematpass.inspect.report import fmt_bytes
-from helpers import cheap_backend
-from models import ResidualMLP
+from rematpass.zoo import ResidualMLP
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -66,7 +66,10 @@ def test_show_prints_summary_and_largest_saved_first(roots):
     assert code == 0
     data = plan(b)
     assert out.startswith("== graph 0/0")
-    assert f"memory_budget 0.1: least predicted peak within the recompute that saving {fmt_bytes(data['totals']['target_bytes'])} costs" in out
+    assert (
+        f"memory_budget 0.1: least predicted peak within the recompute that saving {fmt_bytes(data['totals']['target_bytes'])} costs"
+        in out
+    )
     assert f"saved:      {data['totals']['saved_tensors']} tensors" in out
     assert "forced by budget" in out  # recomputed reasons are counted
     table = out.split("Largest saved tensors")[1].split("Details:")[0]
@@ -131,10 +134,30 @@ def test_diff_matches_renamed_nodes_by_op_module_shape(roots, tmp_path):
 
 
 def test_diff_reports_unmatched_nodes():
-    a = [{"name": "x", "op": "aten.mm", "module_path": "m", "shape": ["2"], "dtype": "float32", "decision": "saved",
-          "reason": "r", "bytes": 8}]
-    b = [{"name": "y", "op": "aten.add", "module_path": "m", "shape": ["2"], "dtype": "float32", "decision": "saved",
-          "reason": "r", "bytes": 8}]
+    a = [
+        {
+            "name": "x",
+            "op": "aten.mm",
+            "module_path": "m",
+            "shape": ["2"],
+            "dtype": "float32",
+            "decision": "saved",
+            "reason": "r",
+            "bytes": 8,
+        }
+    ]
+    b = [
+        {
+            "name": "y",
+            "op": "aten.add",
+            "module_path": "m",
+            "shape": ["2"],
+            "dtype": "float32",
+            "decision": "saved",
+            "reason": "r",
+            "bytes": 8,
+        }
+    ]
     pairs, only_a, only_b = cli.match_nodes(a, b)
     assert pairs == [] and only_a == a and only_b == b
 
@@ -146,7 +169,7 @@ def test_frontier_prints_every_point(roots):
     data = json.loads((b / "0_0" / "frontier.json").read_text())
     lines = out.strip().splitlines()
     assert lines[0].startswith("== graph 0/0") and f"{len(data['points'])} plans" in lines[0]
-    rows = lines[3:3 + len(data["points"])]
+    rows = lines[3 : 3 + len(data["points"])]
     assert sum("chosen" in r for r in rows) == 1 and sum("default" in r for r in rows) == 1
     assert "budget target:" in out
 
@@ -163,13 +186,19 @@ def test_cache_hit_folder_is_shown_not_hidden(roots, tmp_path):
     assert code == 1 and "no frontier.json here (the graph came from cache)" in out
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p / "missing", "no such directory"),
-    (lambda p: (p / "file.txt").write_text("x") and p / "file.txt", "not a directory"),
-    (lambda p: p, "not a rematpass dump"),
-    (lambda p: (p / "g").mkdir() or (p / "g" / "plan.json").write_text("{oops") and p / "g", "not valid JSON"),
-    (lambda p: (p / "g").mkdir() or (p / "g" / "plan.json").write_text("[]") and p / "g", "not a rematpass.plan file"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p / "missing", "no such directory"),
+        (lambda p: (p / "file.txt").write_text("x") and p / "file.txt", "not a directory"),
+        (lambda p: p, "not a rematpass dump"),
+        (lambda p: (p / "g").mkdir() or (p / "g" / "plan.json").write_text("{oops") and p / "g", "not valid JSON"),
+        (
+            lambda p: (p / "g").mkdir() or (p / "g" / "plan.json").write_text("[]") and p / "g",
+            "not a rematpass.plan file",
+        ),
+    ],
+)
 def test_clear_errors(tmp_path, make, message):
     path = make(tmp_path)
     for argv in (("show", path), ("frontier", path), ("diff", path, path)):
@@ -183,11 +212,13 @@ def test_bad_usage_exits_2():
     assert exc.value.code == 2
 
 
+@pytest.mark.slow
 def test_python_dash_m_and_console_script(roots):
     _, b = roots
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-m", "rematpass", "frontier", str(b)], capture_output=True, text=True,
-                            env=env, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "rematpass", "frontier", str(b)], capture_output=True, text=True, env=env, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert "chosen" in result.stdout
     script = shutil.which("rematpass")

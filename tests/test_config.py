@@ -29,6 +29,8 @@ def test_defaults():
         ({"always_recompute": 3}, "always_recompute=3"),
         ({"strict": "maybe"}, "strict='maybe'"),
         ({"solver": "greedy"}, "'mincut' or 'ilp'"),
+        ({"solver": "ilp", "memory_budget": 0.5}, "cannot be combined with memory_budget=0.5"),
+        ({"solver": "ilp", "memory_budget": "1GiB"}, "cannot be combined with memory_budget=1073741824"),
         ({"buffer_reuse": "yes please"}, "buffer_reuse='yes please'"),
     ],
 )
@@ -43,7 +45,17 @@ def test_bad_knobs_name_the_knob_and_what_is_allowed(options, needle):
 
 @pytest.mark.parametrize(
     "value, expected",
-    [(0.0, 0.0), (0.3, 0.3), (1.0, 1.0), ("1.5GiB", 1610612736), ("800MB", 800_000_000), (4096, 4096), ("0.5", 0.5), ("2048", 2048), (None, None)],
+    [
+        (0.0, 0.0),
+        (0.3, 0.3),
+        (1.0, 1.0),
+        ("1.5GiB", 1610612736),
+        ("800MB", 800_000_000),
+        (4096, 4096),
+        ("0.5", 0.5),
+        ("2048", 2048),
+        (None, None),
+    ],
 )
 def test_memory_budget_forms(value, expected):
     assert config.resolve({"memory_budget": value}, environ={}).memory_budget == expected
@@ -54,7 +66,10 @@ def test_op_names_are_canonical():
 
     knobs = config.resolve({"never_recompute": ["mm", "aten::convolution", torch.ops.aten.bmm.default]}, environ={})
     assert knobs.never_recompute == ("aten.bmm", "aten.convolution", "aten.mm")
-    assert config.resolve({"always_recompute": "gelu, aten.relu"}, environ={}).always_recompute == ("aten.gelu", "aten.relu")
+    assert config.resolve({"always_recompute": "gelu, aten.relu"}, environ={}).always_recompute == (
+        "aten.gelu",
+        "aten.relu",
+    )
 
 
 def test_precedence_defaults_env_patch_options():

@@ -5,10 +5,10 @@ import warnings
 import pytest
 import torch
 import torch.nn as nn
+from helpers import assert_close_grads, cheap_backend, clone, compiled_step, train_step
 
 import rematpass
-from helpers import assert_close_grads, cheap_backend, clone, compiled_step, train_step
-from models import ConvBN, ResidualMLP, TinyGPT
+from rematpass.zoo import ConvBN, ResidualMLP, TinyGPT
 
 BUDGETS = [None, 0.5, 0.1, 0.0]
 
@@ -53,7 +53,7 @@ def _saved_bytes_by_budget(make, budgets):
     return result
 
 
-@pytest.mark.parametrize("make", [ResidualMLP, TinyGPT], ids=["mlp", "gpt"])
+@pytest.mark.parametrize("make", [ResidualMLP, pytest.param(TinyGPT, marks=pytest.mark.slow)], ids=["mlp", "gpt"])
 def test_saved_bytes_never_increase_as_budget_falls(make):
     reports = _saved_bytes_by_budget(make, [1.0, 0.8, 0.5, 0.3, 0.1, 0.0])
     saved = [r.saved_bytes for r in reports]
@@ -90,7 +90,7 @@ def test_absolute_budget_caps_the_predicted_peak():
     default, least = _saved_bytes_by_budget(ResidualMLP, [None, 0.0])
     assert least.predicted_peak_bytes < default.predicted_peak_bytes
     cap = (least.predicted_peak_bytes + default.predicted_peak_bytes) // 2
-    capped, = _saved_bytes_by_budget(ResidualMLP, [cap])
+    (capped,) = _saved_bytes_by_budget(ResidualMLP, [cap])
     assert capped.predicted_peak_bytes <= cap
     assert capped.budget_met and capped.target_peak_bytes == cap
     # A cap also says which recomputation it forced, against the default plan.
@@ -108,6 +108,7 @@ def test_unreachable_budget_warns_with_the_figure_achieved():
     assert not rematpass.recent_reports()[-1].budget_met
 
 
+@pytest.mark.slow
 def test_dropout_gradients_equal_budget_one_at_every_budget():
     torch.manual_seed(0)
     model = TinyGPT(dropout=0.2)
@@ -183,6 +184,7 @@ def test_dynamic_batch_with_mark_dynamic():
     assert any(d.shape and not d.shape[0].isdigit() for d in reports[0].nodes), "shapes were not symbolic"
 
 
+@pytest.mark.slow
 def test_dynamic_true():
     torch.manual_seed(0)
     model = TinyGPT()
@@ -215,12 +217,12 @@ def test_inference_under_no_grad():
 
 
 def test_op_policies():
-    free, = _reports_with(ResidualMLP, memory_budget=0.0)
+    (free,) = _reports_with(ResidualMLP, memory_budget=0.0)
     assert any(n.op == "aten.addmm" and n.decision == "recomputed" for n in free.nodes)
-    never, = _reports_with(ResidualMLP, memory_budget=0.0, never_recompute=["aten.addmm"])
+    (never,) = _reports_with(ResidualMLP, memory_budget=0.0, never_recompute=["aten.addmm"])
     assert not any(n.op == "aten.addmm" and n.decision == "recomputed" for n in never.nodes)
     assert all("never_recompute" in n.reason for n in never.nodes if n.op == "aten.addmm" and n.decision == "saved")
-    always, = _reports_with(ResidualMLP, always_recompute=["aten.mul"])
+    (always,) = _reports_with(ResidualMLP, always_recompute=["aten.mul"])
     assert not any(n.op == "aten.mul" and n.decision == "saved" for n in always.nodes)
 
 
@@ -248,11 +250,13 @@ def test_solver_failure_falls_back_with_one_warning(monkeypatch):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         # strict=False is the default for users; cheap_backend sets strict, so build one without it.
-        from torch._dynamo.backends.common import aot_autograd
         from helpers import _eager_compiler
+        from torch._dynamo.backends.common import aot_autograd
 
         backend_partitioner = rematpass.RematPartitioner(rematpass.Knobs())
-        backend = aot_autograd(fw_compiler=_eager_compiler, bw_compiler=_eager_compiler, partition_fn=backend_partitioner)
+        backend = aot_autograd(
+            fw_compiler=_eager_compiler, bw_compiler=_eager_compiler, partition_fn=backend_partitioner
+        )
         got = compiled_step(clone(model), (x,), backend)
     fallbacks = [w for w in caught if issubclass(w.category, rematpass.RematFallbackWarning)]
     assert len(fallbacks) == 1

@@ -29,19 +29,23 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
+from helpers import assert_close_grads, cheap_backend, clone, train_step
 
 import rematpass
-from helpers import assert_close_grads, cheap_backend, clone, train_step
-from models import TinyGPT
+from rematpass.zoo import TinyGPT
 
 WORLD = 2
 PER_RANK = 2  # sequences per rank
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 
-pytestmark = pytest.mark.skipif(
-    not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available"
+    ),
+    pytest.mark.distributed,
+    pytest.mark.slow,  # spawning the workers is most of a minute
+]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -59,7 +63,7 @@ def global_batch() -> torch.Tensor:
 
 
 def shard(batch: torch.Tensor, rank: int) -> torch.Tensor:
-    return batch[rank * PER_RANK:(rank + 1) * PER_RANK]
+    return batch[rank * PER_RANK : (rank + 1) * PER_RANK]
 
 
 COLLECTIVE_OPS = ("_c10d_functional.all_reduce", "_c10d_functional.wait_tensor")
@@ -205,7 +209,9 @@ def results(tmp_path_factory) -> dict[str, list[dict]]:
                 all_written = now
             if all_written is not None and now > all_written + 30:
                 # Every result is in; a worker stuck tearing gloo down is PyTorch's bug, not ours.
-                warnings.warn("a distributed worker hung at shutdown after writing its results; killed it")
+                warnings.warn(
+                    "a distributed worker hung at shutdown after writing its results; killed it", stacklevel=2
+                )
                 break
             if now > deadline:
                 pytest.fail("distributed workers did not finish in 240 s")
@@ -295,13 +301,30 @@ def _torchrun(tmp_path, example: str, *args: str) -> str:
     launcher.write_text(LAUNCHER.format(tests=str(TESTS)))
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", TORCHINDUCTOR_FORCE_DISABLE_CACHES="1", OMP_NUM_THREADS="1")
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={WORLD}",
-        str(launcher), str(ROOT / "examples" / example),
-        "--layers", "2", "--seq", "32", "--batch", "2", "--steps", "2", "--check", "--backend", "remat_cheap", *args,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={WORLD}",
+        str(launcher),
+        str(ROOT / "examples" / example),
+        "--layers",
+        "2",
+        "--seq",
+        "32",
+        "--batch",
+        "2",
+        "--steps",
+        "2",
+        "--check",
+        "--backend",
+        "remat_cheap",
+        *args,
     ]
     # A session of its own, so that a timeout kills torchrun's workers too, not just torchrun.
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         output, _ = process.communicate(timeout=180)
     except subprocess.TimeoutExpired:

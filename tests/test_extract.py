@@ -6,13 +6,13 @@ import copy
 
 import pytest
 import torch
-
 from helpers import analysed, capture_joint_graph
-from models import ConvBN, ResidualMLP, TinyGPT
+
 from rematpass.passes import torch_extract
 from rematpass.passes import torch_internals as ti
 from rematpass.passes.analysis import FORWARD
 from rematpass.passes.budget import plan_for_budget
+from rematpass.zoo import ConvBN, ResidualMLP, TinyGPT
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +36,19 @@ def _saved_sets(summary, table):
     for plan in plans:
         yield [n for n, keep in zip(summary.nodes, plan.saved) if keep]
     yield [
-        n for n, keep, kind, view in zip(summary.nodes, plans[0].saved, summary.kind, summary.is_view)
+        n
+        for n, keep, kind, view in zip(summary.nodes, plans[0].saved, summary.kind, summary.is_view)
         if keep or kind == FORWARD and not view
     ]
 
 
 def _describe(gm: torch.fx.GraphModule):
     out = next(iter(reversed(gm.graph.nodes)))
-    return str(gm.graph), [repr(d) for d in out.meta.get("desc", [])], [
-        n.meta.get("autograd_backward", False) for n in gm.graph.nodes
-    ]
+    return (
+        str(gm.graph),
+        [repr(d) for d in out.meta.get("desc", [])],
+        [n.meta.get("autograd_backward", False) for n in gm.graph.nodes],
+    )
 
 
 @pytest.mark.parametrize("name", ["mlp", "convbn", "gpt-dropout", "mlp-dynamic"])
@@ -89,8 +92,9 @@ def test_dynamic_graph_saves_symbol_bindings(joint_graphs):
 
 def test_partitioner_takes_the_one_pass_path(joint_graphs, monkeypatch):
     """The real partition never falls back to PyTorch's extraction on these graphs."""
-    import rematpass
     from torch._inductor.virtualized import V
+
+    import rematpass
 
     def refuse(*args, **kwargs):
         raise AssertionError("PyTorch's extraction was used")

@@ -12,14 +12,14 @@ import copy
 
 import numpy as np
 import pytest
+from helpers import analysed, standard_joint_graphs
 from torch._functorch.compile_utils import fx_graph_cse
 
-from helpers import analysed, standard_joint_graphs
+from rematpass.cost import _hint, _tensor_bytes
 from rematpass.passes import torch_extract
 from rematpass.passes import torch_internals as ti
 from rematpass.passes.flow import FlowNetwork, min_cut
 from rematpass.passes.mincut import used_in_backward
-from rematpass.cost import _hint, _tensor_bytes
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +116,11 @@ def test_reorder_in_place_matches_pytorchs_reordering(joint_graphs):
             saved = [n for n, keep in zip(summary.nodes, plan.saved) if keep]
             saved_tensors = [n for n in saved if not ti.is_sym_node(n)]
             _, bw = p._extract_fwd_bwd_modules(
-                gm, saved_tensors, saved_sym_nodes=[n for n in saved if ti.is_sym_node(n)],
-                num_fwd_outputs=kwargs["num_fwd_outputs"], static_lifetime_input_nodes=roles.static_inputs,
+                gm,
+                saved_tensors,
+                saved_sym_nodes=[n for n in saved if ti.is_sym_node(n)],
+                num_fwd_outputs=kwargs["num_fwd_outputs"],
+                static_lifetime_input_nodes=roles.static_inputs,
             )
             before = [n.name for n in bw.graph.nodes]
             expected = str(p.reordering_to_mimic_autograd_engine(copy.deepcopy(bw)).graph)

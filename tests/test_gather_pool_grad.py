@@ -2,14 +2,14 @@
 
 import pytest
 import torch
+import torch._inductor.lowering  # noqa: F401  (Inductor's max-pool decomposition reads it)
 import torch.nn as nn
 import torch.nn.functional as F
-import torch._inductor.lowering  # noqa: F401  (Inductor's max-pool decomposition reads it)
 from torch._inductor.decomposition import select_decomp_table
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from rematpass.passes.gather_pool_grad import gather_max_pool_backward
 from rematpass.measure import peak_memory
+from rematpass.passes.gather_pool_grad import gather_max_pool_backward
 
 aten = torch.ops.aten
 
@@ -18,6 +18,7 @@ def pool_and_grad(kernel, stride):
     def fn(x, grad_out):
         _, indices = aten.max_pool2d_with_indices(x, kernel, stride)
         return (aten.max_pool2d_with_indices_backward(grad_out, x, kernel, stride, [0, 0], [1, 1], False, indices),)
+
     return fn
 
 
@@ -62,11 +63,14 @@ def test_channels_last_input_keeps_its_layout_and_values():
     assert got.stride() == expected.stride()
 
 
-@pytest.mark.parametrize("shape,kernel,stride,dtype", [
-    ((2, 3, 9, 9), [3, 3], [2, 2], torch.float32),   # overlapping windows: the scatter sums
-    ((2, 3, 7, 8), [2, 2], [2, 2], torch.float32),   # the last row is in no window
-    ((2, 3, 8, 8), [2, 2], [2, 2], torch.bfloat16),  # the decomposition accumulates in float32
-])
+@pytest.mark.parametrize(
+    "shape,kernel,stride,dtype",
+    [
+        ((2, 3, 9, 9), [3, 3], [2, 2], torch.float32),  # overlapping windows: the scatter sums
+        ((2, 3, 7, 8), [2, 2], [2, 2], torch.float32),  # the last row is in no window
+        ((2, 3, 8, 8), [2, 2], [2, 2], torch.bfloat16),  # the decomposition accumulates in float32
+    ],
+)
 def test_pools_the_gather_does_not_cover_are_left_alone(shape, kernel, stride, dtype):
     gm = traced(pool_and_grad(kernel, stride), *inputs(shape, kernel, stride, dtype))
     assert gather_max_pool_backward(gm.graph) == 0
@@ -92,6 +96,8 @@ class PoolNet(nn.Module):
         return F.cross_entropy(self.head(self.conv2(h).mean(dim=(2, 3))), labels)
 
 
+@pytest.mark.inductor
+@pytest.mark.slow
 def test_inductor_backward_peaks_lower_with_the_gather(monkeypatch):
     """Real Inductor: the scatter's zero tensor is a pool-input-sized buffer of the backward."""
     import rematpass.backend as backend
@@ -115,6 +121,8 @@ def test_inductor_backward_peaks_lower_with_the_gather(monkeypatch):
     assert peaks[True] <= peaks[False] - pool_input_bytes // 2, peaks
 
 
+@pytest.mark.inductor
+@pytest.mark.slow
 def test_dynamic_batch_is_rewritten_and_matches_eager(monkeypatch):
     """Real Inductor with a symbolic batch (the spatial sizes stay static): the shape lists hold SymInts."""
     import copy

@@ -1,12 +1,13 @@
 """passes.hoist_matmul: a late addmm is split so its matmul runs where its operands are ready."""
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from rematpass.passes.hoist_matmul import hoist_late_matmuls
 from rematpass.measure import peak_memory
+from rematpass.passes.hoist_matmul import hoist_late_matmuls
 
 aten = torch.ops.aten
 
@@ -44,7 +45,9 @@ def test_late_addmm_becomes_early_mm_and_late_add():
 
 def test_dynamic_shapes_are_priced_at_their_hints():
     gm = make_fx(late_bias, tracing_mode="symbolic")(*ARGS)
-    assert any(isinstance(s, torch.SymInt) for n in gm.graph.nodes if n.op == "placeholder" for s in n.meta["val"].shape)
+    assert any(
+        isinstance(s, torch.SymInt) for n in gm.graph.nodes if n.op == "placeholder" for s in n.meta["val"].shape
+    )
     assert hoist_late_matmuls(gm.graph) == 1
     gm.recompile()
     for got, expected in zip(gm(*ARGS), late_bias(*ARGS)):
@@ -67,8 +70,11 @@ def test_addmm_left_alone_when_nothing_is_freed_earlier():
         bias = (y * 2).sin()
         return (torch.addmm(bias, small, w),)
 
-    cases = [(bias_first, ARGS), (operand_read_later, ARGS),
-             (product_bigger_than_operands, (torch.randn(256, 4), torch.randn(4, 256), torch.randn(256, 256)))]
+    cases = [
+        (bias_first, ARGS),
+        (operand_read_later, ARGS),
+        (product_bigger_than_operands, (torch.randn(256, 4), torch.randn(4, 256), torch.randn(256, 256))),
+    ]
     for fn, args in cases:
         gm = _traced(fn, *args)
         assert hoist_late_matmuls(gm.graph) == 0, fn.__name__
@@ -91,6 +97,8 @@ class TiedLM(nn.Module):
         return F.cross_entropy(logits.reshape(-1, self.vocab), idx.reshape(-1))
 
 
+@pytest.mark.inductor
+@pytest.mark.slow
 def test_tied_embedding_backward_frees_the_logits_gradient_early(monkeypatch):
     """Real Inductor: without the pass the logits gradient lives until the embedding gradient (the end)."""
     import rematpass.backend as backend

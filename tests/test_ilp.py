@@ -1,6 +1,6 @@
 """The exact ILP against the min cut: same objective, same optimum, valid plans.
 
-Real joint graphs (the models in tests/models.py, captured as the partitioner
+Real joint graphs (the tests' models in rematpass/zoo.py, captured as the partitioner
 sees them) and random DAGs drawn by hypothesis. Under a byte target between
 two hull points the ILP can beat the lambda search; the gap is printed (run
 with ``-s``) and recorded as a junit property.
@@ -13,20 +13,27 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers import assert_close_grads, cheap_backend, clone, compiled_step, train_step
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from synthetic import BACKWARD_ONLY, FORWARD, INPUT, SyntheticGraph
 
 import rematpass
 import rematpass.partitioner as partitioner_module
-from helpers import assert_close_grads, cheap_backend, clone, compiled_step, train_step
-from models import ConvBN, ResidualMLP, TinyGPT
-from rematpass.passes.analysis import BACKWARD_ONLY, FORWARD, INPUT, GraphSummary
 from rematpass.passes.budget import plan_for_budget
 from rematpass.passes.evaluate import budget_time, quantized_objective, violations
 from rematpass.passes.flow import InfeasibleCut
-from rematpass.passes.ilp import INFEASIBLE, ILPFallbackWarning, compare_with_hull, ilp_plan, solve_ilp, solve_ilp_budget
+from rematpass.passes.ilp import (
+    INFEASIBLE,
+    ILPFallbackWarning,
+    compare_with_hull,
+    ilp_plan,
+    solve_ilp,
+    solve_ilp_budget,
+)
 from rematpass.passes.mincut import CutNetwork
 from rematpass.passes.plan import Cut, CutProblem
+from rematpass.zoo import ConvBN, ResidualMLP, TinyGPT
 
 LAMBDA_FRACTIONS = (1e-7, 1e-3, 0.3, 1.0, 30.0)
 
@@ -125,7 +132,7 @@ def test_ilp_solver_knob_trains_like_eager():
     model = TinyGPT(layers=2)
     x = model.example()
     expected = train_step(clone(model), (x,))
-    for budget in (None, 0.5):
+    for budget in (None, 1.0):
         with warnings.catch_warnings():
             warnings.simplefilter("error", ILPFallbackWarning)
             actual = compiled_step(clone(model), (x,), cheap_backend(solver="ilp", memory_budget=budget))
@@ -152,17 +159,12 @@ def test_violations_catches_a_broken_plan(real_problems):
     assert len(needed)
     saved = cut.saved.copy()
     saved[needed[0]] = False
-    broken = Cut(cut.lam, saved, cut.recomputed, cut.in_backward, cut.saved_bytes, cut.recompute_cost)
+    broken = Cut(cut.lam, saved, cut.recomputed, cut.in_backward, cut.saved_bytes, cut.time_cost)
     found = violations(problem, broken)
     assert any("neither saved nor computed" in v for v in found) and any("saved_bytes" in v for v in found)
 
 
 # ---------------------------------------------------------------- random DAGs
-
-
-class _Node:
-    def __init__(self, name: str):
-        self.name = name
 
 
 @st.composite
@@ -200,23 +202,17 @@ def random_problems(draw, max_nodes: int = 28):
     must = recomputable & (kind == FORWARD) & (rng.random(n) < 0.05)
     needed = (rng.random(n) < 0.35) & (kind != BACKWARD_ONLY)
     needed[n - 1] |= kind[n - 1] != BACKWARD_ONLY
-    summary = GraphSummary(
-        nodes=tuple(_Node(f"n{i}") for i in range(n)),
-        kind=kind,
-        edge_src=np.asarray(src, dtype=np.int32),
-        edge_dst=np.asarray(dst, dtype=np.int32),
-        needed_by_backward=needed,
-        must_recompute=must,
-        is_static=is_static,
-        is_view=np.array([reason == "view" for reason in no_save]),
-        no_recompute_reason=tuple(no_recompute),
-        no_save_reason=tuple(no_save),
-    )
     save_bytes = np.where(is_static, 0.0, rng.integers(1, 10_000, n).astype(float))
     save_bytes[rng.random(n) < 0.1] = 0.0  # free values (sizes, scalars)
     recompute = rng.choice([0.0, 1e-9, 1e-7, 1e-6, 1e-5], n) * rng.random(n)
     recompute[kind != FORWARD] = 0.0
-    return CutProblem(summary, save_bytes, recompute)
+    g = SyntheticGraph()
+    g.nodes(
+        kind, save_bytes, recompute, no_recompute=no_recompute, no_save=no_save, static=is_static, must_recompute=must
+    )
+    g.edges(src, dst)
+    g.needed_by_backward(needed)
+    return g.problem()
 
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -257,20 +253,12 @@ def test_search_between_known_plans_matches_a_full_solve(problem):
 
 
 def test_infeasible_rules_are_reported_by_both_solvers():
-    n = 3
-    summary = GraphSummary(
-        nodes=tuple(_Node(f"n{i}") for i in range(n)),
-        kind=np.array([INPUT, FORWARD, FORWARD], dtype=np.int8),
-        edge_src=np.array([0, 1], dtype=np.int32),
-        edge_dst=np.array([1, 2], dtype=np.int32),
-        needed_by_backward=np.array([False, False, True]),
-        must_recompute=np.zeros(n, dtype=bool),
-        is_static=np.zeros(n, dtype=bool),
-        is_view=np.zeros(n, dtype=bool),
-        no_recompute_reason=("input", None, "random op"),
-        no_save_reason=(None, None, "not a tensor"),
-    )
-    problem = CutProblem(summary, np.ones(n), np.ones(n) * 1e-6)
+    g = SyntheticGraph()
+    x, a = g.node(INPUT, 1.0, 1e-6), g.node(FORWARD, 1.0, 1e-6)
+    b = g.node(FORWARD, 1.0, 1e-6, no_recompute="random op", no_save="not a tensor")
+    g.chain(x, a, b)
+    g.needed_by_backward(b)
+    problem = g.problem()
     with pytest.raises(InfeasibleCut):
         CutNetwork(problem).solve(1.0)
     result = solve_ilp(problem, 1.0)

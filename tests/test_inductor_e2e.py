@@ -2,12 +2,14 @@
 
 import pytest
 import torch
+from helpers import assert_close_grads, clone, compiled_step, train_step
 
 import rematpass
-from helpers import assert_close_grads, clone, compiled_step, train_step
-from models import ConvBN, ResidualMLP, TinyGPT
+from rematpass.zoo import ConvBN, ResidualMLP, TinyGPT
 
 
+@pytest.mark.inductor
+@pytest.mark.slow
 def test_gpt_matches_eager_at_half_budget():
     torch.manual_seed(0)
     model = TinyGPT(layers=1)
@@ -17,6 +19,8 @@ def test_gpt_matches_eager_at_half_budget():
     assert len(rematpass.recent_reports()) == 1
 
 
+@pytest.mark.inductor
+@pytest.mark.slow
 def test_dropout_mask_is_replayed_not_redrawn():
     torch.manual_seed(0)
     model = TinyGPT(layers=1, dropout=0.3)
@@ -27,6 +31,8 @@ def test_dropout_mask_is_replayed_not_redrawn():
     assert squeezed[0] != train_step(clone(model).eval(), (x,))[0], "dropout was not active"
 
 
+@pytest.mark.inductor
+@pytest.mark.slow
 def test_convbn_default_plan_and_running_stats():
     torch.manual_seed(0)
     model = ConvBN()
@@ -45,6 +51,8 @@ def test_bad_option_fails_at_compile_time_naming_the_knob():
         compiled(torch.randn(2, 4))
 
 
+@pytest.mark.inductor
+@pytest.mark.slow
 def test_same_knobs_hit_the_cache_changed_knobs_recompile(tmp_path, monkeypatch):
     import rematpass.partitioner as partitioner
 
@@ -60,8 +68,10 @@ def test_same_knobs_hit_the_cache_changed_knobs_recompile(tmp_path, monkeypatch)
     torch.manual_seed(0)
     model = ResidualMLP(depth=1)
     x = model.example()
-    with torch._inductor.config.patch(force_disable_caches=False, fx_graph_cache=True), \
-            torch._functorch.config.patch(enable_autograd_cache=True):
+    with (
+        torch._inductor.config.patch(force_disable_caches=False, fx_graph_cache=True),
+        torch._functorch.config.patch(enable_autograd_cache=True),
+    ):
         first = compiled_step(clone(model), (x,), "remat", options={"memory_budget": 0.5})
         compiled_step(clone(model), (x,), "remat", options={"memory_budget": 0.5})
         assert calls == [0.5], "the same knobs should reuse the cached plan"

@@ -5,17 +5,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import analysed, capture_joint_graph, clone, compiled_step
+from synthetic import FORWARD, INPUT, SyntheticGraph
 
 import rematpass
-from helpers import capture_joint_graph, clone, compiled_step
-from models import ResidualMLP
 from rematpass.passes import torch_extract
-from rematpass.passes import torch_internals as ti
-from rematpass.passes.analysis import FORWARD, INPUT, GraphSummary
 from rematpass.passes.budget import plan_for_budget
 from rematpass.passes.flow import INT_INF, InfeasibleCut, min_cut, quantize
 from rematpass.passes.mincut import solve_min_cut
-from rematpass.passes.plan import CutProblem
+from rematpass.zoo import ResidualMLP
 
 
 def test_quantize_keeps_small_costs_positive_and_infinity_infinite():
@@ -38,27 +36,13 @@ def test_infinite_path_is_reported():
         min_cut(3, np.array([0, 2]), np.array([2, 1]), np.array([math.inf, math.inf]), 0, 1)
 
 
-class _Node:
-    def __init__(self, name):
-        self.name = name
-
-
 def _chain_problem(save_bytes, recompute_cost):
     """input -> a -> b -> c, the backward reads c only; every node may be saved or recomputed."""
-    n = len(save_bytes)
-    summary = GraphSummary(
-        nodes=tuple(_Node(f"n{i}") for i in range(n)),
-        kind=np.array([INPUT] + [FORWARD] * (n - 1), dtype=np.int8),
-        edge_src=np.arange(n - 1, dtype=np.int32),
-        edge_dst=np.arange(1, n, dtype=np.int32),
-        needed_by_backward=np.array([False] * (n - 1) + [True]),
-        must_recompute=np.zeros(n, dtype=bool),
-        is_static=np.zeros(n, dtype=bool),
-        is_view=np.zeros(n, dtype=bool),
-        no_recompute_reason=("input",) + (None,) * (n - 1),
-        no_save_reason=(None,) * n,
-    )
-    return CutProblem(summary, np.asarray(save_bytes, dtype=float), np.asarray(recompute_cost, dtype=float))
+    g = SyntheticGraph()
+    nodes = [g.node(FORWARD if i else INPUT, b, c) for i, (b, c) in enumerate(zip(save_bytes, recompute_cost))]
+    g.chain(*nodes)
+    g.needed_by_backward(nodes[-1])
+    return g.problem()
 
 
 def test_cut_trades_bytes_against_lambda_times_time():
@@ -66,7 +50,12 @@ def test_cut_trades_bytes_against_lambda_times_time():
     # Saving c costs 300; recomputing c from saved b costs 50 + lam; from a: 400 + ...; from input: 100 + 12 lam.
     assert solve_min_cut(problem, lam=1000.0).saved.tolist() == [False, False, False, True]
     cheap = solve_min_cut(problem, lam=10.0)
-    assert cheap.saved.tolist() == [False, False, True, False] and cheap.recomputed.tolist() == [False, False, False, True]
+    assert cheap.saved.tolist() == [False, False, True, False] and cheap.recomputed.tolist() == [
+        False,
+        False,
+        False,
+        True,
+    ]
     assert solve_min_cut(problem, lam=1.0).saved.tolist() == [False, False, True, False]
     least = solve_min_cut(problem, lam=1e-9)
     assert least.saved_bytes == 50
@@ -84,16 +73,9 @@ def test_budget_search_walks_the_hull_with_few_solves():
 def test_torch_contract_forward_outputs_then_saved_and_backward_inputs_saved_then_tangents():
     torch.manual_seed(0)
     model = ResidualMLP(depth=2)
-    captured = capture_joint_graph(model, (model.example(),))
-    joint, kwargs = captured["joint"], captured["kwargs"]
-    joint = ti.prepare_joint_graph(joint)
-    roles = ti.classify_joint_graph(joint, kwargs["static_lifetime_input_indices"], kwargs["num_fwd_outputs"])
+    a = analysed(capture_joint_graph(model, (model.example(),)))
+    joint, kwargs, roles, summary, table = a.gm, a.kwargs, a.roles, a.summary, a.table
     assert roles.tangents_closure and roles.required_fw
-    from rematpass.passes.analysis import summarize_joint_graph
-    from rematpass.cost import CostModel
-
-    summary = summarize_joint_graph(joint, roles)
-    table = CostModel().table(summary)
     cut = solve_min_cut(table.problem(summary), table.default_lambda)
     saved = [n for n, keep in zip(summary.nodes, cut.saved) if keep and n.op != "placeholder"]
     saved += [n for n, keep in zip(summary.nodes, cut.saved) if keep and n.op == "placeholder"]
@@ -101,11 +83,11 @@ def test_torch_contract_forward_outputs_then_saved_and_backward_inputs_saved_the
     assert any(n.op == "call_function" for n in saved)
     fw, bw = torch_extract.extract_forward_backward(joint, saved, roles, kwargs["num_fwd_outputs"])
     fw_outputs = list(fw.graph.nodes)[-1].args[0]
-    saved_outputs = [o.name for o in fw_outputs[kwargs["num_fwd_outputs"]:]]
+    saved_outputs = [o.name for o in fw_outputs[kwargs["num_fwd_outputs"] :]]
     assert sorted(saved_outputs) == sorted(n.name for n in saved)
     bw_inputs = [n.name for n in bw.graph.nodes if n.op == "placeholder"]
     assert bw_inputs[: len(saved)] == saved_outputs
-    assert bw_inputs[len(saved):] and all(name.startswith("tangents") for name in bw_inputs[len(saved):])
+    assert bw_inputs[len(saved) :] and all(name.startswith("tangents") for name in bw_inputs[len(saved) :])
 
 
 def test_recomputation_is_placed_near_its_first_use_in_the_backward():
@@ -127,6 +109,8 @@ def test_recomputation_is_placed_near_its_first_use_in_the_backward():
     nodes = [n for n in backward.graph.nodes if n.op == "call_function"]
     recomputed = {n.name for n in rematpass.recent_reports()[-1].recomputed_nodes()}
     positions = [i for i, n in enumerate(nodes) if n.name in recomputed]
-    first_tangent_use = next(i for i, n in enumerate(nodes) if any(a.name.startswith("tangents") for a in n.all_input_nodes))
+    first_tangent_use = next(
+        i for i, n in enumerate(nodes) if any(a.name.startswith("tangents") for a in n.all_input_nodes)
+    )
     assert positions, "nothing was recomputed at budget 0"
     assert max(positions) > first_tangent_use, "all recomputation was hoisted to the start of the backward"

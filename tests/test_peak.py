@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from helpers import cheap_backend, clone, freeing_compiler
 
 import rematpass
-from helpers import cheap_backend, clone, freeing_compiler
-from models import ResidualMLP, TinyGPT
-from rematpass.passes.liveness import aliased_input, inductor_materialized, simulate_step
 from rematpass.measure import peak_memory
+from rematpass.passes.liveness import aliased_input, inductor_materialized, simulate_step
+from rematpass.zoo import ResidualMLP, TinyGPT
 
 
 def _graphs(fn, *args):
@@ -94,6 +94,7 @@ def test_simulator_predicts_measured_peak_of_op_by_op_execution(make):
         assert predicted == pytest.approx(measured, rel=0.02), (budget, measured, predicted)
 
 
+@pytest.mark.slow
 def test_predicted_peak_never_rises_as_budget_falls():
     torch.manual_seed(0)
     model = TinyGPT()
@@ -102,6 +103,8 @@ def test_predicted_peak_never_rises_as_budget_falls():
     assert predicted == sorted(predicted, reverse=True), predicted
 
 
+@pytest.mark.inductor
+@pytest.mark.slow
 def test_inductor_measured_peak_never_rises_as_budget_falls_and_stays_below_eager():
     """Real Inductor: the decomposed backward only beats eager's fused kernels once Inductor fuses it."""
     torch.manual_seed(0)
@@ -130,12 +133,13 @@ def joint_graphs():
 
 
 @pytest.mark.parametrize("peak_model", ["fused", "unfused"])
+@pytest.mark.slow
 def test_joint_model_predicts_the_peak_of_the_extracted_modules(joint_graphs, peak_model):
     """The array simulation on the joint graph gives, for every hull plan, the peak the
     node-by-node simulator gives on the modules the partition really returns."""
+    from helpers import analysed
     from torch._inductor.virtualized import V
 
-    from helpers import analysed
     from rematpass.passes import torch_extract
     from rematpass.passes.hull import walk_hull
     from rematpass.passes.mincut import CutNetwork
@@ -156,7 +160,9 @@ def test_joint_model_predicts_the_peak_of_the_extracted_modules(joint_graphs, pe
                 expected = predictor.estimate(fw, bw)
                 got = predictor.joint_estimate(cut)
                 assert (got.peak_bytes, got.boundary_bytes, got.forward_peak) == (
-                    expected.peak_bytes, expected.boundary_bytes, expected.forward_peak
+                    expected.peak_bytes,
+                    expected.boundary_bytes,
+                    expected.forward_peak,
                 ), (peak_model, len(saved))
                 peaks.add(got.peak_bytes)
                 compared += 1
@@ -185,7 +191,7 @@ def test_plans_between_hull_vertices_tie_at_the_breakpoint_and_nest(six_layer_pr
     hull = walk_hull(network, [lam_default * 1e-7, lam_default]).vertices
     filled = 0
     for more, less in zip(hull, hull[1:]):
-        lam = (more.saved_bytes - less.saved_bytes) / (less.recompute_cost - more.recompute_cost)
+        lam = (more.saved_bytes - less.saved_bytes) / (less.time_cost - more.time_cost)
         between = [c for c in network.plans_between(lam, 8) if less.saved_bytes < c.saved_bytes < more.saved_bytes]
         for cut in between:  # optimal at the breakpoint, like both ends
             assert cut.objective(lam) == pytest.approx(more.objective(lam), rel=1e-6)
@@ -203,7 +209,9 @@ def test_budgets_choose_plans_between_hull_vertices(six_layer_problem):
     from rematpass.peak_planning import plan_for_peak
 
     problem, lam_default = six_layer_problem
-    vertices = {round(c.saved_bytes) for c in walk_hull(CutNetwork(problem), [lam_default * 1e-7, lam_default]).vertices}
+    vertices = {
+        round(c.saved_bytes) for c in walk_hull(CutNetwork(problem), [lam_default * 1e-7, lam_default]).vertices
+    }
 
     def fake_peak(cut):  # peak falls with saved bytes: every plan is on the frontier
         return int(cut.saved_bytes) + 1_000_000
@@ -236,7 +244,9 @@ def test_recompute_allowance_prices_the_byte_cap_on_the_convex_hull():
     from rematpass.passes.peak import recompute_allowance
 
     points, flops_of = _flops_table(
-        _point(100, 0, 10), _point(50, 10, 8), _point(0, 100, 5),
+        _point(100, 0, 10),
+        _point(50, 10, 8),
+        _point(0, 100, 5),
         _point(60, 30, 9),  # above the hull: never the price
     )
     assert recompute_allowance(points, 100, flops_of) == (0, True)
@@ -264,8 +274,11 @@ def test_least_peak_within_spends_the_allowance_on_the_peak():
     from rematpass.passes.peak import least_peak_within
 
     points, flops_of = _flops_table(
-        _point(100, 0, 10), _point(70, 0, 9, recompute_seconds=2.0), _point(80, 0, 9, recompute_seconds=1.0),
-        _point(50, 10, 8), _point(0, 100, 5),
+        _point(100, 0, 10),
+        _point(70, 0, 9, recompute_seconds=2.0),
+        _point(80, 0, 9, recompute_seconds=1.0),
+        _point(50, 10, 8),
+        _point(0, 100, 5),
     )
     chosen = [least_peak_within(points, allowance, flops_of) for allowance in (0, 9, 10, 100)]
     assert [p.peak for p in chosen] == [9, 9, 8, 5]
@@ -277,13 +290,13 @@ def test_fractions_recompute_no_more_flops_than_pytorchs_budget_at_the_same_numb
     """A fraction is PyTorch's budget scale priced in compute-bound FLOPs: never a costlier plan than its."""
     import copy
 
+    from helpers import capture_joint_graph
     from torch._inductor.virtualized import V
 
-    from helpers import capture_joint_graph
-    from rematpass.passes import torch_internals as ti
     from rematpass.bench.measure import duplicated_work
     from rematpass.config import resolve
     from rematpass.partitioner import RematPartitioner
+    from rematpass.passes import torch_internals as ti
 
     torch.manual_seed(0)
     model = make()

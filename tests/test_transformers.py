@@ -16,10 +16,11 @@ import warnings
 
 import pytest
 import torch
-import torch.nn as nn
+from helpers import assert_close_grads, cheap_backend, clone, compiled_step, train_step
 
 import rematpass
-from helpers import assert_close_grads, cheap_backend, clone, compiled_step, train_step
+from rematpass import zoo
+from rematpass.zoo import LossOf
 
 transformers = pytest.importorskip("transformers")
 
@@ -29,54 +30,20 @@ VOCAB = 128
 BATCH, SEQ = 4, 64
 
 
-class LossOf(nn.Module):
-    """``model(**kwargs).loss`` as a module of positional tensors, for train_step."""
-
-    def __init__(self, model: nn.Module, *names: str):
-        super().__init__()
-        self.model, self.names = model, names
-
-    def forward(self, *tensors):
-        return self.model(**dict(zip(self.names, tensors))).loss
-
-
 def gpt2(layers: int = 2, **config):
-    cfg = transformers.GPT2Config(
-        vocab_size=VOCAB, n_positions=128, n_embd=32, n_layer=layers, n_head=4,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False, **config,
-    )
-    model = transformers.GPT2LMHeadModel(cfg)
-    # "GPT2LMHeadModel" matches no name in transformers' LOSS_MAPPING, so the loss
-    # property logs a warning_once on every call, which fullgraph=True rejects.
-    model.loss_type = "ForCausalLM"
-    return model
+    return zoo.gpt2_lm(vocab=VOCAB, dim=32, layers=layers, positions=128, use_cache=False, **config)
 
 
 def llama(**config):
-    cfg = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        attention_dropout=0.0, use_cache=False, **config,
-    )
-    return transformers.LlamaForCausalLM(cfg)
+    return zoo.llama_lm(vocab=VOCAB, dim=32, hidden=64, layers=2, positions=128, use_cache=False, **config)
 
 
 def bert(**config):
-    cfg = transformers.BertConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=128,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **config,
-    )
-    return transformers.BertForMaskedLM(cfg)
+    return zoo.bert_mlm(vocab=VOCAB, dim=32, hidden=64, layers=2, positions=128, **config)
 
 
 def t5(**config):
-    cfg = transformers.T5Config(
-        vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
-        num_heads=4, dropout_rate=0.0, use_cache=False, decoder_start_token_id=0, pad_token_id=0,
-        **config,
-    )
-    return transformers.T5ForConditionalGeneration(cfg)
+    return zoo.t5_lm(vocab=VOCAB, dim=32, head_dim=8, hidden=64, layers=2, **config)
 
 
 def tokens(seq: int = SEQ) -> torch.Tensor:
@@ -151,6 +118,7 @@ def test_llama_eager_attention_with_padding_mask():
     assert "aten.bmm" in ops and not any("scaled_dot_product" in op for op in ops), "SDPA was used"
 
 
+@pytest.mark.slow
 def test_llama_varying_sequence_length_compiles_once():
     torch.manual_seed(0)
     model = LossOf(llama(), "input_ids", "labels")
@@ -196,15 +164,17 @@ def test_hf_gradient_checkpointing_is_planned_by_rematpass():
     assert rematpass.recent_reports()
 
 
+@pytest.mark.inductor
+@pytest.mark.slow
 def test_gpt2_through_inductor():
     """The real backend="remat" (Inductor's C++ codegen) on a 1-layer GPT-2."""
     torch.manual_seed(0)
     model = LossOf(gpt2(layers=1), "input_ids", "labels")
     ids = tokens()
     started = time.perf_counter()
-    got = compiled_step(clone(model), (ids, ids), "remat", fullgraph=True,
-                        options={"memory_budget": 0.3, "strict": True})
+    got = compiled_step(
+        clone(model), (ids, ids), "remat", fullgraph=True, options={"memory_budget": 0.3, "strict": True}
+    )
     assert_close_grads(train_step(clone(model), (ids, ids)), got)
     assert len(rematpass.recent_reports()) == 1
     print(f"backend='remat' compile + step: {time.perf_counter() - started:.1f} s")
-

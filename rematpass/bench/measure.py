@@ -18,25 +18,18 @@
 from __future__ import annotations
 
 import contextlib
-import operator
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.fx as fx
-from torch.utils.flop_counter import flop_registry
 
 from ..inductor_hooks import wrapped_partition_fn
 from ..measure import _storage_key
+from ..passes.op_facts import flop_formula, is_compute_bound, is_view_by_schema
 from ..passes.torch_internals import tree_leaves, tree_map
-
-
-def _is_view(node: fx.Node) -> bool:
-    if node.target is operator.getitem:
-        return True
-    schema = getattr(node.target, "_schema", None)
-    return schema is not None and any(r.alias_info is not None and not r.alias_info.is_write for r in schema.returns)
 
 
 def _val(a):
@@ -45,12 +38,11 @@ def _val(a):
 
 def node_flops(node: fx.Node) -> int:
     """FLOPs of one node by torch.utils.flop_counter's registry (0 for ops it does not price)."""
-    packet = getattr(node.target, "overloadpacket", None)
-    if packet not in flop_registry:
+    if not is_compute_bound(node):
         return 0
     args, kwargs = tree_map(_val, (node.args, node.kwargs))
     try:
-        return int(flop_registry[packet](*args, **kwargs, out_val=node.meta.get("val")))
+        return int(flop_formula(node)(*args, **kwargs, out_val=node.meta.get("val")))
     except Exception:  # a symbolic size without a hint, say: leave it out rather than guess
         return 0
 
@@ -60,7 +52,7 @@ def duplicated_work(fw: fx.GraphModule, bw: fx.GraphModule) -> dict[str, int]:
     fw_ops = {n.name for n in fw.graph.nodes if n.op == "call_function"}
     flops = ops = elements = 0
     for node in bw.graph.nodes:
-        if node.op != "call_function" or node.name not in fw_ops or _is_view(node):
+        if node.op != "call_function" or node.name not in fw_ops or is_view_by_schema(node):
             continue
         ops += 1
         flops += node_flops(node)
@@ -92,7 +84,9 @@ class PartitionRecorder:
 
         self._context = wrapped_partition_fn(wrap)
         if not self._context.__enter__():
-            warnings.warn("Inductor's compile_fx.partition_fn not found: no recompute or partition figures")
+            warnings.warn(
+                "Inductor's compile_fx.partition_fn not found: no recompute or partition figures", stacklevel=2
+            )
         return self
 
     def __exit__(self, *exc):

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+
 def _mib(n: float | None) -> str:
     return "-" if n is None else f"{n / 2**20:.2f} MiB"
 
@@ -46,8 +47,12 @@ COLUMNS = [
     ("predicted peak", lambda r: _mib((r.get("remat_reports") or {}).get("predicted_peak_bytes"))),
     ("saved", lambda r: _mib(r.get("saved_bytes"))),
     ("recompute FLOPs", lambda r: _count(r.get("recompute_flops"))),
-    ("recompute ops / elements", lambda r: "-" if r.get("recompute_ops") is None
-        else f"{r['recompute_ops']} / {_count(r['recompute_elements'])}"),
+    (
+        "recompute ops / elements",
+        lambda r: (
+            "-" if r.get("recompute_ops") is None else f"{r['recompute_ops']} / {_count(r['recompute_elements'])}"
+        ),
+    ),
     ("step", lambda r: _seconds(r.get("step_seconds"))),
     ("step vs inductor", lambda r: _ratio(r.get("step_ratio"))),
     ("compile", lambda r: _seconds(r.get("compile_seconds"))),
@@ -58,15 +63,23 @@ COLUMNS = [
 
 def table(model: dict[str, Any], markdown: bool = False) -> str:
     """The model's results as a text (or Markdown) table."""
-    rows = [[fn(r) if "error" not in r else (r["name"] if k == 0 else ("FAILED" if k == 1 else ""))
-             for k, (_, fn) in enumerate(COLUMNS)] for r in model["variants"]]
+    rows = [
+        [
+            fn(r) if "error" not in r else (r["name"] if k == 0 else ("FAILED" if k == 1 else ""))
+            for k, (_, fn) in enumerate(COLUMNS)
+        ]
+        for r in model["variants"]
+    ]
     head = [name for name, _ in COLUMNS]
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(f"`{c}`" if k == 0 else c for k, c in enumerate(row)) + " |" for row in rows]
     else:
         widths = [max(len(head[k]), *(len(row[k]) for row in rows)) for k in range(len(head))]
-        fmt = lambda cells: "  ".join(c.ljust(w) if k == 0 else c.rjust(w) for k, (c, w) in enumerate(zip(cells, widths)))
+
+        def fmt(cells):
+            return "  ".join(c.ljust(w) if k == 0 else c.rjust(w) for k, (c, w) in enumerate(zip(cells, widths)))
+
         lines = [fmt(head)] + [fmt(row) for row in rows]
     errors = [f"{r['name']}: {r['error']}" for r in model["variants"] if "error" in r]
     return "\n".join(lines + [f"  failed {e}" for e in errors])
@@ -74,11 +87,16 @@ def table(model: dict[str, Any], markdown: bool = False) -> str:
 
 def machine() -> dict[str, Any]:
     info = {
-        "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
     }
     with contextlib.suppress(Exception):
-        info["cpu"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        info["cpu"] = next(
+            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+        )
     with contextlib.suppress(Exception):
         info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     with contextlib.suppress(Exception):
@@ -89,7 +107,10 @@ def machine() -> dict[str, Any]:
         import subprocess
 
         root = pathlib.Path(__file__).resolve().parent.parent
-        git = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+
+        def git(*a):
+            return subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+
         info["rematpass_commit"] = git("rev-parse", "--short", "HEAD")
         info["rematpass_dirty"] = git("status", "--porcelain", "--", "rematpass", "passes").splitlines()
     return info
@@ -119,27 +140,48 @@ def plot(results: dict[str, Any], path: pathlib.Path) -> bool:
                 front.append(r)
                 best = r["peak_ratio"]
         if len(front) > 1:
-            ax.step([r["step_ratio"] for r in front], [r["peak_ratio"] for r in front], where="post",
-                    color="0.6", linestyle="--", linewidth=0.8, label="Pareto front")
+            ax.step(
+                [r["step_ratio"] for r in front],
+                [r["peak_ratio"] for r in front],
+                where="post",
+                color="0.6",
+                linestyle="--",
+                linewidth=0.8,
+                label="Pareto front",
+            )
         for kind, colour in colours.items():
             group = [r for r in points if r["kind"] == kind]
             if not group:
                 continue
-            ax.plot([r["step_ratio"] for r in group], [r["peak_ratio"] for r in group], "o", color=colour,
-                    label=kind, alpha=0.85)
+            ax.plot(
+                [r["step_ratio"] for r in group],
+                [r["peak_ratio"] for r in group],
+                "o",
+                color=colour,
+                label=kind,
+                alpha=0.85,
+            )
             for r in group:
-                ax.annotate(r["name"].split("@")[-1] if "@" in r["name"] else r["name"], (r["step_ratio"], r["peak_ratio"]),
-                            fontsize=7, xytext=(3, 3), textcoords="offset points")
+                ax.annotate(
+                    r["name"].split("@")[-1] if "@" in r["name"] else r["name"],
+                    (r["step_ratio"], r["peak_ratio"]),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
         ax.set_title(model["name"])
         ax.set_xlabel("step time / inductor (median of interleaved rounds)")
         ax.set_ylabel("peak memory / inductor")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(models):]:
+    for ax in list(axes.flat)[len(models) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     where = results["machine"].get("gpu") or results["machine"].get("cpu") or results["device"]
-    fig.suptitle(f"peak memory vs step time, both relative to inductor; lower left is better ({where}, "
-                 f"torch threads: {results['config'].get('threads', '?')})", fontsize=9)
+    fig.suptitle(
+        f"peak memory vs step time, both relative to inductor; lower left is better ({where}, "
+        f"torch threads: {results['config'].get('threads', '?')})",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -155,8 +197,10 @@ def targets(model: dict[str, Any]) -> list[str]:
     if remat and "peak_ratio" in remat:
         step = remat.get("step_ratio")
         ok = remat["peak_ratio"] <= 0.85 and step is not None and step <= 1.02
-        lines.append(f"{'met' if ok else 'MISSED'}: remat peak {remat['peak_ratio']:.2f}x inductor's (target <= 0.85x) "
-                     f"at step time {_ratio(step)} (target <= 1.02x)")
+        lines.append(
+            f"{'met' if ok else 'MISSED'}: remat peak {remat['peak_ratio']:.2f}x inductor's (target <= 0.85x) "
+            f"at step time {_ratio(step)} (target <= 1.02x)"
+        )
     for name, row in rows.items():
         if row["kind"] != "remat" or row["budget"] is None:
             continue
@@ -186,7 +230,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"Machine: {m.get('cpu', '?')}, {m.get('cpu_count', '?')} cores, {m.get('memory_gib', '?')} GiB, "
         f"torch {m.get('torch')}, Python {m.get('python')}, {c.get('threads', '?')} torch threads, device {results['device']}"
-        + (f", GPU {m['gpu']}" if m.get("gpu") else "") + f"; rematpass {m.get('rematpass_commit', '?')}.",
+        + (f", GPU {m['gpu']}" if m.get("gpu") else "")
+        + f"; rematpass {m.get('rematpass_commit', '?')}.",
         f"Settings: size {c['size']}, {c['steps']} interleaved timing rounds, seed {c['seed']}; "
         f"load average {m.get('load_average')} at the start, {m.get('load_average_end')} at the end.",
         "",

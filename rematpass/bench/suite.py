@@ -67,20 +67,25 @@ import pathlib
 import statistics
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import models as bench_models
-from .output import _mib, machine, markdown, plot, table, targets
-from .measure import PartitionRecorder, grad_error, saved_bytes_with_held
 from .. import inductor_hooks
 from ..measure import peak_memory, saved_activation_bytes
+from . import models as bench_models
+from .measure import PartitionRecorder, grad_error, saved_bytes_with_held
+from .output import _mib, machine, markdown, plot, table, targets
 
 SCHEMA = "rematpass.bench/1"
-DEFAULT_VARIANTS = ["eager", "checkpoint", "inductor"] + [f"inductor@{b}" for b in (0.8, 0.5, 0.3, 0.1)] + [
-    "remat"] + [f"remat@{b}" for b in (0.8, 0.5, 0.3, 0.1)]
+DEFAULT_VARIANTS = (
+    ["eager", "checkpoint", "inductor"]
+    + [f"inductor@{b}" for b in (0.8, 0.5, 0.3, 0.1)]
+    + ["remat"]
+    + [f"remat@{b}" for b in (0.8, 0.5, 0.3, 0.1)]
+)
 BASELINE = "inductor"
 GRAD_RTOL = 1e-4
 LR = 1e-4
@@ -114,7 +119,8 @@ def parse_variant(spec: str) -> Variant:
     kind, _, budget = spec.partition("@")
     if kind not in ("eager", "checkpoint", "inductor", "remat") or (budget and kind not in ("inductor", "remat")):
         raise argparse.ArgumentTypeError(
-            f"unknown variant {spec!r}: use eager, checkpoint, inductor, inductor@B, remat or remat@B (B in [0, 1])")
+            f"unknown variant {spec!r}: use eager, checkpoint, inductor, inductor@B, remat or remat@B (B in [0, 1])"
+        )
     if not budget:
         return Variant(spec, kind)
     try:
@@ -141,8 +147,14 @@ def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 class Run:
     """One variant of one model: its module, its step functions and what was measured."""
 
-    def __init__(self, variant: Variant, bench: bench_models.BenchModel, device: str, block_paths: list[str],
-                 result: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        variant: Variant,
+        bench: bench_models.BenchModel,
+        device: str,
+        block_paths: list[str],
+        result: dict[str, Any] | None = None,
+    ):
         self.variant, self.device = variant, device
         self.model = copy.deepcopy(bench.module).to(device).train()
         self.inputs = tuple(t.to(device) for t in bench.inputs)
@@ -233,20 +245,35 @@ def _grad_check(run: Run, grads: dict, eager_grads: dict, compiled_ref: dict | N
     if not dropout or not variant.compiled:
         reference, name = eager_grads, "eager"
     elif variant.name == BASELINE:
-        return {"status": "n/a", "reference": None, "max_rel_err": None,
-                "reason": "dropout: compiled code draws its own masks, which eager cannot reproduce; "
-                          "this variant is the reference for the other compiled variants"}
+        return {
+            "status": "n/a",
+            "reference": None,
+            "max_rel_err": None,
+            "reason": "dropout: compiled code draws its own masks, which eager cannot reproduce; "
+            "this variant is the reference for the other compiled variants",
+        }
     elif compiled_ref is None:
-        return {"status": "n/a", "reference": None, "max_rel_err": None,
-                "reason": f"dropout model and {BASELINE} (the same-seed reference) was not run"}
+        return {
+            "status": "n/a",
+            "reference": None,
+            "max_rel_err": None,
+            "reason": f"dropout model and {BASELINE} (the same-seed reference) was not run",
+        }
     else:
         reference, name = compiled_ref, f"{BASELINE} (same seed: dropout)"
     error = grad_error(grads, reference)
     return {"status": "match" if error <= GRAD_RTOL else "MISMATCH", "reference": name, "max_rel_err": error}
 
 
-def run_model(bench: bench_models.BenchModel, variants: list[Variant], *, device: str, steps: int, seed: int,
-              say: Callable[[str], None] = print) -> dict[str, Any]:
+def run_model(
+    bench: bench_models.BenchModel,
+    variants: list[Variant],
+    *,
+    device: str,
+    steps: int,
+    seed: int,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
     import rematpass
 
     inductor_hooks.reset_dynamo()
@@ -291,8 +318,10 @@ def run_model(bench: bench_models.BenchModel, variants: list[Variant], *, device
                 if len(recorder.records) != n_records:
                     raise RuntimeError("the compiled model recompiled while being measured")
                 runs.append(run)
-                say(f"{label}: done in {time.perf_counter() - started:.1f} s: peak {_mib(result['peak_bytes'])}, "
-                    f"saved {_mib(result['saved_bytes'])}, grads {result['grads']['status']}")
+                say(
+                    f"{label}: done in {time.perf_counter() - started:.1f} s: peak {_mib(result['peak_bytes'])}, "
+                    f"saved {_mib(result['saved_bytes'])}, grads {result['grads']['status']}"
+                )
             except Exception as exc:  # one failing variant must not stop the suite
                 result["error"] = f"{type(exc).__name__}: {exc}"
                 say(f"{label}: FAILED: {result['error']}")
@@ -315,9 +344,15 @@ def run_model(bench: bench_models.BenchModel, variants: list[Variant], *, device
             row["peak_ratio"] = row["peak_bytes"] / base["peak_bytes"] if base["peak_bytes"] else None
             row["saved_ratio"] = row["saved_bytes"] / base["saved_bytes"] if base["saved_bytes"] else None
     return {
-        "name": bench.name, "description": bench.description, "params": bench.num_params,
-        "inputs": [list(t.shape) for t in bench.inputs], "blocks": len(bench.blocks), "dropout": bench.dropout,
-        "eager_flops": eager_flops, "baseline": BASELINE, "recompiled_during_timing": recompiled,
+        "name": bench.name,
+        "description": bench.description,
+        "params": bench.num_params,
+        "inputs": [list(t.shape) for t in bench.inputs],
+        "blocks": len(bench.blocks),
+        "dropout": bench.dropout,
+        "eager_flops": eager_flops,
+        "baseline": BASELINE,
+        "recompiled_during_timing": recompiled,
         "variants": results,
     }
 
@@ -347,26 +382,60 @@ def _warm_up(device: str) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
-        prog="python -m rematpass.bench", description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="python -m rematpass.bench",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     names = list(bench_models.SUITE) + list(bench_models.EXTRA)
-    parser.add_argument("--models", nargs="+", default=bench_models.DEFAULT_MODELS, choices=names, metavar="MODEL",
-                        help=f"models to run (default: the suite, {' '.join(bench_models.DEFAULT_MODELS)}; also: "
-                             f"{' '.join(bench_models.EXTRA)})")
-    parser.add_argument("--variants", nargs="+", type=parse_variant, default=None, metavar="VARIANT",
-                        help=f"variants to run (default: {' '.join(DEFAULT_VARIANTS)})")
-    parser.add_argument("--size", type=float, default=1.0,
-                        help="scale widths and batch sizes by this factor (default 1: tiny, for 2 CPU cores)")
-    parser.add_argument("--steps", type=int, default=10, help="interleaved timing rounds, one step per variant each (default 10)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--out", default="bench-results", help="folder for results.json and pareto.png (default bench-results)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=bench_models.DEFAULT_MODELS,
+        choices=names,
+        metavar="MODEL",
+        help=f"models to run (default: the suite, {' '.join(bench_models.DEFAULT_MODELS)}; also: "
+        f"{' '.join(bench_models.EXTRA)})",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        type=parse_variant,
+        default=None,
+        metavar="VARIANT",
+        help=f"variants to run (default: {' '.join(DEFAULT_VARIANTS)})",
+    )
+    parser.add_argument(
+        "--size",
+        type=float,
+        default=1.0,
+        help="scale widths and batch sizes by this factor (default 1: tiny, for 2 CPU cores)",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=10, help="interleaved timing rounds, one step per variant each (default 10)"
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu or cuda (default: cuda when available)",
+    )
+    parser.add_argument(
+        "--out", default="bench-results", help="folder for results.json and pareto.png (default bench-results)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads before anything compiles (default: torch's choice); on a "
-                             "shared or loaded machine --threads 1 gives far steadier step times")
-    parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up compile (compile times of the "
-                        "first variant then include loading the compiler toolchain)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads before anything compiles (default: torch's choice); on a "
+        "shared or loaded machine --threads 1 gives far steadier step times",
+    )
+    parser.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="skip the warm-up compile (compile times of the "
+        "first variant then include loading the compiler toolchain)",
+    )
     args = parser.parse_args(argv)
     variants = args.variants or [parse_variant(v) for v in DEFAULT_VARIANTS]
     if len({v.name for v in variants}) != len(variants):
@@ -378,11 +447,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     inductor_hooks.inductor_caches_disabled()  # so every variant's partitioner really runs
     warnings.filterwarnings("ignore", message=".*dynamo_pgo force disabled.*")
-    say = lambda line: print(line, flush=True)
+
+    def say(line):
+        return print(line, flush=True)
+
     results: dict[str, Any] = {
-        "schema": SCHEMA, "machine": machine(), "device": args.device,
-        "config": {"models": args.models, "variants": [v.name for v in variants], "size": args.size,
-                   "steps": args.steps, "seed": args.seed, "threads": torch.get_num_threads(), "baseline": BASELINE, "grad_rtol": GRAD_RTOL},
+        "schema": SCHEMA,
+        "machine": machine(),
+        "device": args.device,
+        "config": {
+            "models": args.models,
+            "variants": [v.name for v in variants],
+            "size": args.size,
+            "steps": args.steps,
+            "seed": args.seed,
+            "threads": torch.get_num_threads(),
+            "baseline": BASELINE,
+            "grad_rtol": GRAD_RTOL,
+        },
         "models": [],
     }
     if not args.no_warmup:
@@ -405,5 +487,3 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         say("no plot: matplotlib is not installed (pip install 'rematpass[plot]') or no step times were measured")
     return results
-
-

@@ -1,8 +1,9 @@
-"""``rematpass show|diff|frontier``: read the dumps that ``dump_dir`` writes.
+"""``rematpass show|diff|frontier``: read the dumps that ``dump_dir`` writes; ``rematpass calibrate``.
 
     rematpass show DIR            summary and the largest saved tensors of each graph
     rematpass diff DIR_A DIR_B    which decisions changed between two runs
     rematpass frontier DIR        saved bytes against recompute cost over lambda
+    rematpass calibrate           measure this machine's FLOP rate and bandwidth for the cost model
 
 DIR is a dump root (every graph folder under it) or one graph folder.
 """
@@ -15,7 +16,8 @@ import json
 import pathlib
 import re
 import sys
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from .dump import FRONTIER_FILE, HTML_FILE, MARKER_FILES, PLAN_FILE
 from .report import RECOMPUTED, SAVED, fmt_bytes, fmt_count, fmt_measured_peak, fmt_seconds
@@ -89,7 +91,12 @@ def _cut(text: Any, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def table(rows: Sequence[Sequence[Any]], header: Sequence[str], right: Iterable[int] = (), widths: dict[int, int] | None = None) -> str:
+def table(
+    rows: Sequence[Sequence[Any]],
+    header: Sequence[str],
+    right: Iterable[int] = (),
+    widths: dict[int, int] | None = None,
+) -> str:
     """A plain text table; columns in ``right`` are right-aligned, ``widths`` caps columns."""
     widths = widths or {}
     cells = [[_cut(c, widths.get(i, 200)) for i, c in enumerate(r)] for r in [header, *rows]]
@@ -165,8 +172,10 @@ def summary_lines(plan: dict[str, Any]) -> list[str]:
     if budget is None or budget == 1.0:
         budget_text = f"memory_budget {budget}: default plan"
     elif isinstance(budget, float) and t.get("solver") != "ilp" and t.get("target_bytes") is not None:
-        budget_text = (f"memory_budget {budget}: least predicted peak within the recompute "
-                       f"that saving {fmt_bytes(t['target_bytes'])} costs")
+        budget_text = (
+            f"memory_budget {budget}: least predicted peak within the recompute "
+            f"that saving {fmt_bytes(t['target_bytes'])} costs"
+        )
     elif t.get("target_peak_bytes") is not None:
         budget_text = f"memory_budget {budget}: peak cap {fmt_bytes(t['target_peak_bytes'])}, {met}"
     else:
@@ -202,10 +211,28 @@ def show(path: str, top: int = 15, out=None) -> int:
         saved = sorted((n for n in plan["nodes"] if n["decision"] == SAVED), key=lambda n: (-n["bytes"], n["name"]))
         shown = saved if top <= 0 else saved[:top]
         print(f"\nLargest saved tensors ({len(shown)} of {len(saved)}):", file=out)
-        rows = [(n["name"], n["op"], _shape(n), n["dtype"], fmt_bytes(n["bytes"]), n.get("module_path") or "-",
-                 n["reason"], (n.get("source") or "-").rsplit("/", 1)[-1]) for n in shown]
-        print(table(rows, ("node", "op", "shape", "dtype", "bytes", "module", "why", "source"), right=(4,),
-                    widths={2: 24, 5: 28, 6: 60}), file=out)
+        rows = [
+            (
+                n["name"],
+                n["op"],
+                _shape(n),
+                n["dtype"],
+                fmt_bytes(n["bytes"]),
+                n.get("module_path") or "-",
+                n["reason"],
+                (n.get("source") or "-").rsplit("/", 1)[-1],
+            )
+            for n in shown
+        ]
+        print(
+            table(
+                rows,
+                ("node", "op", "shape", "dtype", "bytes", "module", "why", "source"),
+                right=(4,),
+                widths={2: 24, 5: 28, 6: 60},
+            ),
+            file=out,
+        )
         print(f"\nDetails: {folder / 'report.html'}\n", file=out)
     return 0
 
@@ -216,20 +243,43 @@ def frontier(path: str, out=None) -> int:
     for folder in find_graphs(path):
         plan = load_plan(folder) if (folder / PLAN_FILE).is_file() else None
         if not (folder / FRONTIER_FILE).is_file():
-            print(_title(folder, None) + f"\nno {FRONTIER_FILE} here" + (" (the graph came from cache)" if _marker(folder) else "")
-                  + "\n", file=out)
+            print(
+                _title(folder, None)
+                + f"\nno {FRONTIER_FILE} here"
+                + (" (the graph came from cache)" if _marker(folder) else "")
+                + "\n",
+                file=out,
+            )
             status = 1
             continue
         data = load_frontier(folder)
         note = "" if data.get("complete", True) else ", walk stopped early"
-        print(_title(folder, plan) + f": {len(data['points'])} plans from {data['num_solves']} max-flow solves{note}", file=out)
+        print(
+            _title(folder, plan) + f": {len(data['points'])} plans from {data['num_solves']} max-flow solves{note}",
+            file=out,
+        )
         rows = []
         for p in data["points"]:
             mark = " ".join(m for m, key in (("chosen", "chosen"), ("default", "default")) if p.get(key))
-            rows.append((f"{p['lam']:.3g}", fmt_bytes(p["saved_bytes"]), p["saved_tensors"], p["recomputed_ops"],
-                         fmt_count(p["recompute_flops"], "FLOP"), fmt_seconds(p["recompute_seconds"]), mark))
-        print(table(rows, ("lambda", "saved", "tensors", "recomputed", "recompute FLOPs", "est. time", ""),
-                    right=(0, 1, 2, 3, 4, 5)), file=out)
+            rows.append(
+                (
+                    f"{p['lam']:.3g}",
+                    fmt_bytes(p["saved_bytes"]),
+                    p["saved_tensors"],
+                    p["recomputed_ops"],
+                    fmt_count(p["recompute_flops"], "FLOP"),
+                    fmt_seconds(p["recompute_seconds"]),
+                    mark,
+                )
+            )
+        print(
+            table(
+                rows,
+                ("lambda", "saved", "tensors", "recomputed", "recompute FLOPs", "est. time", ""),
+                right=(0, 1, 2, 3, 4, 5),
+            ),
+            file=out,
+        )
         if data.get("target_bytes") is not None:
             print(f"budget target: {fmt_bytes(data['target_bytes'])}", file=out)
         print(file=out)
@@ -274,23 +324,37 @@ def diff_plans(a: dict[str, Any], b: dict[str, Any], limit: int = 40, out=None) 
     """Print what changed from plan ``a`` to plan ``b``; returns the number of changed decisions."""
     out = out or sys.stdout
     ka, kb = a.get("knobs", {}), b.get("knobs", {})
-    changed_knobs = [f"{k}: {ka.get(k)!r} -> {kb.get(k)!r}" for k in sorted(set(ka) | set(kb))
-                     if ka.get(k) != kb.get(k) and k != "dump_dir"]
+    changed_knobs = [
+        f"{k}: {ka.get(k)!r} -> {kb.get(k)!r}"
+        for k in sorted(set(ka) | set(kb))
+        if ka.get(k) != kb.get(k) and k != "dump_dir"
+    ]
     print("knobs: " + ("; ".join(changed_knobs) if changed_knobs else "same"), file=out)
     ta, tb = a["totals"], b["totals"]
-    print(f"saved bytes: {fmt_bytes(ta['saved_bytes'])} -> {fmt_bytes(tb['saved_bytes'])} "
-          f"({tb['saved_bytes'] - ta['saved_bytes']:+,} B); saved tensors {ta['saved_tensors']} -> {tb['saved_tensors']}", file=out)
-    print(f"recompute: {fmt_count(ta['recompute_flops'], 'FLOP')} -> {fmt_count(tb['recompute_flops'], 'FLOP')}, "
-          f"est. {fmt_seconds(ta['recompute_seconds'])} -> {fmt_seconds(tb['recompute_seconds'])}; "
-          f"recomputed ops {ta['recomputed_ops']} -> {tb['recomputed_ops']}", file=out)
+    print(
+        f"saved bytes: {fmt_bytes(ta['saved_bytes'])} -> {fmt_bytes(tb['saved_bytes'])} "
+        f"({tb['saved_bytes'] - ta['saved_bytes']:+,} B); saved tensors {ta['saved_tensors']} -> {tb['saved_tensors']}",
+        file=out,
+    )
+    print(
+        f"recompute: {fmt_count(ta['recompute_flops'], 'FLOP')} -> {fmt_count(tb['recompute_flops'], 'FLOP')}, "
+        f"est. {fmt_seconds(ta['recompute_seconds'])} -> {fmt_seconds(tb['recompute_seconds'])}; "
+        f"recomputed ops {ta['recomputed_ops']} -> {tb['recomputed_ops']}",
+        file=out,
+    )
     pairs, only_a, only_b = match_nodes(a["nodes"], b["nodes"])
     changed = [(x, y) for x, y in pairs if x["decision"] != y["decision"]]
     reason_only = sum(1 for x, y in pairs if x["decision"] == y["decision"] and x["reason"] != y["reason"])
     renamed = sum(1 for x, y in pairs if x["name"] != y["name"])
     transitions = collections.Counter(f"{x['decision']} -> {y['decision']}" for x, y in changed)
-    print(f"{len(changed)} decisions changed" + (f" ({', '.join(f'{c} {t}' for t, c in transitions.most_common())})" if changed else "")
-          + f"; {reason_only} kept their decision with a new reason; {renamed} nodes matched by op+module+shape"
-          + (f"; {len(only_a)} only in the first, {len(only_b)} only in the second" if only_a or only_b else ""), file=out)
+    print(
+        f"{len(changed)} decisions changed"
+        + (f" ({', '.join(f'{c} {t}' for t, c in transitions.most_common())})" if changed else "")
+        + f"; {reason_only} kept their decision with a new reason; {renamed} nodes matched by op+module+shape"
+        + (f"; {len(only_a)} only in the first, {len(only_b)} only in the second" if only_a or only_b else ""),
+        file=out,
+    )
+
     def weight(pair):  # saved/recomputed changes first, biggest tensors first
         decisions = {pair[0]["decision"], pair[1]["decision"]}
         return (0 if SAVED in decisions else 1 if RECOMPUTED in decisions else 2, -pair[0]["bytes"], pair[0]["name"])
@@ -298,17 +362,39 @@ def diff_plans(a: dict[str, Any], b: dict[str, Any], limit: int = 40, out=None) 
     changed.sort(key=weight)
     shown = changed if limit <= 0 else changed[:limit]
     if shown:
-        rows = [(x["name"] if x["name"] == y["name"] else f"{x['name']} / {y['name']}", x["op"], x.get("module_path") or "-",
-                 _shape(x), fmt_bytes(x["bytes"]), x["decision"], y["decision"], y["reason"]) for x, y in shown]
-        print(table(rows, ("node", "op", "module", "shape", "bytes", "before", "after", "why now"), right=(4,),
-                    widths={2: 28, 3: 24, 7: 60}), file=out)
+        rows = [
+            (
+                x["name"] if x["name"] == y["name"] else f"{x['name']} / {y['name']}",
+                x["op"],
+                x.get("module_path") or "-",
+                _shape(x),
+                fmt_bytes(x["bytes"]),
+                x["decision"],
+                y["decision"],
+                y["reason"],
+            )
+            for x, y in shown
+        ]
+        print(
+            table(
+                rows,
+                ("node", "op", "module", "shape", "bytes", "before", "after", "why now"),
+                right=(4,),
+                widths={2: 28, 3: 24, 7: 60},
+            ),
+            file=out,
+        )
     if len(shown) < len(changed):
         print(f"... {len(changed) - len(shown)} more (--limit 0 shows all)", file=out)
     for label, nodes in (("only in the first", only_a), ("only in the second", only_b)):
         relevant = [n for n in nodes if n["decision"] in (SAVED, RECOMPUTED)]
         if relevant:
-            print(f"{label} (saved or recomputed): " + ", ".join(f"{n['name']} ({n['decision']})" for n in relevant[:20])
-                  + (" ..." if len(relevant) > 20 else ""), file=out)
+            print(
+                f"{label} (saved or recomputed): "
+                + ", ".join(f"{n['name']} ({n['decision']})" for n in relevant[:20])
+                + (" ..." if len(relevant) > 20 else ""),
+                file=out,
+            )
     return len(changed)
 
 
@@ -324,8 +410,10 @@ def diff(path_a: str, path_b: str, limit: int = 40, out=None) -> int:
         paired = {p for pair in pairs for p in pair}
         unpaired = [g for g in graphs_a + graphs_b if g not in paired]
     if not pairs:
-        raise DumpError(f"no graph folders to compare: {path_a} has {[g.name for g in graphs_a]}, "
-                        f"{path_b} has {[g.name for g in graphs_b]}")
+        raise DumpError(
+            f"no graph folders to compare: {path_a} has {[g.name for g in graphs_a]}, "
+            f"{path_b} has {[g.name for g in graphs_b]}"
+        )
     for ga, gb in pairs:
         print(f"== {ga}  ->  {gb}", file=out)
         if not (ga / PLAN_FILE).is_file() or not (gb / PLAN_FILE).is_file():
@@ -338,12 +426,43 @@ def diff(path_a: str, path_b: str, limit: int = 40, out=None) -> int:
     return 0
 
 
+def calibrate(device: str, seconds: float, *, write: bool = True, out=None) -> int:
+    """Measure the rates (``rematpass.calibrate``), print them, and write the rates file."""
+    from ..calibrate import measure_rates, rates_file, save_rates
+    from ..cost import DEFAULT_RATES
+
+    out = out or sys.stdout
+    rates = measure_rates(device, seconds)
+    where = f"{rates.device_name}, {rates.threads} threads" if rates.device == "cpu" else rates.device_name
+    print(f"{rates.device} ({where}), torch {rates.torch_version}:", file=out)
+    print(f"  matmul ({rates.dtype}):  {rates.flops_per_second:.3g} FLOP/s", file=out)
+    print(f"  copy bandwidth:   {rates.bytes_per_second:.3g} B/s (bytes read + written)", file=out)
+    default_flops, default_bytes = DEFAULT_RATES[rates.device]
+    print(f"  (uncalibrated defaults: {default_flops:.3g} FLOP/s, {default_bytes:.3g} B/s)", file=out)
+    if write:
+        print(
+            f"wrote {save_rates(rates)}: the cost model reads it for {rates.device} graphs; "
+            "the flops_per_second / bytes_per_second knobs still override it",
+            file=out,
+        )
+    else:
+        print(
+            f"not written; to use these rates: export REMAT_FLOPS_PER_SECOND={rates.flops_per_second:.4g} "
+            f"REMAT_BYTES_PER_SECOND={rates.bytes_per_second:.4g} (or rerun without --no-write to write {rates_file()})",
+            file=out,
+        )
+    return 0
+
+
 # ---------------------------------------------------------------------------- entry point
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rematpass", description="Read the plans rematpass dumps (knob dump_dir).")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{show,diff,frontier}")
+    parser = argparse.ArgumentParser(
+        prog="rematpass",
+        description="Read the plans rematpass dumps (knob dump_dir); calibrate the cost model's rates.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{show,diff,frontier,calibrate}")
     p = sub.add_parser("show", help="summary and the largest saved tensors of each graph")
     p.add_argument("dir", help="a dump root or one graph folder")
     p.add_argument("--top", type=int, default=15, help="saved tensors to list per graph (0: all)")
@@ -353,6 +472,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=40, help="changed decisions to list per graph (0: all)")
     p = sub.add_parser("frontier", help="saved bytes against recompute cost over lambda")
     p.add_argument("dir")
+    p = sub.add_parser("calibrate", help="measure matmul FLOP/s and memory bandwidth; write them to the rates file")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--seconds", type=float, default=10.0, help="about how long to measure (default 10)")
+    p.add_argument("--no-write", action="store_true", help="print the rates without writing the rates file")
     return parser
 
 
@@ -363,8 +486,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return show(args.dir, top=args.top)
         if args.command == "diff":
             return diff(args.dir_a, args.dir_b, limit=args.limit)
+        if args.command == "calibrate":
+            return calibrate(args.device, args.seconds, write=not args.no_write)
         return frontier(args.dir)
-    except DumpError as exc:
+    except (DumpError, ValueError) as exc:
         print(f"rematpass: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `rematpass show DIR | head`

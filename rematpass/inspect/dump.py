@@ -13,7 +13,7 @@ writes a folder ``DIR/<compile id>/``:
   bytes against recompute cost over lambda, walked along the min-cut's hull;
 - ``report.html``: one self-contained page for a browser.
 
-``rematpass show|diff|frontier DIR`` reads them back (``rematpass/cli.py``).
+``rematpass show|diff|frontier DIR`` reads them back (``rematpass/inspect/cli.py``).
 
 On a cache hit the partitioner is not called, so nothing above is written.
 ``watch_compile`` (used by the backend around ``compile_fx``) notices a
@@ -35,18 +35,18 @@ import pathlib
 import re
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 import torch.fx as fx
 
+from ..cost import CostTable
+from ..inductor_hooks import aot_autograd_cache_hits, current_compile_id, trace_artifact
 from ..passes.hull import walk_hull
 from ..passes.mincut import CutNetwork
 from ..passes.plan import CutProblem, Plan
-
-from ..cost import CostTable
-from ..inductor_hooks import aot_autograd_cache_hits, current_compile_id, trace_artifact
 from .report import PartitionReport
 
 log = logging.getLogger("rematpass")
@@ -58,7 +58,6 @@ FRONTIER_PNG = "frontier.png"
 HTML_FILE = "report.html"
 CACHE_HIT_FILE = "CACHE_HIT.txt"
 NOT_PARTITIONED_FILE = "NOT_PARTITIONED.txt"
-GRAPH_FILES = ("joint.py", "forward.py", "backward.py")
 MARKER_FILES = (CACHE_HIT_FILE, NOT_PARTITIONED_FILE)
 
 # The frontier walk stops after this many max-flow solves or seconds, whichever first.
@@ -130,8 +129,9 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def graph_statistics(summary, joint: fx.GraphModule | None, forward: fx.GraphModule | None,
-                     backward: fx.GraphModule | None) -> dict[str, Any]:
+def graph_statistics(
+    summary, joint: fx.GraphModule | None, forward: fx.GraphModule | None, backward: fx.GraphModule | None
+) -> dict[str, Any]:
     from ..passes.analysis import BACKWARD_ONLY, FORWARD, INPUT
 
     def count(gm):
@@ -173,27 +173,34 @@ def plan_dict(report: PartitionReport, graph: dict[str, Any] | None = None) -> d
             "bytes_per_second": report.bytes_per_second,
         },
         "graph": _jsonable(graph or {"candidates": report.num_joint_candidates}),
-        "totals": _jsonable({
-            "saved_tensors": len(saved),
-            "saved_bytes": report.saved_bytes,
-            "default_saved_bytes": report.default_saved_bytes,
-            "recomputed_ops": len(recomputed),
-            "recompute_flops": report.recompute_flops,
-            "recompute_seconds": report.recompute_seconds,
-            "lambda": report.lam,
-            "lambda_default": report.lam_default,
-            "target_bytes": report.target_bytes,
-            "budget_met": report.budget_met,
-            "solver": report.solver,
-            "num_solves": report.num_solves,
-            "solve_seconds": report.solve_seconds,
-            "total_seconds": report.total_seconds,
-            "predicted_peak_bytes": report.predicted_peak_bytes,
-            "predicted_peak_at": report.predicted_peak_at,
-            "target_peak_bytes": report.target_peak_bytes,
-        }),
+        "totals": _jsonable(
+            {
+                "saved_tensors": len(saved),
+                "saved_bytes": report.saved_bytes,
+                "default_saved_bytes": report.default_saved_bytes,
+                "recomputed_ops": len(recomputed),
+                "recompute_flops": report.recompute_flops,
+                "recompute_seconds": report.recompute_seconds,
+                "lambda": report.lam,
+                "lambda_default": report.lam_default,
+                "target_bytes": report.target_bytes,
+                "budget_met": report.budget_met,
+                "solver": report.solver,
+                "num_solves": report.num_solves,
+                "solve_seconds": report.solve_seconds,
+                "total_seconds": report.total_seconds,
+                "predicted_peak_bytes": report.predicted_peak_bytes,
+                "predicted_peak_at": report.predicted_peak_at,
+                "target_peak_bytes": report.target_peak_bytes,
+            }
+        ),
         "peak_plans": [
-            {"saved_bytes": b, "recompute_seconds": c, "predicted_peak_bytes": p} for b, c, p in report.peak_plans
+            {
+                "saved_bytes": p.saved_bytes,
+                "recompute_seconds": p.time_cost,
+                "predicted_peak_bytes": p.predicted_peak_bytes,
+            }
+            for p in report.peak_plans
         ],
         "summary": report.one_line(),
         "nodes": [_jsonable(dataclasses.asdict(n)) for n in report.nodes],
@@ -203,8 +210,14 @@ def plan_dict(report: PartitionReport, graph: dict[str, Any] | None = None) -> d
 # ---------------------------------------------------------------------------- frontier
 
 
-def frontier(problem: CutProblem, plan: Plan, flops: np.ndarray | None = None, *,
-             max_solves: int = FRONTIER_MAX_SOLVES, max_seconds: float = FRONTIER_MAX_SECONDS) -> dict[str, Any]:
+def frontier(
+    problem: CutProblem,
+    plan: Plan,
+    flops: np.ndarray | None = None,
+    *,
+    max_solves: int = FRONTIER_MAX_SOLVES,
+    max_seconds: float = FRONTIER_MAX_SECONDS,
+) -> dict[str, Any]:
     """The memory/recompute frontier: the min-cut plans along the lower convex hull.
 
     The hull walk (passes.hull) from lambda = default * 1e-7 through the default
@@ -217,44 +230,55 @@ def frontier(problem: CutProblem, plan: Plan, flops: np.ndarray | None = None, *
     started = time.perf_counter()
     flops = np.zeros(problem.summary.num_nodes) if flops is None else flops
     lam0 = plan.lam_default
-    walk = walk_hull(CutNetwork(problem), [lam0 * FRONTIER_LOW, lam0, lam0 * FRONTIER_HIGH],
-                     max_solves=max_solves, max_seconds=max_seconds)
+    walk = walk_hull(
+        CutNetwork(problem),
+        [lam0 * FRONTIER_LOW, lam0, lam0 * FRONTIER_HIGH],
+        max_solves=max_solves,
+        max_seconds=max_seconds,
+    )
     cuts = list(walk.solved)
     on_hull = list(cuts)
     if not any(c.same_plan(plan.cut) for c in cuts):
         cuts = cuts + [plan.cut]  # e.g. an ILP plan, or one filled in between vertices: shown, not a vertex
     points: dict[tuple[float, float], dict[str, Any]] = {}
     for cut in sorted(cuts, key=lambda c: c.lam):
-        key = (round(cut.saved_bytes, 3), round(cut.recompute_cost, 15))
-        point = points.setdefault(key, {
-            "lam": cut.lam,
-            "saved_bytes": cut.saved_bytes,
-            "recompute_seconds": cut.recompute_cost,
-            "recompute_flops": int(flops[cut.recomputed].sum()),
-            "saved_tensors": int(np.sum(cut.saved & (problem.summary.kind != INPUT))),
-            "recomputed_ops": int(np.sum(cut.recomputed)),
-            "default": False,
-            "chosen": False,
-            "hull": False,
-        })
+        key = (round(cut.saved_bytes, 3), round(cut.time_cost, 15))
+        point = points.setdefault(
+            key,
+            {
+                "lam": cut.lam,
+                "saved_bytes": cut.saved_bytes,
+                "recompute_seconds": cut.time_cost,
+                "recompute_flops": int(flops[cut.recomputed].sum()),
+                "saved_tensors": int(np.sum(cut.saved & (problem.summary.kind != INPUT))),
+                "recomputed_ops": int(np.sum(cut.recomputed)),
+                "default": False,
+                "chosen": False,
+                "hull": False,
+            },
+        )
         point["hull"] |= any(cut is c for c in on_hull)
         point["default"] |= cut.lam == lam0
         point["chosen"] |= cut.same_plan(plan.cut)
     ordered = sorted(points.values(), key=lambda p: (p["saved_bytes"], -p["recompute_seconds"]))
-    return _jsonable({
-        "schema": "rematpass.frontier",
-        "schema_version": SCHEMA_VERSION,
-        "x": "saved_bytes",
-        "y": "recompute_seconds",
-        "lambda_default": lam0,
-        "lambda_chosen": plan.cut.lam,
-        "target_bytes": plan.target_bytes,
-        "num_solves": len(walk.solved),
-        "complete": walk.complete,
-        "seconds": time.perf_counter() - started,
-        "points": ordered,
-        "budget_search": [{"lam": lam, "saved_bytes": b, "recompute_seconds": c} for lam, b, c in plan.hull],
-    })
+    return _jsonable(
+        {
+            "schema": "rematpass.frontier",
+            "schema_version": SCHEMA_VERSION,
+            "x": "saved_bytes",
+            "y": "recompute_seconds",
+            "lambda_default": lam0,
+            "lambda_chosen": plan.cut.lam,
+            "target_bytes": plan.target_bytes,
+            "num_solves": len(walk.solved),
+            "complete": walk.complete,
+            "seconds": time.perf_counter() - started,
+            "points": ordered,
+            "budget_search": [
+                {"lam": h.lam, "saved_bytes": h.saved_bytes, "recompute_seconds": h.time_cost} for h in plan.hull
+            ],
+        }
+    )
 
 
 def write_frontier_png(data: dict[str, Any], path: pathlib.Path) -> bool:
@@ -321,9 +345,17 @@ def _write(path: pathlib.Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_dump(dump_dir: str | os.PathLike, report: PartitionReport, *, joint: fx.GraphModule,
-               forward: fx.GraphModule, backward: fx.GraphModule, problem: CutProblem, plan: Plan,
-               costs: CostTable | None = None) -> pathlib.Path:
+def write_dump(
+    dump_dir: str | os.PathLike,
+    report: PartitionReport,
+    *,
+    joint: fx.GraphModule,
+    forward: fx.GraphModule,
+    backward: fx.GraphModule,
+    problem: CutProblem,
+    plan: Plan,
+    costs: CostTable | None = None,
+) -> pathlib.Path:
     """Write one graph's folder under ``dump_dir``; returns it."""
     from .html_report import render_html
 
@@ -341,17 +373,26 @@ def write_dump(dump_dir: str | os.PathLike, report: PartitionReport, *, joint: f
     return folder
 
 
-def publish(report: PartitionReport, *, dump_dir: str | None, joint: fx.GraphModule, forward: fx.GraphModule,
-            backward: fx.GraphModule, problem: CutProblem, plan: Plan, costs: CostTable | None = None
-            ) -> pathlib.Path | None:
+def publish(
+    report: PartitionReport,
+    *,
+    dump_dir: str | None,
+    joint: fx.GraphModule,
+    forward: fx.GraphModule,
+    backward: fx.GraphModule,
+    problem: CutProblem,
+    plan: Plan,
+    costs: CostTable | None = None,
+) -> pathlib.Path | None:
     """Emit the plan as a structured-trace artifact, write the dump folder when ``dump_dir`` is set,
     and tell a watching backend that this compile was partitioned."""
     _mark_partitioned()
     trace_artifact("remat_plan", lambda: json.dumps(plan_dict(report)))
     if not dump_dir:
         return None
-    folder = write_dump(dump_dir, report, joint=joint, forward=forward, backward=backward,
-                        problem=problem, plan=plan, costs=costs)
+    folder = write_dump(
+        dump_dir, report, joint=joint, forward=forward, backward=backward, problem=problem, plan=plan, costs=costs
+    )
     log.debug("rematpass: wrote the plan of graph %s to %s", report.compile_id, folder)
     return folder
 
@@ -374,8 +415,12 @@ def _mark_partitioned() -> None:
 
 def note_compile_start(dump_dir: str | os.PathLike | None) -> dict[str, Any]:
     """Call before ``compile_fx``; pass what it returns to ``note_compile_end``."""
-    token = {"dump_dir": os.fspath(dump_dir) if dump_dir else None, "compile_id": current_compile_id(),
-             "partitioned": False, "cache_hits": aot_autograd_cache_hits()}
+    token = {
+        "dump_dir": os.fspath(dump_dir) if dump_dir else None,
+        "compile_id": current_compile_id(),
+        "partitioned": False,
+        "cache_hits": aot_autograd_cache_hits(),
+    }
     _stack().append(token)
     return token
 

@@ -103,40 +103,60 @@ def frontier_svg(frontier: dict[str, Any], width: int = 720, height: int = 360) 
     def sy(y):
         return height - bottom - (height - top - bottom) * y / y_hi
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-           'role="img" aria-label="memory recompute frontier" style="background:#fff;border:1px solid #ddd;border-radius:6px">']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        'role="img" aria-label="memory recompute frontier" style="background:#fff;border:1px solid #ddd;border-radius:6px">'
+    ]
     for t in _ticks(0, x_hi):
-        out.append(f'<line x1="{sx(t):.1f}" y1="{top}" x2="{sx(t):.1f}" y2="{height - bottom}" stroke="#eee"/>'
-                   f'<text x="{sx(t):.1f}" y="{height - bottom + 16}" text-anchor="middle">{t:g}</text>')
+        out.append(
+            f'<line x1="{sx(t):.1f}" y1="{top}" x2="{sx(t):.1f}" y2="{height - bottom}" stroke="#eee"/>'
+            f'<text x="{sx(t):.1f}" y="{height - bottom + 16}" text-anchor="middle">{t:g}</text>'
+        )
     for t in _ticks(0, y_hi):
-        out.append(f'<line x1="{left}" y1="{sy(t):.1f}" x2="{width - right}" y2="{sy(t):.1f}" stroke="#eee"/>'
-                   f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
-    out.append(f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="#555"/>'
-               f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#555"/>')
-    out.append(f'<text x="{(left + width - right) / 2}" y="{height - 10}" text-anchor="middle">saved activation memory ({x_unit})</text>'
-               f'<text transform="translate(16 {(top + height - bottom) / 2}) rotate(-90)" text-anchor="middle">'
-               f'estimated recompute time ({y_unit})</text>')
+        out.append(
+            f'<line x1="{left}" y1="{sy(t):.1f}" x2="{width - right}" y2="{sy(t):.1f}" stroke="#eee"/>'
+            f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:g}</text>'
+        )
+    out.append(
+        f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="#555"/>'
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#555"/>'
+    )
+    out.append(
+        f'<text x="{(left + width - right) / 2}" y="{height - 10}" text-anchor="middle">saved activation memory ({x_unit})</text>'
+        f'<text transform="translate(16 {(top + height - bottom) / 2}) rotate(-90)" text-anchor="middle">'
+        f"estimated recompute time ({y_unit})</text>"
+    )
     if target is not None:
         tx = sx(target / x_scale)
-        out.append(f'<line x1="{tx:.1f}" y1="{top}" x2="{tx:.1f}" y2="{height - bottom}" '
-                   f'stroke="#888" stroke-dasharray="5 4"/><text x="{tx + 4:.1f}" y="{top + 12}">budget</text>')
+        out.append(
+            f'<line x1="{tx:.1f}" y1="{top}" x2="{tx:.1f}" y2="{height - bottom}" '
+            f'stroke="#888" stroke-dasharray="5 4"/><text x="{tx + 4:.1f}" y="{top + 12}">budget</text>'
+        )
     line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y, p in zip(xs, ys, points) if p.get("hull", True))
     out.append(f'<polyline points="{line}" fill="none" stroke="#3465a4" stroke-width="2"/>')
     for x, y, p in zip(xs, ys, points):
-        tip = (f"lambda {p['lam']:.3g}: saves {fmt_bytes(p['saved_bytes'])} in {p['saved_tensors']} tensors, "
-               f"recomputes {p['recomputed_ops']} ops ({fmt_seconds(p['recompute_seconds'])})")
+        tip = (
+            f"lambda {p['lam']:.3g}: saves {fmt_bytes(p['saved_bytes'])} in {p['saved_tensors']} tensors, "
+            f"recomputes {p['recomputed_ops']} ops ({fmt_seconds(p['recompute_seconds'])})"
+        )
         out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4" fill="#3465a4"><title>{_e(tip)}</title></circle>')
         if p.get("default"):
-            out.append(f'<rect x="{sx(x) - 7:.1f}" y="{sy(y) - 7:.1f}" width="14" height="14" fill="none" stroke="#4e9a06" stroke-width="2.5"/>')
+            out.append(
+                f'<rect x="{sx(x) - 7:.1f}" y="{sy(y) - 7:.1f}" width="14" height="14" fill="none" stroke="#4e9a06" stroke-width="2.5"/>'
+            )
         if p.get("chosen"):
-            out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="10" fill="none" stroke="#cc0000" stroke-width="2.5"/>')
+            out.append(
+                f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="10" fill="none" stroke="#cc0000" stroke-width="2.5"/>'
+            )
     lx, ly = width - right - 170, top + 8
-    out.append(f'<rect x="{lx - 8}" y="{ly - 4}" width="172" height="62" fill="#fff" stroke="#ddd"/>'
-               f'<circle cx="{lx + 6}" cy="{ly + 8}" r="4" fill="#3465a4"/><text x="{lx + 18}" y="{ly + 12}">min-cut plan (hull)</text>'
-               f'<rect x="{lx - 1}" y="{ly + 20}" width="14" height="14" fill="none" stroke="#4e9a06" stroke-width="2.5"/>'
-               f'<text x="{lx + 18}" y="{ly + 31}">default plan</text>'
-               f'<circle cx="{lx + 6}" cy="{ly + 46}" r="7" fill="none" stroke="#cc0000" stroke-width="2.5"/>'
-               f'<text x="{lx + 18}" y="{ly + 50}">chosen plan</text>')
+    out.append(
+        f'<rect x="{lx - 8}" y="{ly - 4}" width="172" height="62" fill="#fff" stroke="#ddd"/>'
+        f'<circle cx="{lx + 6}" cy="{ly + 8}" r="4" fill="#3465a4"/><text x="{lx + 18}" y="{ly + 12}">min-cut plan (hull)</text>'
+        f'<rect x="{lx - 1}" y="{ly + 20}" width="14" height="14" fill="none" stroke="#4e9a06" stroke-width="2.5"/>'
+        f'<text x="{lx + 18}" y="{ly + 31}">default plan</text>'
+        f'<circle cx="{lx + 6}" cy="{ly + 46}" r="7" fill="none" stroke="#cc0000" stroke-width="2.5"/>'
+        f'<text x="{lx + 18}" y="{ly + 50}">chosen plan</text>'
+    )
     out.append("</svg>")
     return "".join(out)
 
@@ -156,8 +176,10 @@ def _node_row(n: dict[str, Any], with_module: bool) -> str:
 
 
 def _table(nodes: list[dict[str, Any]], with_module: bool = False) -> str:
-    head = ("<tr><th>decision</th><th>node</th><th>op</th><th>shape / dtype</th><th>bytes</th><th>FLOPs</th>"
-            "<th>recompute cost</th>" + ("<th>module</th>" if with_module else "") + "<th>why</th><th>source</th></tr>")
+    head = (
+        "<tr><th>decision</th><th>node</th><th>op</th><th>shape / dtype</th><th>bytes</th><th>FLOPs</th>"
+        "<th>recompute cost</th>" + ("<th>module</th>" if with_module else "") + "<th>why</th><th>source</th></tr>"
+    )
     return "<table>" + head + "".join(_node_row(n, with_module) for n in nodes) + "</table>"
 
 
@@ -184,10 +206,13 @@ def _groups(nodes: list[dict[str, Any]]) -> str:
         recomputed = [n for n in members if n["decision"] == RECOMPUTED]
         title = path or "(top level)"
         kind = f" ({types[path]})" if types.get(path) else ""
-        detail = (f"saved {len(saved)} ({fmt_bytes(sum(n['bytes'] for n in saved))}), recomputed {len(recomputed)}"
-                  + (f", {others[path]} other nodes" if others[path] else ""))
-        parts.append(f"<details open><summary><code>{_e(title)}</code>{_e(kind)}<span class=\"d\">{_e(detail)}</span>"
-                     f"</summary>{_table(members)}</details>")
+        detail = f"saved {len(saved)} ({fmt_bytes(sum(n['bytes'] for n in saved))}), recomputed {len(recomputed)}" + (
+            f", {others[path]} other nodes" if others[path] else ""
+        )
+        parts.append(
+            f'<details open><summary><code>{_e(title)}</code>{_e(kind)}<span class="d">{_e(detail)}</span>'
+            f"</summary>{_table(members)}</details>"
+        )
     return "".join(parts) or "<p>Nothing saved or recomputed.</p>"
 
 
@@ -197,34 +222,63 @@ def render_html(plan: dict[str, Any], frontier: dict[str, Any] | None = None, to
     nodes = plan["nodes"]
     gid = plan.get("compile_id") or "(no compile id)"
     budget = knobs.get("memory_budget")
-    budget_detail = (f"target {fmt_bytes(totals.get('target_bytes'))}, "
-                     + ("met" if totals.get("budget_met") else "NOT met")) if totals.get("target_bytes") is not None else "default plan"
+    budget_detail = (
+        (f"target {fmt_bytes(totals.get('target_bytes'))}, " + ("met" if totals.get("budget_met") else "NOT met"))
+        if totals.get("target_bytes") is not None
+        else "default plan"
+    )
     default_bytes = totals.get("default_saved_bytes")
     cards = [
-        _card("saved", fmt_bytes(totals["saved_bytes"]), f"{totals['saved_tensors']} tensors"
-              + (f" (default plan: {fmt_bytes(default_bytes)})" if default_bytes is not None else "")),
-        _card("recomputed", f"{totals['recomputed_ops']} ops",
-              f"{fmt_count(totals['recompute_flops'], 'FLOP')}, est. {fmt_seconds(totals['recompute_seconds'])}"),
+        _card(
+            "saved",
+            fmt_bytes(totals["saved_bytes"]),
+            f"{totals['saved_tensors']} tensors"
+            + (f" (default plan: {fmt_bytes(default_bytes)})" if default_bytes is not None else ""),
+        ),
+        _card(
+            "recomputed",
+            f"{totals['recomputed_ops']} ops",
+            f"{fmt_count(totals['recompute_flops'], 'FLOP')}, est. {fmt_seconds(totals['recompute_seconds'])}",
+        ),
         _card("peak", fmt_bytes(totals.get("predicted_peak_bytes")) + " predicted", _peak_detail(totals)),
         _card("memory budget", "none" if budget is None else str(budget), budget_detail),
-        _card("lambda", f"{totals['lambda']:.3g}", f"default {totals['lambda_default']:.3g} (bytes per second of recompute)"),
-        _card("solver", f"{totals['num_solves']} max-flow solves",
-              f"{fmt_seconds(totals['solve_seconds'])} solving, {fmt_seconds(totals['total_seconds'])} in all"),
-        _card("graph", f"{graph.get('candidates', '?')} candidates",
-              f"joint {graph.get('joint_nodes', '?')}, forward {graph.get('forward_nodes', '?')}, "
-              f"backward {graph.get('backward_nodes', '?')} nodes"),
+        _card(
+            "lambda",
+            f"{totals['lambda']:.3g}",
+            f"default {totals['lambda_default']:.3g} (bytes per second of recompute)",
+        ),
+        _card(
+            "solver",
+            f"{totals['num_solves']} max-flow solves",
+            f"{fmt_seconds(totals['solve_seconds'])} solving, {fmt_seconds(totals['total_seconds'])} in all",
+        ),
+        _card(
+            "graph",
+            f"{graph.get('candidates', '?')} candidates",
+            f"joint {graph.get('joint_nodes', '?')}, forward {graph.get('forward_nodes', '?')}, "
+            f"backward {graph.get('backward_nodes', '?')} nodes",
+        ),
     ]
     warn = ""
     if totals.get("budget_met") is False:
-        warn = ('<div class="warn">The memory budget cannot be met on this graph: this is the least-memory plan '
-                "the min-cut finds.</div>")
+        warn = (
+            '<div class="warn">The memory budget cannot be met on this graph: this is the least-memory plan '
+            "the min-cut finds.</div>"
+        )
     saved = sorted((n for n in nodes if n["decision"] == SAVED), key=_by_size)
     machine = plan.get("machine", {})
     knob_rows = "".join(f"<tr><td>{_e(k)}</td><td><code>{_e(v)}</code></td></tr>" for k, v in knobs.items())
-    knob_rows += "".join(f"<tr><td>{_e(k)}</td><td><code>{_e(v)}</code></td></tr>" for k, v in (
-        ("device", machine.get("device")), ("flops_per_second (used)", machine.get("flops_per_second")),
-        ("bytes_per_second (used)", machine.get("bytes_per_second")), ("torch", plan.get("torch_version")),
-        ("rematpass", plan.get("rematpass_version")), ("written", plan.get("created"))))
+    knob_rows += "".join(
+        f"<tr><td>{_e(k)}</td><td><code>{_e(v)}</code></td></tr>"
+        for k, v in (
+            ("device", machine.get("device")),
+            ("flops_per_second (used)", machine.get("flops_per_second")),
+            ("bytes_per_second (used)", machine.get("bytes_per_second")),
+            ("torch", plan.get("torch_version")),
+            ("rematpass", plan.get("rematpass_version")),
+            ("written", plan.get("created")),
+        )
+    )
     frontier_html = "<p>No frontier.json.</p>"
     if frontier:
         note = "" if frontier.get("complete", True) else " (walk stopped early: solve or time limit)"
@@ -232,18 +286,19 @@ def render_html(plan: dict[str, Any], frontier: dict[str, Any] | None = None, to
             f"<p>Each point is the plan minimising <i>saved bytes + lambda &times; recompute time</i> for some lambda; "
             f"{len(frontier['points'])} plans from {frontier['num_solves']} max-flow solves{_e(note)}. "
             "Green square: the default plan (lambda = bytes per second). Red ring: the plan used.</p>"
-            + frontier_svg(frontier))
+            + frontier_svg(frontier)
+        )
     return (
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>rematpass plan, graph {_e(gid)}</title><style>{_CSS}</style></head><body>"
         f"<h1>rematpass plan &mdash; graph {_e(gid)}</h1>"
-        f"<div class=\"sub\">{_e(plan.get('summary', ''))}</div>{warn}"
-        f"<div class=\"cards\">{''.join(cards)}</div>"
+        f'<div class="sub">{_e(plan.get("summary", ""))}</div>{warn}'
+        f'<div class="cards">{"".join(cards)}</div>'
         f"<h2>Memory / recompute frontier</h2>{frontier_html}"
         f"<h2>Largest saved tensors</h2>"
         + (_table(saved[:top], with_module=True) if saved else "<p>Nothing saved.</p>")
-        + (f"<p class=\"more\">{len(saved) - top} more below, by module.</p>" if len(saved) > top else "")
+        + (f'<p class="more">{len(saved) - top} more below, by module.</p>' if len(saved) > top else "")
         + f"<h2>Saved and recomputed, by module</h2>{_groups(nodes)}"
-        f"<h2>Knobs and machine</h2><table class=\"kn\">{knob_rows}</table>"
+        f'<h2>Knobs and machine</h2><table class="kn">{knob_rows}</table>'
         "</body></html>\n"
     )

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch.fx as fx
 
-from ..passes.analysis import BACKWARD_ONLY, FORWARD, INPUT, GraphSummary, op_name
-from ..passes.plan import Plan
-
 from ..config import Knobs
 from ..cost import CostTable
 from ..inductor_hooks import register_torch_log
+from ..passes.analysis import BACKWARD_ONLY, FORWARD, INPUT, GraphSummary, ReasonKind
+from ..passes.op_facts import op_name
+from ..passes.peak import ScoredPlan
+from ..passes.plan import HullPoint, Plan
 
 SAVED = "saved"
 RECOMPUTED = "recomputed"
@@ -84,14 +85,14 @@ class PartitionReport:
     flops_per_second: float = 0.0
     bytes_per_second: float = 0.0
     default_saved_bytes: float | None = None  # the default plan's, when a budget moved away from it
-    hull: tuple[tuple[float, float, float], ...] = field(default=(), repr=False)
+    hull: tuple[HullPoint, ...] = field(default=(), repr=False)
     solver: str = "mincut"  # which solver chose the plan
     # Peak memory the step allocates, as passes.liveness predicts it for this plan.
     predicted_peak_bytes: int | None = None
     predicted_peak_at: str = ""  # "forward:<node>" or "backward:<node>"
     target_peak_bytes: float | None = None  # an absolute memory_budget caps the predicted peak
-    # (saved bytes, recompute seconds, predicted peak) of the hull plans scored for peak
-    peak_plans: tuple[tuple[float, float, int], ...] = field(default=(), repr=False)
+    # The hull plans scored for peak (plan.json's ``peak_plans``)
+    peak_plans: tuple[ScoredPlan, ...] = field(default=(), repr=False)
 
     def saved_nodes(self) -> list[NodeDecision]:
         return [n for n in self.nodes if n.decision == SAVED]
@@ -118,19 +119,27 @@ def _reason(
         if summary.kind[i] == INPUT:
             text = "forward input, kept for the backward" + (" (parameter: free)" if summary.is_static[i] else "")
             return INPUT_DECISION, INPUT_KIND, text
-        if no_recompute:
-            if no_recompute.startswith("user policy"):
-                return SAVED, USER_POLICY, no_recompute
-            return SAVED, MUST_SAVE, f"must save: {no_recompute}"
+        if no_recompute is not None:
+            if no_recompute.kind is ReasonKind.USER_POLICY:
+                return SAVED, USER_POLICY, no_recompute.text
+            return SAVED, MUST_SAVE, f"must save: {no_recompute.text}"
         if summary.kind[i] == BACKWARD_ONLY:
-            return SAVED, CHEAPER_TO_SAVE, (
-                "only the backward uses it, but computing it in the forward and saving it (one more "
-                "write there) is cheaper than keeping what it is computed from"
+            return (
+                SAVED,
+                CHEAPER_TO_SAVE,
+                (
+                    "only the backward uses it, but computing it in the forward and saving it (one more "
+                    "write there) is cheaper than keeping what it is computed from"
+                ),
             )
         if default_saved is not None and not default_saved[i]:
-            return SAVED, CHEAPER_TO_SAVE, (
-                "saved at this budget (the default plan recomputes it): cheaper than recomputing "
-                "what the budget forces out"
+            return (
+                SAVED,
+                CHEAPER_TO_SAVE,
+                (
+                    "saved at this budget (the default plan recomputes it): cheaper than recomputing "
+                    "what the budget forces out"
+                ),
             )
         return SAVED, CHEAPER_TO_SAVE, "cheaper to save than to recompute at this budget"
     if summary.kind[i] == BACKWARD_ONLY:
@@ -139,10 +148,10 @@ def _reason(
     if plan.cut.in_backward[i]:
         if summary.must_recompute[i]:
             return RECOMPUTED, CHECKPOINT_POLICY, "checkpoint policy asks to recompute"
-        if no_save:
-            if no_save.startswith("user policy"):
-                return RECOMPUTED, USER_POLICY, no_save
-            return RECOMPUTED, CANNOT_SAVE, f"cannot save: {no_save}"
+        if no_save is not None:
+            if no_save.kind is ReasonKind.USER_POLICY:
+                return RECOMPUTED, USER_POLICY, no_save.text
+            return RECOMPUTED, CANNOT_SAVE, f"cannot save: {no_save.text}"
         if default_saved is not None and default_saved[i]:
             return RECOMPUTED, FORCED_BY_BUDGET, "forced by the budget (the default plan saves it)"
         if costs.costs[i].fused:
@@ -190,8 +199,15 @@ def source_of(node: fx.Node) -> tuple[str, str]:
 
 
 def build_report(
-    knobs: Knobs, summary: GraphSummary, costs: CostTable, plan: Plan, *, solve_seconds: float, total_seconds: float,
-    default_saved: np.ndarray | None = None, compile_id: str | None = None,
+    knobs: Knobs,
+    summary: GraphSummary,
+    costs: CostTable,
+    plan: Plan,
+    *,
+    solve_seconds: float,
+    total_seconds: float,
+    default_saved: np.ndarray | None = None,
+    compile_id: str | None = None,
 ) -> PartitionReport:
     """Decisions and reasons for every candidate. ``default_saved`` (the default plan's
     saved set, ``Plan.default_saved``) lets a budgeted plan say what the budget forced."""
@@ -202,30 +218,32 @@ def build_report(
         cost = costs.costs[i]
         module_path, module_type = module_of(node)
         source, source_code = source_of(node)
-        nodes.append(NodeDecision(
-            name=node.name,
-            op=op_name(node),
-            shape=tuple(str(s) for s in getattr(val, "shape", ())),
-            dtype=str(getattr(val, "dtype", type(val).__name__)).replace("torch.", ""),
-            bytes=cost.bytes,
-            flops=cost.flops,
-            recompute_seconds=cost.recompute_time if summary.kind[i] == FORWARD else 0.0,
-            decision=decision,
-            reason=reason,
-            reason_kind=kind,
-            time_seconds=cost.time,
-            module_path=module_path,
-            module_type=module_type,
-            source=source,
-            source_code=source_code,
-        ))
+        nodes.append(
+            NodeDecision(
+                name=node.name,
+                op=op_name(node),
+                shape=tuple(str(s) for s in getattr(val, "shape", ())),
+                dtype=str(getattr(val, "dtype", type(val).__name__)).replace("torch.", ""),
+                bytes=cost.bytes,
+                flops=cost.flops,
+                recompute_seconds=cost.recompute_time if summary.kind[i] == FORWARD else 0.0,
+                decision=decision,
+                reason=reason,
+                reason_kind=kind,
+                time_seconds=cost.time,
+                module_path=module_path,
+                module_type=module_type,
+                source=source,
+                source_code=source_code,
+            )
+        )
     recompute_flops = sum(c.flops for c, r in zip(costs.costs, plan.recomputed) if r)
     return PartitionReport(
         knobs=knobs,
         num_joint_candidates=summary.num_nodes,
         saved_bytes=int(plan.cut.saved_bytes),
         recompute_flops=int(recompute_flops),
-        recompute_seconds=plan.cut.recompute_cost,
+        recompute_seconds=plan.cut.time_cost,
         lam=plan.cut.lam,
         lam_default=plan.lam_default,
         target_bytes=plan.target_bytes,
@@ -240,7 +258,8 @@ def build_report(
         bytes_per_second=costs.bytes_per_second,
         default_saved_bytes=(
             float(np.sum(costs.save_bytes(summary)[default_saved & ~summary.is_static]))
-            if default_saved is not None else None
+            if default_saved is not None
+            else None
         ),
         hull=tuple(plan.hull),
         solver=str(getattr(plan, "solver", "mincut")),

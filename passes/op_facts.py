@@ -1,0 +1,296 @@
+"""What an op is (pointwise, fusible, a view or alias, random, mutating), answered in one place.
+
+Every answer depends on the node's op (its target), sometimes on its arguments,
+never on the rest of the graph. Private PyTorch API is reached through
+passes/torch_internals.py.
+
+Some questions have two answers on purpose, because the two models that ask
+them were fitted separately and plans depend on both (the functions below say
+which model uses which):
+
+- Does it fuse? The peak model (passes.liveness, passes.joint_liveness) asks
+  whether a pointwise value gets a buffer: ``is_pointwise`` for the producer,
+  ``is_fusible_consumer`` for its readers (pointwise ops, aliases, a fixed list
+  of reductions). The cost model (rematpass.cost) asks whether recomputing an
+  op costs only its arithmetic: ``is_fusible_recompute`` (PyTorch's
+  partitioner's fusible list, views, getitem, any op tagged pointwise). They
+  differ: ``aten.index``, ``aten.gather``, ``aten.arange`` or
+  ``aten.native_dropout`` are fusible recomputations but neither pointwise nor
+  fusible consumers for the peak model, and ``aten._softmax``, ``aten.amin``,
+  ``aten.copy_`` or ``aten.transpose`` are fusible consumers but not fusible
+  recomputations.
+- Is it a view? ``aliased_input`` reads the schema (views and in-place
+  results: what shares a storage, for the peak model); ``is_view`` is
+  PyTorch's partitioner's view list (what the summary refuses to save and the
+  cost model prices at 0; it lacks ``aten.transpose``, which the schema and
+  the other two call a view); ``is_movable_view`` is the overloads
+  passes.hoist_matmul may move next to their base (in-place ops cannot move);
+  ``is_view_by_schema`` is what the benchmark leaves out when it counts
+  recomputed ops.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from typing import NamedTuple
+
+import torch
+import torch.fx as fx
+from torch.utils.flop_counter import flop_registry
+
+from . import torch_internals as ti  # also registers Inductor's prims, which the op sets below name
+
+_aten = torch.ops.aten
+_prims = torch.ops.prims
+
+
+def op_name(node: fx.Node) -> str:
+    """A stable printable name for a node's op: ``aten.mm``, ``prims.inductor_seeds``."""
+    if node.op != "call_function":
+        return node.op
+    target = node.target
+    if target is operator.getitem:
+        return "getitem"
+    packet = getattr(target, "overloadpacket", None)
+    if packet is not None:
+        namespace = getattr(target, "namespace", "aten")
+        return f"{namespace}.{packet.__name__}"
+    return getattr(target, "__name__", str(target))
+
+
+def is_getitem(node: fx.Node) -> bool:
+    """An item of a multi-output op's result."""
+    return node.target is operator.getitem
+
+
+def _packet(node: fx.Node):
+    return getattr(node.target, "overloadpacket", None)
+
+
+# ---------------------------------------------------------------------------- randomness, mutation, side effects
+
+
+def is_random(node: fx.Node) -> bool:
+    """Whether running the node again draws different numbers (tagged ``nondeterministic_seeded``).
+
+    Attention ops carry the tag for their dropout; with ``dropout_p == 0`` they draw nothing.
+    """
+    if torch.Tag.nondeterministic_seeded not in getattr(node.target, "tags", ()):
+        return False
+    schema = ti.op_schema(node.target)
+    for position, argument in enumerate(schema.arguments if schema is not None else ()):
+        if argument.name == "dropout_p":
+            if "dropout_p" in node.kwargs:
+                value = node.kwargs["dropout_p"]
+            elif position < len(node.args):
+                value = node.args[position]
+            else:
+                value = argument.default_value
+            return value != 0
+    return True
+
+
+def is_mutating(node: fx.Node) -> bool:
+    """Whether the op writes to one of its inputs (its schema is mutable)."""
+    schema = ti.op_schema(node.target) if isinstance(node.target, ti.OpOverload) else None
+    return schema is not None and schema.is_mutable
+
+
+def is_builtin_op(node: fx.Node) -> bool:
+    """An aten or prims op, getitem, or a Python operator on sizes: known to have no side effects."""
+    target = node.target
+    if target is operator.getitem:
+        return True
+    if isinstance(target, ti.OpOverload):
+        return target.namespace in ("aten", "prims")
+    # Python operators on SymInts (operator.mul, sym_size...) are pure.
+    return getattr(target, "__module__", None) in ("_operator", "operator", "math", "torch") or ti.is_sym_node(node)
+
+
+class OpKind(NamedTuple):
+    random: bool
+    mutating: bool
+    name: str
+
+
+class OpFacts:
+    """``is_random``, ``is_mutating`` and ``op_name`` per op, and opaque-ness per value type, computed once:
+    a joint graph repeats a few dozen ops over thousands of nodes.
+
+    The first node seen of an op decides ``random`` for every node of that op, although
+    ``is_random`` reads ``dropout_p`` per node.
+    """
+
+    def __init__(self):
+        self._ops: dict[object, OpKind] = {}
+        self._opaque_types: dict[type, bool] = {}
+
+    def op(self, node: fx.Node) -> OpKind:
+        """What a call_function node's op is."""
+        found = self._ops.get(node.target)
+        if found is None:
+            found = self._ops[node.target] = OpKind(is_random(node), is_mutating(node), op_name(node))
+        return found
+
+    def tensor_is_opaque(self, val: torch.Tensor) -> bool:
+        """``torch_internals.is_opaque_value`` for a tensor value: a question about its type."""
+        found = self._opaque_types.get(type(val))
+        if found is None:
+            found = self._opaque_types[type(val)] = ti.is_opaque_type(type(val))
+        return found
+
+
+# ---------------------------------------------------------------------------- aliasing
+
+
+def aliased_input(node: fx.Node) -> fx.Node | None:
+    """The input whose storage ``node``'s output shares (views, in-place results), if any: the schema's answer."""
+    if node.op != "call_function" or node.target is operator.getitem:
+        return None
+    positions = _aliased_argument_positions(node.target)
+    if positions is None:
+        return None
+    for i in positions:
+        if i < len(node.args) and isinstance(node.args[i], fx.Node):
+            return node.args[i]
+    return next((a for a in node.args if isinstance(a, fx.Node)), None)
+
+
+@functools.cache
+def _aliased_argument_positions(target) -> tuple[int, ...] | None:
+    """Positions of the arguments an op's first output aliases; None if it aliases none."""
+    schema = ti.op_schema(target)
+    if schema is None or not schema.returns or schema.returns[0].alias_info is None:
+        return None
+    alias_set = schema.returns[0].alias_info.before_set
+    return tuple(
+        i
+        for i, argument in enumerate(schema.arguments)
+        if argument.alias_info is not None and argument.alias_info.before_set & alias_set
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _torch_op_types():
+    return ti.op_types()
+
+
+def is_view(node: fx.Node) -> bool:
+    """A view by PyTorch's partitioner's op list (summary: cannot be saved; cost model: free)."""
+    return node.op == "call_function" and _torch_op_types().is_view(node)
+
+
+# Views that may run anywhere after their base (hoist_matmul moves them); no in-place ops.
+_MOVABLE_VIEWS = {
+    _aten.t.default,
+    _aten.permute.default,
+    _aten.transpose.int,
+    _aten.view.default,
+    _aten.reshape.default,
+    _aten._unsafe_view.default,
+    _aten.expand.default,
+    _aten.alias.default,
+    _aten.squeeze.dim,
+    _aten.unsqueeze.default,
+}
+
+
+def is_movable_view(node: fx.Node) -> bool:
+    """A view of its first argument that can run anywhere after it (passes.hoist_matmul)."""
+    return node.op == "call_function" and node.target in _MOVABLE_VIEWS
+
+
+def is_view_by_schema(node: fx.Node) -> bool:
+    """getitem, or an op whose schema says an output aliases an input it does not write (the benchmark's count)."""
+    if node.target is operator.getitem:
+        return True
+    schema = ti.op_schema(node.target)
+    return schema is not None and any(r.alias_info is not None and not r.alias_info.is_write for r in schema.returns)
+
+
+# ---------------------------------------------------------------------------- fusion: the peak model
+
+
+# Not tagged pointwise, but Inductor lowers them as pointwise kernels.
+_POINTWISE_EXTRA = {
+    _aten.where,
+    _aten.clone,
+    _aten._to_copy,
+    _prims.convert_element_type,
+    _aten.full,
+    _aten.scalar_tensor,
+    _prims.inductor_random,
+    _prims.inductor_lookup_seed,
+}
+# Reductions Inductor fuses a pointwise producer into.
+_FUSIBLE_REDUCTIONS = {
+    _aten.sum,
+    _aten.mean,
+    _aten.amax,
+    _aten.amin,
+    _aten.var_mean,
+    _aten.var,
+    _prims.var,
+    _prims.sum,
+    _aten.max,
+    _aten.min,
+    _aten.argmax,
+    _aten._softmax,
+    _aten._log_softmax,
+    _prims.prepare_softmax_online,
+}
+
+
+def is_pointwise(node: fx.Node) -> bool:
+    """A pointwise op, as the peak model counts them: its value needs no buffer when every reader fuses it."""
+    if node.op != "call_function" or node.target is operator.getitem:
+        return False
+    return torch.Tag.pointwise in getattr(node.target, "tags", ()) or _packet(node) in _POINTWISE_EXTRA
+
+
+def is_fusible_consumer(node: fx.Node) -> bool:
+    """Whether Inductor fuses a pointwise producer into this reader's kernel (the peak model):
+    pointwise ops, getitem, aliases and the reductions above; not matmuls, convolutions or extern kernels."""
+    if node.op != "call_function":
+        return False
+    if node.target is operator.getitem:
+        return True
+    if is_pointwise(node) or aliased_input(node) is not None:
+        return True
+    return _packet(node) in _FUSIBLE_REDUCTIONS
+
+
+# ---------------------------------------------------------------------------- fusion and FLOPs: the cost model
+
+
+_FUSIBLE_RECOMPUTE: dict[object, bool] = {}  # a property of the op alone: cached per target
+
+
+def is_fusible_recompute(node: fx.Node) -> bool:
+    """Whether recomputing the node can run inside a backward kernel that reads its inputs anyway,
+    costing only its arithmetic (the cost model): PyTorch's partitioner's fusible ops, its views,
+    getitem, and any op tagged pointwise."""
+    if node.op != "call_function":
+        return False
+    found = _FUSIBLE_RECOMPUTE.get(node.target)
+    if found is None:
+        types = _torch_op_types()
+        found = _FUSIBLE_RECOMPUTE[node.target] = bool(
+            node.target is operator.getitem
+            or types.is_fusible(node)
+            or types.is_view(node)
+            or torch.Tag.pointwise in getattr(node.target, "tags", ())
+        )
+    return found
+
+
+def is_compute_bound(node: fx.Node) -> bool:
+    """An op ``torch.utils.flop_counter`` has a formula for (matmul, convolution, attention):
+    the FLOPs fractional budgets are spent in."""
+    return _packet(node) in flop_registry
+
+
+def flop_formula(node: fx.Node):
+    """The flop counter's formula for a compute-bound node (``is_compute_bound``)."""
+    return flop_registry[_packet(node)]
