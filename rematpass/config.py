@@ -69,6 +69,10 @@ class Knobs:
     # allow_buffer_reuse). Off by default: the held buffer stays allocated across the
     # kernels between, above the peak the plan was chosen for (docs/design.md, section 8).
     buffer_reuse: bool = False
+    # The default plan (memory_budget None) may cost up to this fraction of the step's estimated
+    # time more than the fastest plan, and among those it takes the least predicted peak. 0: the
+    # fastest plan.
+    time_tolerance: float = 0.01
 
 
 KNOB_HELP = {
@@ -83,6 +87,7 @@ KNOB_HELP = {
     "ilp_time_limit": "a positive number of seconds",
     "peak_model": "'fused' (Inductor) or 'unfused' (every op allocates)",
     "buffer_reuse": "True or False",
+    "time_tolerance": "a fraction of the step's estimated time in [0, 1), e.g. 0.01 (0: the fastest plan)",
 }
 
 _UNITS = {
@@ -218,6 +223,16 @@ def _peak_model(value: Any) -> str:
     raise _fail("peak_model", value)
 
 
+def _time_tolerance(value: Any) -> float:
+    try:
+        number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
+    except ValueError:
+        number = None
+    if number is None or not 0 <= number < 1:
+        raise _fail("time_tolerance", value)
+    return number
+
+
 def _time_limit(value: Any) -> float:
     rate = _rate("ilp_time_limit", value)
     if rate is None:
@@ -237,6 +252,7 @@ _VALIDATORS = {
     "ilp_time_limit": _time_limit,
     "peak_model": _peak_model,
     "buffer_reuse": functools.partial(_bool, "buffer_reuse"),
+    "time_tolerance": _time_tolerance,
 }
 KNOB_NAMES = tuple(f.name for f in dataclasses.fields(Knobs))
 assert set(KNOB_NAMES) == set(_VALIDATORS) == set(KNOB_HELP)

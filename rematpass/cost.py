@@ -91,6 +91,11 @@ class CostTable:
         values[summary.kind != FORWARD] = 0.0
         return values
 
+    def step_seconds(self, summary: GraphSummary) -> float:
+        """The step's estimated time with nothing recomputed: the forward's roofline time
+        times three (a backward costs about twice its forward: two matmuls per matmul)."""
+        return 3.0 * float(sum(c.time for c, kind in zip(self.costs, summary.kind) if kind == FORWARD))
+
     def problem(self, summary: GraphSummary) -> CutProblem:
         return CutProblem(
             summary,

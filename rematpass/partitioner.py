@@ -32,7 +32,7 @@ from .inspect.report import build_report, record
 from .passes import torch_extract
 from .passes import torch_internals as ti
 from .passes.budget import plan_for_budget
-from .peak_planning import PeakPredictor, plan_for_peak
+from .peak_planning import PeakPredictor, plan_for_peak, plan_for_speed
 
 log = logging.getLogger("rematpass")
 
@@ -137,10 +137,15 @@ class RematPartitioner(CustomPartitionerFn):
             from .passes.ilp import ilp_plan
 
             plan = ilp_plan(problem, costs.default_lambda, None, time_limit=self.knobs.ilp_time_limit)
-        elif budget_target(self.knobs) is None:
+        elif budget_target(self.knobs) is None and self.knobs.time_tolerance == 0:
             plan = plan_for_budget(problem, costs.default_lambda, None)
         else:
-            peak_plan = plan_for_peak(problem, costs.default_lambda, self.knobs.memory_budget, predictor)
+            # The default plan may cost up to time_tolerance of the step more than the fastest.
+            slack = self.knobs.time_tolerance * costs.step_seconds(summary)
+            if budget_target(self.knobs) is None:
+                peak_plan = plan_for_speed(problem, costs.default_lambda, predictor, slack)
+            else:
+                peak_plan = plan_for_peak(problem, costs.default_lambda, self.knobs.memory_budget, predictor, slack)
             plan = peak_plan.plan
         solve_seconds = time.perf_counter() - solve_started
         saved = [node for node, keep in zip(summary.nodes, plan.saved) if keep]

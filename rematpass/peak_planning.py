@@ -46,6 +46,7 @@ from .passes.joint_liveness import JointPeakModel
 from .passes.liveness import PeakEstimate, inductor_materialized, simulate_step
 from .passes.mincut import CutNetwork
 from .passes.peak import (
+    PeakPoint,
     ScoredPlan,
     choose_on_frontier,
     least_peak_within,
@@ -122,10 +123,18 @@ def _remembered(peak_of: Callable[[Cut], int]) -> Callable[[Cut], int]:
     return peak
 
 
-def plan_for_peak(
-    problem: CutProblem, lam_default: float, budget: float | int, predict: Callable[[Cut], int]
-) -> PeakPlan:
-    predict = _remembered(predict)
+@dataclass(frozen=True)
+class _ScoredHull:
+    network: CutNetwork
+    plans: list[Cut]  # the hull's vertices, most saved bytes first
+    scored: list[PeakPoint]  # every plan scored for its peak, the default plan first
+    solves: int
+    hull: tuple
+    default_cut: Cut
+
+
+def _scored_hull(problem: CutProblem, lam_default: float, predict: Callable[[Cut], int]) -> _ScoredHull:
+    """The hull from the default plan to the least-bytes one, filled in and scored, the same for every budget."""
     network = CutNetwork(problem)
     walk = walk_hull(network, [lam_default * LOWEST_LAMBDA_FRACTION, lam_default])
     plans, solved = walk.vertices, walk.solved
@@ -139,15 +148,53 @@ def plan_for_peak(
             solves += refine_solves
             scored = scored + refined
     hull = tuple(c.hull_point() for c in solved)
-    default_point = scored[0]  # the hull's first vertex: the default plan
     default_cut = next(c for c in solved if c.lam == lam_default)
+    return _ScoredHull(network, plans, scored, solves, hull, default_cut)
+
+
+def _least_peak_within_time(scored: list[PeakPoint], slack_seconds: float) -> PeakPoint:
+    """Among plans whose time cost is within ``slack_seconds`` of the fastest plan's (``scored[0]``,
+    the min-cut at the default lambda), the least predicted peak (ties: the least time cost)."""
+    limit = scored[0].cut.time_cost + slack_seconds
+    fitting = [p for p in scored if p.cut.time_cost <= limit * (1 + 1e-9)]
+    return min(fitting, key=lambda p: (p.peak, p.cut.time_cost, -p.cut.saved_bytes))
+
+
+def plan_for_speed(
+    problem: CutProblem, lam_default: float, predict: Callable[[Cut], int], slack_seconds: float
+) -> PeakPlan:
+    """The default plan that takes free memory: the least predicted peak among the plans that
+    cost at most ``slack_seconds`` more than the fastest one. With no slack, the fastest plan."""
+    base = _scored_hull(problem, lam_default, _remembered(predict))
+    point = _least_peak_within_time(base.scored, slack_seconds)
+    plan = Plan(point.cut, lam_default, None, True, base.solves, base.hull, default_saved=base.default_cut.saved)
+    return PeakPlan(plan, None, tuple(p.scored() for p in base.scored))
+
+
+def plan_for_peak(
+    problem: CutProblem,
+    lam_default: float,
+    budget: float | int,
+    predict: Callable[[Cut], int],
+    default_slack_seconds: float = 0.0,
+) -> PeakPlan:
+    """The plan for a fraction or a peak cap. ``default_slack_seconds`` is the default plan's time
+    tolerance: a fraction may always spend what the default plan spends, so no fraction peaks
+    above the default."""
+    predict = _remembered(predict)
+    base = _scored_hull(problem, lam_default, predict)
+    network, plans, scored, solves = base.network, base.plans, base.scored, base.solves
+    default_point = scored[0]  # the hull's first vertex: the fastest plan
+    chosen_default = _least_peak_within_time(scored, default_slack_seconds)
     if isinstance(budget, float):
         no_recompute = network.least_bytes_at(lam_default * NO_RECOMPUTE_LAMBDA_FACTOR)
         solves += 1
         least = min(p.cut.saved_bytes for p in scored)  # 0 on the scale, as PyTorch's is the inputs alone
         target = least + budget * (max(no_recompute.saved_bytes, default_point.cut.saved_bytes) - least)
         allowance, met = recompute_allowance(scored, target, problem.budget_spend_of, problem.compute_ops_of)
-        allowance = max(allowance, problem.budget_spend_of(default_point.cut))
+        allowance = max(
+            allowance, problem.budget_spend_of(default_point.cut), problem.budget_spend_of(chosen_default.cut)
+        )
         point = least_peak_within(scored, allowance, problem.budget_spend_of)
     else:
         target = None
@@ -159,5 +206,5 @@ def plan_for_peak(
             solves += refine_solves
             scored = scored + refined
             point = next((p for p in refined if p.peak <= budget), point)
-    plan = Plan(point.cut, lam_default, target, met, solves, hull, default_saved=default_cut.saved)
+    plan = Plan(point.cut, lam_default, target, met, solves, base.hull, default_saved=base.default_cut.saved)
     return PeakPlan(plan, None if target is not None else float(budget), tuple(p.scored() for p in scored))

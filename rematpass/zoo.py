@@ -139,6 +139,42 @@ class SmallCNN(nn.Module):
 # ------------------------------------------------------------------ GPT-style transformer
 
 
+class MixerBlock(nn.Module):
+    """MLP-Mixer: a token-mixing MLP across patches, then a wide channel-mixing MLP."""
+
+    def __init__(self, tokens: int, dim: int, token_hidden: int, channel_hidden: int):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.token_mlp = nn.Sequential(nn.Linear(tokens, token_hidden), nn.GELU(), nn.Linear(token_hidden, tokens))
+        self.channel_mlp = nn.Sequential(nn.Linear(dim, channel_hidden), nn.GELU(), nn.Linear(channel_hidden, dim))
+
+    def forward(self, x):
+        x = x + self.token_mlp(self.norm1(x).transpose(1, 2)).transpose(1, 2)
+        return x + self.channel_mlp(self.norm2(x))
+
+
+class Mixer(nn.Module):
+    """MLP-Mixer on square images: patch embedding, ``depth`` mixer blocks, mean-pooled classifier."""
+
+    def __init__(
+        self, image: int = 32, patch: int = 4, dim: int = 128, depth: int = 4, expansion: int = 4, classes: int = 10
+    ):
+        super().__init__()
+        tokens = (image // patch) ** 2
+        self.patch = nn.Conv2d(3, dim, patch, stride=patch)
+        self.blocks = nn.ModuleList(
+            MixerBlock(tokens, dim, tokens * expansion // 2, dim * expansion) for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, images, labels):
+        x = self.patch(images).flatten(2).transpose(1, 2)
+        for block in self.blocks:
+            x = block(x)
+        return F.cross_entropy(self.head(self.norm(x).mean(dim=1)), labels)
+
+
 class GPTBlock(nn.Module):
     """Pre-LayerNorm block: causal SDPA attention, a GELU MLP, dropout on both residual branches."""
 

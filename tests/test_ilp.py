@@ -52,7 +52,7 @@ def _capture_problems(model, inputs):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(partitioner_module, "plan_for_budget", recorder)
-        compiled_step(model, inputs, cheap_backend())
+        compiled_step(model, inputs, cheap_backend(time_tolerance=0))  # the min-cut default, through plan_for_budget
     torch._dynamo.reset()
     return seen
 

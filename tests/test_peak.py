@@ -222,6 +222,57 @@ def test_budgets_choose_plans_between_hull_vertices(six_layer_problem):
     assert any(round(s) not in vertices for s in saved), (saved, sorted(vertices))
 
 
+def test_default_takes_the_least_peak_within_the_time_tolerance(six_layer_problem):
+    from rematpass.passes.budget import plan_for_budget
+    from rematpass.passes.hull import walk_hull
+    from rematpass.passes.mincut import CutNetwork
+    from rematpass.peak_planning import plan_for_peak, plan_for_speed
+
+    problem, lam_default = six_layer_problem
+
+    def fake_peak(cut):  # peak falls with saved bytes: every plan is on the frontier
+        return int(cut.saved_bytes) + 1_000_000
+
+    fastest = plan_for_budget(problem, lam_default, None).cut
+    assert plan_for_speed(problem, lam_default, fake_peak, 0.0).plan.cut.same_plan(fastest)
+    hull = walk_hull(CutNetwork(problem), [lam_default * 1e-7, lam_default]).vertices
+    span = max(c.time_cost for c in hull) - fastest.time_cost
+    previous = fastest
+    for share in (0.01, 0.1, 0.3, 1.0):
+        cut = plan_for_speed(problem, lam_default, fake_peak, share * span).plan.cut
+        assert cut.time_cost <= (fastest.time_cost + share * span) * (1 + 1e-9)
+        assert fake_peak(cut) <= fake_peak(previous)  # more slack never peaks higher
+        previous = cut
+    assert previous.saved_bytes < fastest.saved_bytes, "slack over the whole hull must buy a lower peak"
+    # No fraction peaks above the default that has the same slack.
+    default = plan_for_speed(problem, lam_default, fake_peak, 0.3 * span).plan.cut
+    for budget in (0.9, 0.5, 0.1):
+        chosen = plan_for_peak(problem, lam_default, budget, fake_peak, 0.3 * span).plan.cut
+        assert fake_peak(chosen) <= fake_peak(default)
+
+
+def test_default_plan_reports_what_it_recomputes_for_its_peak():
+    torch.manual_seed(0)
+    model = ResidualMLP()
+    x = ResidualMLP.example()
+    fastest = _report(clone(model), x, time_tolerance=0)
+    default = _report(clone(model), x)
+    assert default.predicted_peak_bytes <= fastest.predicted_peak_bytes
+    if default.saved_bytes != fastest.saved_bytes:
+        moved = [n for n in default.nodes if n.reason_kind == "for_lower_peak"]
+        assert moved and all(n.decision == "recomputed" for n in moved)
+        assert not any(n.reason_kind == "forced_by_budget" for n in default.nodes)
+    wide = _report(clone(model), x, time_tolerance=0.5)
+    assert wide.predicted_peak_bytes <= default.predicted_peak_bytes
+
+
+def _report(model, x, **knobs):
+    from helpers import compiled_step
+
+    compiled_step(model, (x,), cheap_backend(**knobs))
+    return rematpass.recent_reports()[-1]
+
+
 def _point(saved_bytes, flops, peak, recompute_seconds=0.0):
     import numpy as np
 

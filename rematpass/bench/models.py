@@ -131,9 +131,22 @@ def _llama(size: float) -> BenchModel:
     )
 
 
+def _mixer(size: float) -> BenchModel:
+    dim, batch, depth = _scaled(128, size), _scaled(32, size), 4
+    model = zoo.Mixer(image=32, patch=4, dim=dim, depth=depth, expansion=4)
+    return BenchModel(
+        "mixer",
+        f"{depth}-block MLP-Mixer (64 patches of 32x32 images, dim {dim}, channel MLP {4 * dim}), batch {batch}",
+        model,
+        (torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))),
+        list(model.blocks),
+    )
+
+
 SUITE: dict[str, Callable[[float], BenchModel]] = {
     "mlp": _mlp,
     "cnn": _cnn,
+    "mixer": _mixer,
     "gpt": _gpt,
     "gpt2": _gpt2,
     "llama": _llama,

@@ -16,6 +16,7 @@ Variants (``--variants``; ``@B`` is a memory budget in [0, 1]):
   inductor@B     the same under torch._functorch.config.activation_memory_budget=B, set
                  around the compile and the first step (the partitioner runs lazily there)
   remat          torch.compile(backend="remat")
+  remat-fastest  the same with time_tolerance=0: the fastest plan, no peak traded for time
   remat@B        torch.compile(backend="remat", options={"memory_budget": B})
 
 How each figure is measured:
@@ -96,6 +97,7 @@ class Variant:
     name: str
     kind: str  # eager | checkpoint | inductor | remat
     budget: float | None = None
+    fastest: bool = False  # remat-fastest: the default plan with time_tolerance=0 (no peak traded in)
 
     @property
     def compiled(self) -> bool:
@@ -105,8 +107,10 @@ class Variant:
         if self.kind == "inductor":
             return torch.compile(module, backend="inductor", isolate_recompiles=True)
         if self.kind == "remat":
-            options = None if self.budget is None else {"memory_budget": self.budget}
-            return torch.compile(module, backend="remat", options=options, isolate_recompiles=True)
+            options = {} if self.budget is None else {"memory_budget": self.budget}
+            if self.fastest:
+                options["time_tolerance"] = 0
+            return torch.compile(module, backend="remat", options=options or None, isolate_recompiles=True)
         return module
 
     def first_call_context(self):
@@ -116,10 +120,13 @@ class Variant:
 
 
 def parse_variant(spec: str) -> Variant:
+    if spec == "remat-fastest":
+        return Variant(spec, "remat", fastest=True)
     kind, _, budget = spec.partition("@")
     if kind not in ("eager", "checkpoint", "inductor", "remat") or (budget and kind not in ("inductor", "remat")):
         raise argparse.ArgumentTypeError(
-            f"unknown variant {spec!r}: use eager, checkpoint, inductor, inductor@B, remat or remat@B (B in [0, 1])"
+            f"unknown variant {spec!r}: use eager, checkpoint, inductor, inductor@B, remat, remat-fastest "
+            "or remat@B (B in [0, 1])"
         )
     if not budget:
         return Variant(spec, kind)

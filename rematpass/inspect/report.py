@@ -35,6 +35,7 @@ CHECKPOINT_POLICY = "checkpoint_policy"  # a torch.utils.checkpoint region asks 
 CHEAPER_TO_SAVE = "cheaper_to_save"
 CHEAPER_TO_RECOMPUTE = "cheaper_to_recompute"
 FORCED_BY_BUDGET = "forced_by_budget"  # the default plan saves it; the memory budget does not allow it
+FOR_LOWER_PEAK = "for_lower_peak"  # the fastest plan saves it; recomputing it lowers the peak within time_tolerance
 CANNOT_SAVE = "cannot_save"  # views, tuples, symbolic floats
 BACKWARD_ONLY_KIND = "backward_only"
 NOT_NEEDED_KIND = "not_needed"
@@ -110,9 +111,16 @@ class PartitionReport:
 
 
 def _reason(
-    i: int, summary: GraphSummary, plan: Plan, costs: CostTable, default_saved: np.ndarray | None
+    i: int,
+    summary: GraphSummary,
+    plan: Plan,
+    costs: CostTable,
+    default_saved: np.ndarray | None,
+    budgeted: bool = True,
 ) -> tuple[str, str, str]:
-    """(decision, reason_kind, reason) of candidate i."""
+    """(decision, reason_kind, reason) of candidate i. ``default_saved`` is the fastest plan's saved
+    set when the plan moved away from it: for a budget (``budgeted``) or, with no budget, for a
+    lower peak within ``time_tolerance``."""
     no_recompute = summary.no_recompute_reason[i]
     no_save = summary.no_save_reason[i]
     if plan.saved[i]:
@@ -132,6 +140,8 @@ def _reason(
                     "write there) is cheaper than keeping what it is computed from"
                 ),
             )
+        if default_saved is not None and not default_saved[i] and not budgeted:
+            return SAVED, CHEAPER_TO_SAVE, "saved in the plan chosen for its peak (the fastest plan recomputes it)"
         if default_saved is not None and not default_saved[i]:
             return (
                 SAVED,
@@ -152,6 +162,12 @@ def _reason(
             if no_save.kind is ReasonKind.USER_POLICY:
                 return RECOMPUTED, USER_POLICY, no_save.text
             return RECOMPUTED, CANNOT_SAVE, f"cannot save: {no_save.text}"
+        if default_saved is not None and default_saved[i] and not budgeted:
+            return (
+                RECOMPUTED,
+                FOR_LOWER_PEAK,
+                ("recomputed for a lower peak within time_tolerance (the fastest plan saves it)"),
+            )
         if default_saved is not None and default_saved[i]:
             return RECOMPUTED, FORCED_BY_BUDGET, "forced by the budget (the default plan saves it)"
         if costs.costs[i].fused:
@@ -214,7 +230,7 @@ def build_report(
     nodes = []
     for i, node in enumerate(summary.nodes):
         val = node.meta.get("val")
-        decision, kind, reason = _reason(i, summary, plan, costs, default_saved)
+        decision, kind, reason = _reason(i, summary, plan, costs, default_saved, knobs.memory_budget is not None)
         cost = costs.costs[i]
         module_path, module_type = module_of(node)
         source, source_code = source_of(node)
