@@ -152,12 +152,19 @@ def _scored_hull(problem: CutProblem, lam_default: float, predict: Callable[[Cut
     return _ScoredHull(network, plans, scored, solves, hull, default_cut)
 
 
-def _least_peak_within_time(scored: list[PeakPoint], slack_seconds: float) -> PeakPoint:
-    """Among plans whose time cost is within ``slack_seconds`` of the fastest plan's (``scored[0]``,
-    the min-cut at the default lambda), the least predicted peak (ties: the least time cost)."""
-    limit = scored[0].cut.time_cost + slack_seconds
-    fitting = [p for p in scored if p.cut.time_cost <= limit * (1 + 1e-9)]
-    return min(fitting, key=lambda p: (p.peak, p.cut.time_cost, -p.cut.saved_bytes))
+def _least_peak_within_time(scored: list[PeakPoint], lam_default: float, slack_seconds: float) -> PeakPoint:
+    """Among plans whose estimated time is within ``slack_seconds`` of the fastest plan's, the least
+    predicted peak (ties: the least time). A plan's estimated time is what the fastest plan (the
+    min-cut at ``lam_default``, bytes per second) minimises: its time cost plus reading its saved
+    bytes back, ``objective(lam_default) / lam_default``; so saving less is credited with the
+    traffic it saves, not only charged with what it recomputes."""
+
+    def seconds(point: PeakPoint) -> float:
+        return point.cut.objective(lam_default) / lam_default
+
+    limit = min(seconds(p) for p in scored) + slack_seconds
+    fitting = [p for p in scored if seconds(p) <= limit * (1 + 1e-9)]
+    return min(fitting, key=lambda p: (p.peak, seconds(p), -p.cut.saved_bytes))
 
 
 def plan_for_speed(
@@ -166,7 +173,7 @@ def plan_for_speed(
     """The default plan that takes free memory: the least predicted peak among the plans that
     cost at most ``slack_seconds`` more than the fastest one. With no slack, the fastest plan."""
     base = _scored_hull(problem, lam_default, _remembered(predict))
-    point = _least_peak_within_time(base.scored, slack_seconds)
+    point = _least_peak_within_time(base.scored, lam_default, slack_seconds)
     plan = Plan(point.cut, lam_default, None, True, base.solves, base.hull, default_saved=base.default_cut.saved)
     return PeakPlan(plan, None, tuple(p.scored() for p in base.scored))
 
@@ -185,7 +192,7 @@ def plan_for_peak(
     base = _scored_hull(problem, lam_default, predict)
     network, plans, scored, solves = base.network, base.plans, base.scored, base.solves
     default_point = scored[0]  # the hull's first vertex: the fastest plan
-    chosen_default = _least_peak_within_time(scored, default_slack_seconds)
+    chosen_default = _least_peak_within_time(scored, lam_default, default_slack_seconds)
     if isinstance(budget, float):
         no_recompute = network.least_bytes_at(lam_default * NO_RECOMPUTE_LAMBDA_FACTOR)
         solves += 1

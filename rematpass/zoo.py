@@ -12,9 +12,12 @@ arguments; the defaults and presets say who uses which:
   ``TinyGPT``, the tests' preset (a head with bias, no dropout on the
   embeddings); the DDP and FSDP2 examples (``dropout=None``: no dropout layers);
 - ``SmallTransformer``: the quickstart's ``nn.TransformerEncoder`` model;
-- transformers models from small configs with random weights (no download, no
-  tokenizer): ``gpt2_lm``, ``llama_lm``, ``bert_mlm``, ``t5_lm``, and the
-  wrappers ``CausalLM`` and ``LossOf`` that make their forward return the loss.
+- transformers models from configs with random weights (no download, no
+  tokenizer): ``gpt2_lm``, ``llama_lm``, ``bert_mlm``, ``t5_lm`` (small configs
+  in the tests and the benchmark's small suite, published sizes in its full
+  suite), ``vit_classifier`` and ``resnet_classifier`` (the full suite's ViT-B/16
+  and ResNet-50), and the wrappers ``CausalLM`` and ``LossOf`` that make their
+  forward return the loss.
 
 Parameters are created (so drawn from the RNG) and registered in the same order
 as the models these replaced, so a seed gives the same weights and the same plans.
@@ -145,7 +148,12 @@ class MixerBlock(nn.Module):
     def __init__(self, tokens: int, dim: int, token_hidden: int, channel_hidden: int):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.token_mlp = nn.Sequential(nn.Linear(tokens, token_hidden), nn.GELU(), nn.Linear(token_hidden, tokens))
+        # No bias on the token MLP's output: a per-token constant added across all channels meets a
+        # LayerNorm over channels on every path, so its gradient is zero up to rounding (noise that
+        # a relative gradient check reads as a mismatch).
+        self.token_mlp = nn.Sequential(
+            nn.Linear(tokens, token_hidden), nn.GELU(), nn.Linear(token_hidden, tokens, bias=False)
+        )
         self.channel_mlp = nn.Sequential(nn.Linear(dim, channel_hidden), nn.GELU(), nn.Linear(channel_hidden, dim))
 
     def forward(self, x):
@@ -373,4 +381,29 @@ def t5_lm(*, vocab: int, dim: int, head_dim: int, hidden: int, layers: int, head
             pad_token_id=0,
             **config,
         )
+    )
+
+
+def vit_classifier(*, classes: int = 1000, **config) -> nn.Module:
+    """transformers ViTForImageClassification, no dropout; ViTConfig's defaults are ViT-B/16 at 224x224."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    return ViTForImageClassification(
+        ViTConfig(
+            num_labels=classes,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            # Left None, the loss sets it on the config inside the first forward: a side effect Dynamo traces.
+            problem_type="single_label_classification",
+            **config,
+        )
+    )
+
+
+def resnet_classifier(*, classes: int = 1000, **config) -> nn.Module:
+    """transformers ResNetForImageClassification; ResNetConfig's defaults are ResNet-50."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    return ResNetForImageClassification(
+        ResNetConfig(num_labels=classes, problem_type="single_label_classification", **config)
     )
