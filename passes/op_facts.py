@@ -91,6 +91,11 @@ def is_random(node: fx.Node) -> bool:
     return True
 
 
+def _has_dropout_argument(node: fx.Node) -> bool:
+    schema = ti.op_schema(node.target)
+    return schema is not None and any(argument.name == "dropout_p" for argument in schema.arguments)
+
+
 def is_mutating(node: fx.Node) -> bool:
     """Whether the op writes to one of its inputs (its schema is mutable)."""
     schema = ti.op_schema(node.target) if isinstance(node.target, ti.OpOverload) else None
@@ -118,20 +123,23 @@ class OpFacts:
     """``is_random``, ``is_mutating`` and ``op_name`` per op, and opaque-ness per value type, computed once:
     a joint graph repeats a few dozen ops over thousands of nodes.
 
-    The first node seen of an op decides ``random`` for every node of that op, although
-    ``is_random`` reads ``dropout_p`` per node.
+    Whether an attention op draws random numbers depends on the node's ``dropout_p``, so for
+    ops with that argument ``random`` is read per node: one attention without dropout must not
+    make another, with dropout, recomputable (it would redraw its mask).
     """
 
     def __init__(self):
-        self._ops: dict[object, OpKind] = {}
+        self._ops: dict[object, tuple[OpKind, bool]] = {}
         self._opaque_types: dict[type, bool] = {}
 
     def op(self, node: fx.Node) -> OpKind:
         """What a call_function node's op is."""
         found = self._ops.get(node.target)
         if found is None:
-            found = self._ops[node.target] = OpKind(is_random(node), is_mutating(node), op_name(node))
-        return found
+            kind = OpKind(is_random(node), is_mutating(node), op_name(node))
+            found = self._ops[node.target] = (kind, _has_dropout_argument(node))
+        kind, per_node = found
+        return kind._replace(random=is_random(node)) if per_node else kind
 
     def tensor_is_opaque(self, val: torch.Tensor) -> bool:
         """``torch_internals.is_opaque_value`` for a tensor value: a question about its type."""
