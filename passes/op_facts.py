@@ -293,12 +293,31 @@ def is_fusible_recompute(node: fx.Node) -> bool:
     return found
 
 
+def _with_cpu_attention(registry: dict) -> dict:
+    """torch's flop counter has no formula for the CPU backend's flash attention, so attention
+    recomputed on the CPU looked memory-bound and nearly free. Its forward takes (query, key,
+    value, ...) and its backward (grad_out, query, key, value, ...) like the CUDA flash kernels,
+    whose formulas read only those, so they apply as they are."""
+    formulas = dict(registry)
+    for cpu_name, cuda_name in (
+        ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention"),
+        ("_scaled_dot_product_flash_attention_for_cpu_backward", "_scaled_dot_product_flash_attention_backward"),
+    ):
+        cpu, cuda = getattr(_aten, cpu_name, None), getattr(_aten, cuda_name, None)
+        if cpu is not None and cuda in registry and cpu not in registry:
+            formulas[cpu] = registry[cuda]
+    return formulas
+
+
+_FLOP_FORMULAS = _with_cpu_attention(flop_registry)
+
+
 def is_compute_bound(node: fx.Node) -> bool:
-    """An op ``torch.utils.flop_counter`` has a formula for (matmul, convolution, attention):
-    the FLOPs fractional budgets are spent in."""
-    return _packet(node) in flop_registry
+    """An op with a FLOP formula (``torch.utils.flop_counter``'s, plus the CPU flash attention):
+    matmul, convolution, attention. Fractional budgets are spent in these FLOPs."""
+    return _packet(node) in _FLOP_FORMULAS
 
 
 def flop_formula(node: fx.Node):
-    """The flop counter's formula for a compute-bound node (``is_compute_bound``)."""
-    return flop_registry[_packet(node)]
+    """The FLOP formula of a compute-bound node (``is_compute_bound``)."""
+    return _FLOP_FORMULAS[_packet(node)]

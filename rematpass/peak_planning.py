@@ -152,18 +152,24 @@ def _scored_hull(problem: CutProblem, lam_default: float, predict: Callable[[Cut
     return _ScoredHull(network, plans, scored, solves, hull, default_cut)
 
 
-def _least_peak_within_time(scored: list[PeakPoint], lam_default: float, slack_seconds: float) -> PeakPoint:
-    """Among plans whose estimated time is within ``slack_seconds`` of the fastest plan's, the least
-    predicted peak (ties: the least time). A plan's estimated time is what the fastest plan (the
-    min-cut at ``lam_default``, bytes per second) minimises: its time cost plus reading its saved
-    bytes back, ``objective(lam_default) / lam_default``; so saving less is credited with the
-    traffic it saves, not only charged with what it recomputes."""
+def _least_peak_within_time(
+    scored: list[PeakPoint], lam_default: float, slack_seconds: float, spend_of: Callable[[Cut], float]
+) -> PeakPoint:
+    """Among plans whose estimated time is within ``slack_seconds`` of the fastest plan's and that
+    recompute no more compute-bound FLOPs (``spend_of``) than it, the least predicted peak (ties:
+    the least time). A plan's estimated time is what the fastest plan (the min-cut at
+    ``lam_default``, bytes per second) minimises: its time cost plus reading its saved bytes back,
+    ``objective(lam_default) / lam_default``; so saving less is credited with the reads it saves.
+    The default buys its peak with memory-bound recomputation only: a recomputed matmul or
+    attention measured slower than its estimate, and fractions, which may always spend what the
+    default spends, would then spend FLOPs PyTorch's budget at the same number does not."""
 
     def seconds(point: PeakPoint) -> float:
         return point.cut.objective(lam_default) / lam_default
 
-    limit = min(seconds(p) for p in scored) + slack_seconds
-    fitting = [p for p in scored if seconds(p) <= limit * (1 + 1e-9)]
+    fastest = min(scored, key=seconds)
+    limit, spend_limit = seconds(fastest) + slack_seconds, spend_of(fastest.cut)
+    fitting = [p for p in scored if seconds(p) <= limit * (1 + 1e-9) and spend_of(p.cut) <= spend_limit * (1 + 1e-9)]
     return min(fitting, key=lambda p: (p.peak, seconds(p), -p.cut.saved_bytes))
 
 
@@ -173,7 +179,7 @@ def plan_for_speed(
     """The default plan that takes free memory: the least predicted peak among the plans that
     cost at most ``slack_seconds`` more than the fastest one. With no slack, the fastest plan."""
     base = _scored_hull(problem, lam_default, _remembered(predict))
-    point = _least_peak_within_time(base.scored, lam_default, slack_seconds)
+    point = _least_peak_within_time(base.scored, lam_default, slack_seconds, problem.budget_spend_of)
     plan = Plan(point.cut, lam_default, None, True, base.solves, base.hull, default_saved=base.default_cut.saved)
     return PeakPlan(plan, None, tuple(p.scored() for p in base.scored))
 
@@ -192,7 +198,7 @@ def plan_for_peak(
     base = _scored_hull(problem, lam_default, predict)
     network, plans, scored, solves = base.network, base.plans, base.scored, base.solves
     default_point = scored[0]  # the hull's first vertex: the fastest plan
-    chosen_default = _least_peak_within_time(scored, lam_default, default_slack_seconds)
+    chosen_default = _least_peak_within_time(scored, lam_default, default_slack_seconds, problem.budget_spend_of)
     if isinstance(budget, float):
         no_recompute = network.least_bytes_at(lam_default * NO_RECOMPUTE_LAMBDA_FACTOR)
         solves += 1

@@ -1,12 +1,17 @@
-"""Smoke test of ``python -m rematpass.bench``: one tiny model, remat at budgets 1.0 and 0.1."""
+"""Smoke test of ``python -m rematpass.bench``: one tiny model, the fastest remat plan and budget 0.1; the full-size
+suite's options and one of its models eager; the partitioner's host-memory measurement."""
 
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 import pytest
+import torch
 
 from rematpass import bench
+from rematpass.bench import models as bench_models
+from rematpass.bench.measure import HostPeak, PartitionRecorder
 
 VARIANT_KEYS = {
     "name",
@@ -19,6 +24,7 @@ VARIANT_KEYS = {
     "recompute_elements",
     "partitions",
     "partition_seconds",
+    "partition_peak_host_bytes",
     "compile_seconds",
     "step_seconds",
     "step_rounds",
@@ -35,7 +41,7 @@ def test_bench_writes_results_and_budget_lowers_peak(tmp_path, capsys):
             "--models",
             "tiny-mlp",
             "--variants",
-            "remat@1.0",
+            "remat-fastest",
             "remat@0.1",
             "--steps",
             "2",
@@ -45,13 +51,13 @@ def test_bench_writes_results_and_budget_lowers_peak(tmp_path, capsys):
         ]
     )
     printed = capsys.readouterr().out
-    assert "[tiny-mlp 1/2] remat@1.0" in printed and "remat@0.1" in printed  # progress lines and the table
+    assert "[tiny-mlp 1/2] remat-fastest" in printed and "remat@0.1" in printed  # progress lines and the table
 
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk == json.loads(json.dumps(results))
     assert on_disk["schema"] == bench.SCHEMA
     assert {"torch", "cpu_count", "platform"} <= on_disk["machine"].keys()
-    assert on_disk["config"]["variants"] == ["remat@1.0", "remat@0.1"]
+    assert on_disk["config"]["variants"] == ["remat-fastest", "remat@0.1"]
     (model,) = on_disk["models"]
     assert model["name"] == "tiny-mlp" and model["blocks"] == 4 and model["params"] > 0
     full, low = model["variants"]
@@ -63,10 +69,58 @@ def test_bench_writes_results_and_budget_lowers_peak(tmp_path, capsys):
         assert row["remat_reports"]["graphs"] >= 1
         assert row["remat_reports"]["predicted_peak_bytes"] > 0  # predicted next to measured
         assert isinstance(row["peak_bytes"], int) and row["peak_bytes"] > 0
-    assert (full["budget"], low["budget"]) == (1.0, 0.1)
+        if HostPeak.rss_available():
+            assert isinstance(row["partition_peak_host_bytes"], int) and row["partition_peak_host_bytes"] >= 0
+    assert (full["budget"], low["budget"]) == (None, 0.1)
     assert low["saved_bytes"] < full["saved_bytes"]
     assert low["peak_bytes"] < full["peak_bytes"]
     assert low["recompute_elements"] > full["recompute_elements"]
-    assert (tmp_path / "results.md").read_text().count("| `remat@") == 2
+    assert (tmp_path / "results.md").read_text().count("| `remat") == 2
     assert "predicted peak" in (tmp_path / "results.md").read_text()
+    assert "partition host peak" in (tmp_path / "results.md").read_text()
     assert "step_ratio" not in full  # inductor, the baseline, did not run
+
+
+def test_host_peak_measures_and_stops_tracing():
+    with HostPeak("tracemalloc") as peak:
+        held = [object() for _ in range(100_000)]
+        del held
+    assert peak.bytes > 1_000_000
+    assert not tracemalloc.is_tracing()  # nothing after the partitioner (the timed steps) pays for tracing
+    if HostPeak.rss_available():
+        with HostPeak("rss") as peak:
+            big = torch.ones(2**24)  # 64 MiB, written, so resident
+            del big
+        assert peak.bytes >= 2**25
+    with HostPeak("off") as peak:
+        pass
+    assert peak.bytes is None
+    with pytest.raises(ValueError, match="tracemalloc"):
+        PartitionRecorder("exact")
+
+
+def test_size_full_selects_the_full_suite_and_rejects_mixtures():
+    assert bench_models.parse_size("full") == "full" and bench_models.parse_size("0.5") == 0.5
+    assert bench_models.default_models("full") == ["gpt2-small", "llama-8l", "vit-b16", "resnet50"]
+    assert bench_models.full_shape("gpt2-small", "cpu") == bench_models.Shape(2, 256)
+    assert bench_models.full_shape("gpt2-small", "cuda:0", batch=4).batch == 4
+    with pytest.raises(KeyError, match="use --size full"):
+        bench_models.build("resnet50", 1.0)
+    for argv in (["--size", "full", "--models", "mlp"], ["--models", "resnet50"], ["--batch", "2"], ["--size", "x"]):
+        with pytest.raises(SystemExit):
+            bench.main([*argv, "--out", "/nonexistent/never-written"])
+
+
+@pytest.mark.slow
+def test_full_size_resnet50_eager_at_batch_1(tmp_path):
+    results = bench.main(
+        ["--size", "full", "--models", "resnet50", "--batch", "1", "--variants", "eager", "--steps", "1"]
+        + ["--no-warmup", "--out", str(tmp_path)]
+    )
+    assert results["config"]["size"] == "full" and results["config"]["variants"] == ["eager"]
+    (model,) = results["models"]
+    assert model["name"] == "resnet50" and model["inputs"] == [[1, 3, 224, 224], [1]]
+    assert 25e6 < model["params"] < 26e6 and model["blocks"] == 16  # ResNet-50: 25.6 M, 3+4+6+3 bottlenecks
+    (row,) = model["variants"]
+    assert "error" not in row, row.get("error")
+    assert row["peak_bytes"] > 0 and row["step_rounds"] == 1 and "partition_peak_host_bytes" not in row

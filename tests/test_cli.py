@@ -24,11 +24,12 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory):
-    """Dump roots of ResidualMLP at the default plan ("a") and at memory_budget=0.1 ("b").
+    """Dump roots of ResidualMLP at the fastest plan ("a") and at memory_budget=0.1 ("b"), both with
+    time_tolerance=0 (the default plan would already take the budget's plan on this small model).
 
     A batch of 256 rows, so activations, not weights, set the peak and the budget recomputes."""
     base = tmp_path_factory.mktemp("cli")
-    for name, knobs in (("a", {}), ("b", {"memory_budget": 0.1})):
+    for name, knobs in (("a", {"time_tolerance": 0}), ("b", {"memory_budget": 0.1, "time_tolerance": 0})):
         torch._dynamo.reset()
         torch.manual_seed(0)
         compiled = torch.compile(ResidualMLP(), backend=cheap_backend(dump_dir=str(base / name), **knobs))

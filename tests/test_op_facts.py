@@ -32,3 +32,17 @@ def test_ops_without_arguments_that_matter_are_answered_once_per_op():
     facts = OpFacts()
     assert facts.op(seeds).random and not facts.op(relu).random
     assert facts.op(relu).name == "aten.relu" and not facts.op(relu).mutating
+
+
+def test_cpu_flash_attention_is_compute_bound_with_the_cuda_formula():
+    from torch.utils.flop_counter import flop_registry
+
+    from rematpass.passes.op_facts import flop_formula, is_compute_bound
+
+    (node,) = _attention_graph(0.0)
+    assert is_compute_bound(node)
+    q = torch.empty(2, 4, 128, 32)
+    out = (torch.empty(2, 4, 128, 32), torch.empty(2, 4, 128))
+    flops = flop_formula(node)(q, q, q, out_val=out)
+    cuda = flop_registry[torch.ops.aten._scaled_dot_product_flash_attention](q, q, q, out_val=out)
+    assert flops == cuda == 2 * 2 * (2 * 4 * 128 * 128 * 32)  # two matmuls of B*H*S*S*D multiply-adds

@@ -7,12 +7,18 @@ for the checkpoint variant, and whether the model has dropout. ``size``
 scales widths and the batch (``size=4`` on a GPU, say); ``size=1`` compiles
 in well under a minute per variant on two CPU cores.
 
-The two transformers models are built from configs with random weights: no
+``FULL_SUITE`` (``--size full``) holds models at their published sizes: GPT-2
+small, an 8-layer Llama-style model with grouped-query attention, ViT-B/16 and
+ResNet-50, with a batch per device (``FULL_SHAPES``).
+
+The transformers models are built from configs with random weights: no
 download, no tokenizer.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -155,13 +161,137 @@ EXTRA: dict[str, Callable[[float], BenchModel]] = {"tiny-mlp": _tiny_mlp}
 DEFAULT_MODELS = list(SUITE)
 
 
-def build(name: str, size: float = 1.0, seed: int = 0) -> BenchModel:
-    """The model ``name`` at ``size``, with weights and inputs drawn from ``seed``."""
-    makers = {**SUITE, **EXTRA}
-    if name not in makers:
-        raise KeyError(f"unknown model {name!r}; choose from {', '.join(makers)}")
+# ------------------------------------------------------------------ the full-size suite (--size full)
+
+
+@dataclass(frozen=True)
+class Shape:
+    batch: int
+    seq: int | None = None  # tokens per sequence, for the language models
+
+
+# (CPU, CUDA). Each CPU shape is about 400 GFLOP per training step (FlopCounterMode), so an eager
+# step takes seconds, not minutes: 4 to 9 s on one thread of a 2-core AMD EPYC (GPT-2 small the
+# slowest). CUDA shapes are ordinary training shapes. --batch overrides the batch of either.
+FULL_SHAPES: dict[str, tuple[Shape, Shape]] = {
+    "gpt2-small": (Shape(2, 256), Shape(8, 1024)),
+    "llama-8l": (Shape(2, 256), Shape(8, 1024)),
+    "vit-b16": (Shape(4), Shape(64)),
+    "resnet50": (Shape(16), Shape(64)),
+}
+
+
+# transformers' GPT2Config defaults, spelled out because gpt2_lm takes them as its arguments.
+GPT2_SMALL = {"vocab": 50257, "dim": 768, "layers": 12, "positions": 1024, "heads": 12}
+
+
+def _gpt2_small(shape: Shape) -> BenchModel:
+    lm = zoo.gpt2_lm(attn_implementation="sdpa", **GPT2_SMALL)
+    return BenchModel(
+        "gpt2-small",
+        f"transformers GPT2LMHeadModel at GPT-2 small (12 layers, dim 768, 12 heads, vocab 50257), no dropout, "
+        f"SDPA, batch {shape.batch} x {shape.seq}",
+        zoo.CausalLM(lm),
+        (torch.randint(0, GPT2_SMALL["vocab"], (shape.batch, shape.seq)),),
+        list(lm.transformer.h),
+    )
+
+
+def _llama_8l(shape: Shape) -> BenchModel:
+    vocab = 32000
+    lm = zoo.llama_lm(
+        vocab=vocab,
+        dim=1024,
+        hidden=2816,
+        layers=8,
+        positions=2048,
+        heads=16,
+        kv_heads=4,
+        attn_implementation="sdpa",
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return BenchModel(
+        "llama-8l",
+        "transformers LlamaForCausalLM, 8 layers, dim 1024, 16 heads / 4 KV heads, SwiGLU 2816, vocab 32000, "
+        f"SDPA, batch {shape.batch} x {shape.seq}",
+        zoo.CausalLM(lm),
+        (torch.randint(0, vocab, (shape.batch, shape.seq)),),
+        list(lm.model.layers),
+    )
+
+
+def _vit_b16(shape: Shape) -> BenchModel:
+    model = zoo.vit_classifier(attn_implementation="sdpa")
+    return BenchModel(
+        "vit-b16",
+        "transformers ViTForImageClassification at ViT-B/16 (12 layers, dim 768, 12 heads), 224x224 images, "
+        f"1000 classes, no dropout, SDPA, batch {shape.batch}",
+        zoo.LossOf(model, "pixel_values", "labels"),
+        (torch.randn(shape.batch, 3, 224, 224), torch.randint(0, 1000, (shape.batch,))),
+        list(model.vit.layers),
+    )
+
+
+def _resnet50(shape: Shape) -> BenchModel:
+    model = zoo.resnet_classifier()
+    return BenchModel(
+        "resnet50",
+        f"transformers ResNetForImageClassification at ResNet-50 (bottleneck stages 3-4-6-3), 224x224 images, "
+        f"1000 classes, batch {shape.batch}",
+        zoo.LossOf(model, "pixel_values", "labels"),
+        (torch.randn(shape.batch, 3, 224, 224), torch.randint(0, 1000, (shape.batch,))),
+        [layer for stage in model.resnet.encoder.stages for layer in stage.layers],
+    )
+
+
+FULL_SUITE: dict[str, Callable[[Shape], BenchModel]] = {
+    "gpt2-small": _gpt2_small,
+    "llama-8l": _llama_8l,
+    "vit-b16": _vit_b16,
+    "resnet50": _resnet50,
+}
+FULL = "full"
+
+
+def parse_size(text: str) -> float | str:
+    """``--size``: a scale factor for the small suite, or the word ``full`` for the full-size suite."""
+    if text == FULL:
+        return FULL
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size {text!r}: a positive number or {FULL!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"--size {text!r}: must be positive")
+    return value
+
+
+def default_models(size: float | str) -> list[str]:
+    return list(FULL_SUITE) if size == FULL else DEFAULT_MODELS
+
+
+def full_shape(name: str, device: str = "cpu", batch: int | None = None) -> Shape:
+    shape = FULL_SHAPES[name][1 if device.startswith("cuda") else 0]
+    return shape if batch is None else dataclasses.replace(shape, batch=batch)
+
+
+def build(
+    name: str, size: float | str = 1.0, seed: int = 0, *, device: str = "cpu", batch: int | None = None
+) -> BenchModel:
+    """The model ``name`` at ``size`` (``"full"``: the full-size suite, shaped for ``device``), with weights
+    and inputs drawn from ``seed``. ``batch`` overrides a full-size model's batch."""
+    small = {**SUITE, **EXTRA}
+    if size == FULL:
+        if name not in FULL_SUITE:
+            raise KeyError(f"--size full runs {', '.join(FULL_SUITE)}, not {name!r}")
+        torch.manual_seed(seed)
+        return FULL_SUITE[name](full_shape(name, device, batch))
+    if name not in small:
+        where = " (a full-size model: use --size full)" if name in FULL_SUITE else f"; choose from {', '.join(small)}"
+        raise KeyError(f"unknown model {name!r}{where}")
     torch.manual_seed(seed)
-    return makers[name](size)
+    return small[name](size)
 
 
 # ------------------------------------------------------------------ the checkpoint variant

@@ -57,6 +57,7 @@ COLUMNS = [
     ("step vs inductor", lambda r: _ratio(r.get("step_ratio"))),
     ("compile", lambda r: _seconds(r.get("compile_seconds"))),
     ("partition", lambda r: _seconds(r.get("partition_seconds"))),
+    ("partition host peak", lambda r: _mib(r.get("partition_peak_host_bytes"))),
     ("grads", _grads_cell),
 ]
 
@@ -224,6 +225,12 @@ def targets(model: dict[str, Any]) -> list[str]:
     return lines
 
 
+PARTITION_MEMORY_NOTES = {
+    "rss": " (resident-set growth: a lower bound, low when the call reuses memory freed earlier)",
+    "tracemalloc": " (Python and numpy allocations; partition and compile times include tracemalloc's slowdown)",
+}
+
+
 def markdown(results: dict[str, Any]) -> str:
     """results.md: the machine, the settings and one Markdown table per model."""
     m, c = results["machine"], results["config"]
@@ -232,7 +239,12 @@ def markdown(results: dict[str, Any]) -> str:
         f"torch {m.get('torch')}, Python {m.get('python')}, {c.get('threads', '?')} torch threads, device {results['device']}"
         + (f", GPU {m['gpu']}" if m.get("gpu") else "")
         + f"; rematpass {m.get('rematpass_commit', '?')}.",
-        f"Settings: size {c['size']}, {c['steps']} interleaved timing rounds, seed {c['seed']}; "
+        f"Settings: size {c['size']}"
+        + (f", batch {c['batch']}" if c.get("batch") else "")
+        + f", {c['steps']} interleaved timing rounds, seed {c['seed']}"
+        + (f", partition host memory by {c['partition_memory']}" if c.get("partition_memory") else "")
+        + PARTITION_MEMORY_NOTES.get(c.get("partition_memory"), "")
+        + "; "
         f"load average {m.get('load_average')} at the start, {m.get('load_average_end')} at the end.",
         "",
     ]

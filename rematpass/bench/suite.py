@@ -3,8 +3,10 @@
     python -m rematpass.bench                                  # the whole suite on the CPU
     python -m rematpass.bench --models gpt2 llama --variants inductor remat remat@0.3
     python -m rematpass.bench --device cuda --size 4 --out bench-gpu
+    python -m rematpass.bench --size full    # GPT-2 small, Llama 8 layers, ViT-B/16, ResNet-50
 
-Trains each model of the suite (``rematpass.bench.models``) under each
+Trains each model of the suite (``rematpass.bench.models``; ``--size full``:
+its full-size suite, batch per device, ``--batch`` overrides) under each
 variant in one process, prints one table per model, writes ``results.json``
 to ``--out`` and draws ``pareto.png`` (peak memory against step time; needs
 the ``plot`` extra, matplotlib).
@@ -38,6 +40,8 @@ How each figure is measured:
   Eager variants: FlopCounterMode's total over forward+backward minus eager's.
 - partition time: wall time of the partitioner call alone (Inductor's joint-graph
   passes excluded), measured by the same wrapper for every compiled variant.
+  partition host peak: the most host memory one partitioner call took above what
+  was in use before it (``--partition-memory``; see ``rematpass.bench.measure.HostPeak``).
   compile time: wall time of the first forward+backward (both compiles and one step).
 - step time: after all variants of a model are compiled and measured, they are
   kept alive and run in interleaved rounds (A B C ... A B C ..., start rotated each
@@ -61,7 +65,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import dataclasses
 import json
 import os
 import pathlib
@@ -77,66 +80,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from .. import inductor_hooks
 from ..measure import peak_memory, saved_activation_bytes
 from . import models as bench_models
-from .measure import PartitionRecorder, grad_error, saved_bytes_with_held
+from .measure import HOST_MEMORY_METHODS, PartitionRecorder, grad_error, saved_bytes_with_held
 from .output import _mib, machine, markdown, plot, table, targets
+from .variants import DEFAULT_VARIANTS, FULL_VARIANTS, Variant, parse_variant
 
 SCHEMA = "rematpass.bench/1"
-DEFAULT_VARIANTS = (
-    ["eager", "checkpoint", "inductor"]
-    + [f"inductor@{b}" for b in (0.8, 0.5, 0.3, 0.1)]
-    + ["remat"]
-    + [f"remat@{b}" for b in (0.8, 0.5, 0.3, 0.1)]
-)
 BASELINE = "inductor"
 GRAD_RTOL = 1e-4
 LR = 1e-4
-
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    name: str
-    kind: str  # eager | checkpoint | inductor | remat
-    budget: float | None = None
-    fastest: bool = False  # remat-fastest: the default plan with time_tolerance=0 (no peak traded in)
-
-    @property
-    def compiled(self) -> bool:
-        return self.kind in ("inductor", "remat")
-
-    def compile(self, module: torch.nn.Module) -> Callable:
-        if self.kind == "inductor":
-            return torch.compile(module, backend="inductor", isolate_recompiles=True)
-        if self.kind == "remat":
-            options = {} if self.budget is None else {"memory_budget": self.budget}
-            if self.fastest:
-                options["time_tolerance"] = 0
-            return torch.compile(module, backend="remat", options=options or None, isolate_recompiles=True)
-        return module
-
-    def first_call_context(self):
-        if self.kind == "inductor" and self.budget is not None:
-            return inductor_hooks.activation_memory_budget(self.budget)
-        return contextlib.nullcontext()
-
-
-def parse_variant(spec: str) -> Variant:
-    if spec == "remat-fastest":
-        return Variant(spec, "remat", fastest=True)
-    kind, _, budget = spec.partition("@")
-    if kind not in ("eager", "checkpoint", "inductor", "remat") or (budget and kind not in ("inductor", "remat")):
-        raise argparse.ArgumentTypeError(
-            f"unknown variant {spec!r}: use eager, checkpoint, inductor, inductor@B, remat, remat-fastest "
-            "or remat@B (B in [0, 1])"
-        )
-    if not budget:
-        return Variant(spec, kind)
-    try:
-        value = float(budget)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{spec!r}: budget {budget!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{spec!r}: budget must be in [0, 1]")
-    return Variant(spec, kind, value)
 
 
 # ------------------------------------------------------------------ one variant
@@ -280,6 +231,7 @@ def run_model(
     steps: int,
     seed: int,
     say: Callable[[str], None] = print,
+    partition_memory: str = "rss",
 ) -> dict[str, Any]:
     import rematpass
 
@@ -294,7 +246,7 @@ def run_model(
     results: list[dict[str, Any]] = []
     compiled_ref = None
     recompiled = False
-    with PartitionRecorder() as recorder:
+    with PartitionRecorder(partition_memory) as recorder:
         for k, variant in enumerate(variants, 1):
             label = f"[{bench.name} {k}/{len(variants)}] {variant.name}"
             say(f"{label}: {'compiling and ' if variant.compiled else ''}measuring ...")
@@ -313,6 +265,9 @@ def run_model(
                         raise RuntimeError("no partition ran for this variant (a cached or reused compile?)")
                     result["partitions"] = len(records)
                     result["partition_seconds"] = sum(r["seconds"] for r in records)
+                    peaks = [r["host_peak_bytes"] for r in records]
+                    # Calls run one after another, so the variant's partitioner needs the largest of them.
+                    result["partition_peak_host_bytes"] = None if None in peaks else max(peaks)
                     for key in ("recompute_flops", "recompute_ops", "recompute_elements"):
                         result[key] = sum(r[key] for r in records)
                     if variant.kind == "remat":
@@ -394,15 +349,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    names = list(bench_models.SUITE) + list(bench_models.EXTRA)
+    names = list(bench_models.SUITE) + list(bench_models.EXTRA) + list(bench_models.FULL_SUITE)
     parser.add_argument(
         "--models",
         nargs="+",
-        default=bench_models.DEFAULT_MODELS,
+        default=None,
         choices=names,
         metavar="MODEL",
         help=f"models to run (default: the suite, {' '.join(bench_models.DEFAULT_MODELS)}; also: "
-        f"{' '.join(bench_models.EXTRA)})",
+        f"{' '.join(bench_models.EXTRA)}; with --size full: {' '.join(bench_models.FULL_SUITE)})",
     )
     parser.add_argument(
         "--variants",
@@ -410,13 +365,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         type=parse_variant,
         default=None,
         metavar="VARIANT",
-        help=f"variants to run (default: {' '.join(DEFAULT_VARIANTS)})",
+        help=f"variants to run (default: {' '.join(DEFAULT_VARIANTS)}; with --size full: {' '.join(FULL_VARIANTS)})",
     )
     parser.add_argument(
         "--size",
-        type=float,
+        type=bench_models.parse_size,
         default=1.0,
-        help="scale widths and batch sizes by this factor (default 1: tiny, for 2 CPU cores)",
+        help="scale widths and batch sizes by this factor (default 1: tiny, for 2 CPU cores), or 'full': "
+        "the full-size suite at published sizes",
+    )
+    parser.add_argument(
+        "--batch", type=int, default=None, help="batch of the --size full models (default: per model and device)"
+    )
+    parser.add_argument(
+        "--partition-memory",
+        choices=HOST_MEMORY_METHODS,
+        default="rss",
+        help="how to measure the partitioner's peak host memory (default rss: free, a lower bound; "
+        "tracemalloc: exact for Python and numpy, but slows the partition call it times)",
     )
     parser.add_argument(
         "--steps", type=int, default=10, help="interleaved timing rounds, one step per variant each (default 10)"
@@ -444,7 +410,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "first variant then include loading the compiler toolchain)",
     )
     args = parser.parse_args(argv)
-    variants = args.variants or [parse_variant(v) for v in DEFAULT_VARIANTS]
+    full = args.size == bench_models.FULL
+    args.models = args.models or bench_models.default_models(args.size)
+    wrong = [m for m in args.models if (m in bench_models.FULL_SUITE) != full]
+    if wrong:
+        parser.error(f"{' '.join(wrong)}: --size full runs exactly {' '.join(bench_models.FULL_SUITE)}")
+    if args.batch is not None and (not full or args.batch < 1):
+        parser.error("--batch is a positive batch for --size full")
+    variants = args.variants or [parse_variant(v) for v in (FULL_VARIANTS if full else DEFAULT_VARIANTS)]
     if len({v.name for v in variants}) != len(variants):
         parser.error("a variant is named twice")
     out = pathlib.Path(args.out)
@@ -466,6 +439,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "models": args.models,
             "variants": [v.name for v in variants],
             "size": args.size,
+            "batch": args.batch,
+            "partition_memory": args.partition_memory,
             "steps": args.steps,
             "seed": args.seed,
             "threads": torch.get_num_threads(),
@@ -478,9 +453,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         say("warming up the compilers ...")
         _warm_up(args.device)
     for name in args.models:
-        bench = bench_models.build(name, args.size, args.seed)
+        bench = bench_models.build(name, args.size, args.seed, device=args.device, batch=args.batch)
         say(f"== {name}: {bench.description}, {bench.num_params / 1e6:.2f} M parameters")
-        model = run_model(bench, variants, device=args.device, steps=args.steps, seed=args.seed, say=say)
+        model = run_model(
+            bench,
+            variants,
+            device=args.device,
+            steps=args.steps,
+            seed=args.seed,
+            say=say,
+            partition_memory=args.partition_memory,
+        )
         results["models"].append(model)
         say("\n" + "\n".join([table(model), *targets(model)]) + "\n")
         (out / "results.json").write_text(json.dumps(results, indent=1))

@@ -438,7 +438,11 @@ def calibrate(device: str, seconds: float, *, write: bool = True, out=None) -> i
     print(f"  matmul ({rates.dtype}):  {rates.flops_per_second:.3g} FLOP/s", file=out)
     print(f"  copy bandwidth:   {rates.bytes_per_second:.3g} B/s (bytes read + written)", file=out)
     default_flops, default_bytes = DEFAULT_RATES[rates.device]
-    print(f"  (uncalibrated defaults: {default_flops:.3g} FLOP/s, {default_bytes:.3g} B/s)", file=out)
+    print(
+        f"  (uncalibrated defaults: {default_flops:.3g} FLOP/s, {default_bytes:.3g} B/s; measured / default: "
+        f"{rates.flops_per_second / default_flops:.2g}x, {rates.bytes_per_second / default_bytes:.2g}x)",
+        file=out,
+    )
     if write:
         print(
             f"wrote {save_rates(rates)}: the cost model reads it for {rates.device} graphs; "
