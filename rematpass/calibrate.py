@@ -138,6 +138,39 @@ def measure_rates(device: str = "cpu", seconds: float = 10.0, dtype: torch.dtype
     )
 
 
+def calibrate_and_report(device: str, seconds: float, *, write: bool = True, out=None) -> int:
+    """``rematpass calibrate``: measure the rates, print them next to the defaults, write the rates file."""
+    import sys
+
+    from .cost import DEFAULT_RATES  # cost reads the rates file through this module
+
+    out = out or sys.stdout
+    rates = measure_rates(device, seconds)
+    where = f"{rates.device_name}, {rates.threads} threads" if rates.device == "cpu" else rates.device_name
+    print(f"{rates.device} ({where}), torch {rates.torch_version}:", file=out)
+    print(f"  matmul ({rates.dtype}):  {rates.flops_per_second:.3g} FLOP/s", file=out)
+    print(f"  copy bandwidth:   {rates.bytes_per_second:.3g} B/s (bytes read + written)", file=out)
+    default_flops, default_bytes = DEFAULT_RATES[rates.device]
+    print(
+        f"  (uncalibrated defaults: {default_flops:.3g} FLOP/s, {default_bytes:.3g} B/s; measured / default: "
+        f"{rates.flops_per_second / default_flops:.2g}x, {rates.bytes_per_second / default_bytes:.2g}x)",
+        file=out,
+    )
+    if write:
+        print(
+            f"wrote {save_rates(rates)}: the cost model reads it for {rates.device} graphs; "
+            "the flops_per_second / bytes_per_second knobs still override it",
+            file=out,
+        )
+    else:
+        print(
+            f"not written; to use these rates: export REMAT_FLOPS_PER_SECOND={rates.flops_per_second:.4g} "
+            f"REMAT_BYTES_PER_SECOND={rates.bytes_per_second:.4g} (or rerun without --no-write to write {rates_file()})",
+            file=out,
+        )
+    return 0
+
+
 def _time_matmul(n: int, device: str, dtype: torch.dtype, sync, seconds: float) -> float:
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)

@@ -426,38 +426,6 @@ def diff(path_a: str, path_b: str, limit: int = 40, out=None) -> int:
     return 0
 
 
-def calibrate(device: str, seconds: float, *, write: bool = True, out=None) -> int:
-    """Measure the rates (``rematpass.calibrate``), print them, and write the rates file."""
-    from ..calibrate import measure_rates, rates_file, save_rates
-    from ..cost import DEFAULT_RATES
-
-    out = out or sys.stdout
-    rates = measure_rates(device, seconds)
-    where = f"{rates.device_name}, {rates.threads} threads" if rates.device == "cpu" else rates.device_name
-    print(f"{rates.device} ({where}), torch {rates.torch_version}:", file=out)
-    print(f"  matmul ({rates.dtype}):  {rates.flops_per_second:.3g} FLOP/s", file=out)
-    print(f"  copy bandwidth:   {rates.bytes_per_second:.3g} B/s (bytes read + written)", file=out)
-    default_flops, default_bytes = DEFAULT_RATES[rates.device]
-    print(
-        f"  (uncalibrated defaults: {default_flops:.3g} FLOP/s, {default_bytes:.3g} B/s; measured / default: "
-        f"{rates.flops_per_second / default_flops:.2g}x, {rates.bytes_per_second / default_bytes:.2g}x)",
-        file=out,
-    )
-    if write:
-        print(
-            f"wrote {save_rates(rates)}: the cost model reads it for {rates.device} graphs; "
-            "the flops_per_second / bytes_per_second knobs still override it",
-            file=out,
-        )
-    else:
-        print(
-            f"not written; to use these rates: export REMAT_FLOPS_PER_SECOND={rates.flops_per_second:.4g} "
-            f"REMAT_BYTES_PER_SECOND={rates.bytes_per_second:.4g} (or rerun without --no-write to write {rates_file()})",
-            file=out,
-        )
-    return 0
-
-
 # ---------------------------------------------------------------------------- entry point
 
 
@@ -491,7 +459,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "diff":
             return diff(args.dir_a, args.dir_b, limit=args.limit)
         if args.command == "calibrate":
-            return calibrate(args.device, args.seconds, write=not args.no_write)
+            from ..calibrate import calibrate_and_report
+
+            return calibrate_and_report(args.device, args.seconds, write=not args.no_write)
         return frontier(args.dir)
     except (DumpError, ValueError) as exc:
         print(f"rematpass: error: {exc}", file=sys.stderr)
