@@ -18,6 +18,7 @@ says otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Mapping
 from typing import Any
@@ -25,10 +26,21 @@ from typing import Any
 import torch
 
 from . import config
-from .inductor_hooks import CustomGraphPass, compile_with_inductor, get_hash_for_files, installed_pass, mode_options
+from .inductor_hooks import (
+    CustomGraphPass,
+    backward_compiled_eagerly,
+    compile_with_inductor,
+    get_hash_for_files,
+    installed_pass,
+    mode_options,
+    scheduled_memory,
+)
 from .inspect.dump import watch_compile
+from .inspect.report import replace_report
 from .partitioner import RematPartitioner
 from .passes import gather_pool_grad, hoist_matmul
+from .scheduled_peak import step_peak
+from .verify import CompileOutcome, compile_within
 
 
 class HoistLateMatmuls(CustomGraphPass):
@@ -83,14 +95,61 @@ def _after_user_passes(slot: str, ours: CustomGraphPass) -> CustomGraphPass:
 def remat(
     gm: torch.fx.GraphModule, example_inputs, *, options: Mapping[str, Any] | None = None, mode: str | None = None
 ):
-    """Compile ``gm`` with Inductor, partitioned by rematpass. Knobs come from ``options``."""
+    """Compile ``gm`` with Inductor, partitioned by rematpass. Knobs come from ``options``.
+
+    The backward is compiled with the forward, so that each plan's report carries the peak of
+    the kernels Inductor scheduled for it. Under a byte ``memory_budget`` that figure is checked
+    against the budget and the graph recompiled with a smaller plan when over; under a fraction
+    below 1, shallower plans are compiled while they schedule a lower peak (rematpass.verify).
+    """
     knobs = config.resolve(options)
+    budget = knobs.memory_budget
+    fraction = isinstance(budget, float) and budget < 1.0
+    if not (knobs.verify_peak and (isinstance(budget, int) or fraction)):
+        return _compile_once(gm, example_inputs, knobs, mode, verifying=False).compiled
+    reports: list = []
+
+    def compile_once(attempt_knobs):
+        outcome = _compile_once(gm, example_inputs, attempt_knobs, mode, verifying=True)
+        reports.append(outcome.report)
+        return outcome
+
+    final = compile_within(None if fraction else int(budget), knobs, compile_once)
+    for report in reports:  # only the kept plan's report stays among the recent ones
+        if report is not None:
+            replace_report(report, None)
+    if final.report is not None:
+        replace_report(final.report, final.report)
+    return final.compiled
+
+
+def _compile_once(gm, example_inputs, knobs, mode, *, verifying: bool) -> CompileOutcome:
+    """One Inductor compile with our partitioner. ``verifying``: one attempt of rematpass.verify,
+    so Inductor's caches are bypassed (a cached graph would skip the partitioner and the codegen
+    the check reads) and the budget warning is left to the check."""
     patches: dict[str, Any] = {}
     if mode is not None and mode != "default":
         patches.update(mode_options(mode))
-    patches["custom_partitioner_fn"] = RematPartitioner(knobs)
+    partitioner = RematPartitioner(knobs, verified_after=verifying)
+    patches["custom_partitioner_fn"] = partitioner
     patches["joint_custom_post_pass"] = _after_user_passes("joint_custom_post_pass", GatherMaxPoolBackward())
     patches["post_grad_custom_post_pass"] = _after_user_passes("post_grad_custom_post_pass", HoistLateMatmuls())
     patches["allow_buffer_reuse"] = knobs.buffer_reuse
-    with watch_compile(knobs.dump_dir):
-        return compile_with_inductor(gm, example_inputs, patches)
+    if verifying:
+        patches["force_disable_caches"] = True
+    graphs: list = []
+    with watch_compile(knobs.dump_dir), backward_compiled_eagerly(), scheduled_memory(graphs):
+        compiled = compile_with_inductor(gm, example_inputs, patches)
+    outcome = CompileOutcome(compiled)
+    if not partitioner.reports:
+        return outcome
+    report = partitioner.reports[-1]
+    forward = [g for g in graphs if g is not None and not g.backward]
+    backward = [g for g in graphs if g is not None and g.backward]
+    if len(forward) == 1 and len(backward) == 1 and None not in graphs:
+        outcome.scheduled_peak_bytes = step_peak(forward[0], backward[0])
+        completed = dataclasses.replace(report, scheduled_peak_bytes=outcome.scheduled_peak_bytes)
+        replace_report(report, completed)
+        report = completed
+    outcome.report = report
+    return outcome

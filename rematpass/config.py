@@ -73,6 +73,10 @@ class Knobs:
     # time more than the fastest plan, and among those it takes the least predicted peak. 0: the
     # fastest plan.
     time_tolerance: float = 0.01
+    # After Inductor compiles a plan under a byte memory_budget, read the peak of the kernels it
+    # scheduled (rematpass.scheduled_peak) and, when that is over the budget, recompile with a
+    # smaller plan (at most MAX_RECOMPILES times). Compiles under a byte budget skip Inductor's caches.
+    verify_peak: bool = True
 
 
 KNOB_HELP = {
@@ -88,6 +92,7 @@ KNOB_HELP = {
     "peak_model": "'fused' (Inductor) or 'unfused' (every op allocates)",
     "buffer_reuse": "True or False",
     "time_tolerance": "a fraction of the step's estimated time in [0, 1), e.g. 0.01 (0: the fastest plan)",
+    "verify_peak": "True or False",
 }
 
 _UNITS = {
@@ -253,6 +258,7 @@ _VALIDATORS = {
     "peak_model": _peak_model,
     "buffer_reuse": functools.partial(_bool, "buffer_reuse"),
     "time_tolerance": _time_tolerance,
+    "verify_peak": functools.partial(_bool, "verify_peak"),
 }
 KNOB_NAMES = tuple(f.name for f in dataclasses.fields(Knobs))
 assert set(KNOB_NAMES) == set(_VALIDATORS) == set(KNOB_HELP)

@@ -22,6 +22,7 @@ __all__ = [
     "CustomPartitionerFn",
     "activation_memory_budget",
     "aot_autograd_cache_hits",
+    "backward_compiled_eagerly",
     "compile_with_inductor",
     "current_compile_id",
     "get_hash_for_files",
@@ -30,6 +31,7 @@ __all__ = [
     "mode_options",
     "register_torch_log",
     "reset_dynamo",
+    "scheduled_memory",
     "trace_artifact",
     "wrapped_partition_fn",
 ]
@@ -132,3 +134,68 @@ def wrapped_partition_fn(wrap: Callable[[Callable], Callable]) -> Iterator[bool]
         yield True
     finally:
         compile_fx.partition_fn = original
+
+
+def backward_compiled_eagerly():
+    """A context in which AOTAutograd compiles the backward with the forward, not at its first call."""
+    return torch._functorch.config.patch(force_non_lazy_backward_lowering=True)
+
+
+@contextlib.contextmanager
+def scheduled_memory(sink: list) -> Iterator[None]:
+    """Append, for each graph Inductor generates code for inside, its memory figures
+    (``scheduled_peak.GraphMemory``) to ``sink``, read off the final schedule after codegen.
+
+    Reading never breaks a compile: on any error it appends None and logs why.
+    """
+    from torch._inductor.graph import GraphLowering
+
+    original = GraphLowering.codegen
+
+    def codegen(graph, *args, **kwargs):
+        result = original(graph, *args, **kwargs)
+        try:
+            sink.append(_graph_memory(graph))
+        except Exception as exc:
+            logging.getLogger("rematpass").warning("could not read Inductor's schedule: %s", exc, exc_info=True)
+            sink.append(None)
+        return result
+
+    GraphLowering.codegen = codegen
+    try:
+        yield
+    finally:
+        GraphLowering.codegen = original
+
+
+def _graph_memory(graph):
+    from torch._inductor import memory
+    from torch.utils._ordered_set import OrderedSet
+
+    from .scheduled_peak import ScheduledBuffer, graph_memory
+
+    scheduler = graph.scheduler
+    nodes = scheduler.nodes
+    inputs = OrderedSet(graph.graph_inputs.keys())
+    outputs = OrderedSet(graph.get_output_names())
+    memory.prepare_planning_info(nodes, scheduler.name_to_buf, scheduler.name_to_fused_node, inputs, outputs)
+    freeable = memory.get_freeable_input_buf(nodes, inputs)
+    timeline, _, _ = memory.compute_memory_timeline(nodes, freeable, outputs)
+    buffers = [
+        ScheduledBuffer(
+            name=info.buffer.get_name() if hasattr(info.buffer, "get_name") else info.buffer.name,
+            alloc_bytes=int(info.size_alloc),
+            free_bytes=int(info.size_free),
+            start=info.start_step,
+            end=info.end_step,
+            graph_input=isinstance(info.buffer, memory.FreeableInputBuffer),
+        )
+        for info in timeline
+    ]
+    return graph_memory(
+        buffers,
+        len(nodes),
+        backward=bool(graph.is_backward),
+        reuses=dict(graph.wrapper_code.reuses),
+        removed=set(graph.removed_buffers),
+    )

@@ -40,8 +40,8 @@ def _grads_cell(row: dict) -> str:
     return status
 
 
-def _predicted_over_measured(row: dict[str, Any]) -> str:
-    predicted, measured = (row.get("remat_reports") or {}).get("predicted_peak_bytes"), row.get("peak_bytes")
+def _predicted_over_measured(row: dict[str, Any], key: str = "predicted_peak_bytes") -> str:
+    predicted, measured = (row.get("remat_reports") or {}).get(key), row.get("peak_bytes")
     return f"{predicted / measured:.3f}" if predicted and measured else "-"
 
 
@@ -51,6 +51,7 @@ COLUMNS = [
     ("peak vs inductor", lambda r: _ratio(r.get("peak_ratio"))),
     ("predicted peak", lambda r: _mib((r.get("remat_reports") or {}).get("predicted_peak_bytes"))),
     ("predicted / measured", lambda r: _predicted_over_measured(r)),
+    ("scheduled / measured", lambda r: _predicted_over_measured(r, "scheduled_peak_bytes")),
     ("saved", lambda r: _mib(r.get("saved_bytes"))),
     ("recompute FLOPs", lambda r: _count(r.get("recompute_flops"))),
     (

@@ -193,6 +193,8 @@ def _remat_reports_since(count: int) -> dict[str, Any] | None:
         "budget_met": all(r.budget_met for r in reports),
         # Graphs run one after another: the step peaks with the largest one.
         "predicted_peak_bytes": max((r.predicted_peak_bytes or 0 for r in reports), default=0) or None,
+        # The same, read off the kernels Inductor scheduled (rematpass.scheduled_peak).
+        "scheduled_peak_bytes": max((r.scheduled_peak_bytes or 0 for r in reports), default=0) or None,
     }
 
 

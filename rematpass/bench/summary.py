@@ -21,6 +21,7 @@ HEAD = (
     "measured peak",
     "predicted peak",
     "predicted / measured",
+    "scheduled / measured",
     "step vs inductor",
     "compile",
     "partition",
@@ -34,6 +35,7 @@ def _row(r: dict[str, Any]) -> tuple[str, ...]:
         return (r["name"], "FAILED", *[""] * (len(HEAD) - 3), r["error"][:80])
     measured = r.get("peak_bytes")
     predicted = (r.get("remat_reports") or {}).get("predicted_peak_bytes")
+    scheduled = (r.get("remat_reports") or {}).get("scheduled_peak_bytes")
     grads = r.get("grads") or {}
     err = grads.get("max_rel_err")
     return (
@@ -41,6 +43,7 @@ def _row(r: dict[str, Any]) -> tuple[str, ...]:
         _mib(measured),
         _mib(predicted),
         _ratio(predicted / measured) if predicted and measured else "-",
+        _ratio(scheduled / measured) if scheduled and measured else "-",
         _ratio(r.get("step_ratio")),
         _seconds(r.get("compile_seconds")),
         _seconds(r.get("partition_seconds")),

@@ -94,6 +94,11 @@ class PartitionReport:
     target_peak_bytes: float | None = None  # an absolute memory_budget caps the predicted peak
     # The hull plans scored for peak (plan.json's ``peak_plans``)
     peak_plans: tuple[ScoredPlan, ...] = field(default=(), repr=False)
+    # The step's peak in the kernels Inductor scheduled for this plan (rematpass.scheduled_peak);
+    # None until the backend has read both compiled graphs, or when it could not.
+    scheduled_peak_bytes: int | None = None
+    # Under a byte memory_budget: every plan compiled for this graph, in order (rematpass.verify).
+    verification: tuple = ()
 
     def saved_nodes(self) -> list[NodeDecision]:
         return [n for n in self.nodes if n.decision == SAVED]
@@ -337,6 +342,19 @@ def record(report: PartitionReport) -> None:
 def recent_reports() -> list[PartitionReport]:
     """Reports of the most recent partitions in this process, oldest first."""
     return list(_RECENT)
+
+
+def replace_report(old: PartitionReport, new: PartitionReport | None) -> None:
+    """Put ``new`` where ``old`` was among the recent reports (None: forget ``old``)."""
+    for i, report in enumerate(_RECENT):
+        if report is old:
+            if new is None:
+                del _RECENT[i]
+            else:
+                _RECENT[i] = new
+            return
+    if new is not None:
+        _RECENT.append(new)
 
 
 def clear_reports() -> None:

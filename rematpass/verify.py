@@ -1,0 +1,181 @@
+"""Verify before promising: a byte ``memory_budget`` is checked against the peak of the kernels
+Inductor actually scheduled, and the graph is recompiled with a smaller plan when it is over.
+
+The planner's peak model does not see Inductor's fusion, ordering and in-place writes; on deep
+recomputation it can be 20-50% low. ``rematpass.scheduled_peak`` reads the schedule after
+codegen instead. When that is over the budget, the next attempt aims the planner's predicted
+peak lower by the ratio just observed (predicted / scheduled), since a nearby plan is usually
+misjudged by about as much.
+
+Deep recomputation can also schedule a higher peak than a shallower plan, the opposite of what
+the planner predicts. So while no attempt fits (and always under a fractional budget, which is
+a promise that less memory is never worse), the search climbs to shallower plans of the
+planner's frontier and goes on while the scheduled peak does not rise. After ``MAX_RECOMPILES``
+recompiles the attempt with the least scheduled peak is kept (compiled once more if it was not
+the last), with a warning giving the figures when it is over a byte budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Knobs
+
+MAX_RECOMPILES = 4
+
+
+class RematBudgetWarning(UserWarning):
+    """A byte memory_budget could not be met by any plan Inductor scheduled."""
+
+
+@dataclass(frozen=True)
+class VerifyAttempt:
+    """One compile under a byte budget: what the planner aimed its predicted peak at, what it
+    predicted for the plan it chose, and the peak of Inductor's schedule of that plan."""
+
+    aim_bytes: int
+    predicted_peak_bytes: int
+    scheduled_peak_bytes: int
+    saved_bytes: int
+
+
+@dataclass
+class CompileOutcome:
+    """What one compile produced: the compiled callable, the report of its partition (None when
+    our partitioner did not run: a cache hit, a fallback, no backward), and the step's peak as
+    Inductor scheduled it (None when the schedule could not be read)."""
+
+    compiled: Any
+    report: Any = None
+    scheduled_peak_bytes: int | None = None
+
+
+def least_predicted_peak(report) -> int:
+    """The least predicted peak among the plans the planner scored for this graph."""
+    peaks = [p.predicted_peak_bytes for p in report.peak_plans]
+    return min(peaks + [report.predicted_peak_bytes])
+
+
+def climbing_ladder(peak_plans) -> list[int]:
+    """Predicted peaks of the plans the planner would pick for some byte budget: those no other
+    scored plan beats on both recompute time and predicted peak. Ascending."""
+    ladder: list[int] = []
+    fastest = float("inf")
+    for plan in sorted(peak_plans, key=lambda p: (p.predicted_peak_bytes, p.time_cost)):
+        if plan.time_cost < fastest:
+            ladder.append(plan.predicted_peak_bytes)
+            fastest = plan.time_cost
+    return ladder
+
+
+def next_aim(cap: int, attempt: VerifyAttempt, least: int) -> int | None:
+    """The predicted peak to aim the next plan at, or None when no smaller plan is left."""
+    if attempt.predicted_peak_bytes <= least:
+        return None
+    scaled = cap * attempt.predicted_peak_bytes / max(attempt.scheduled_peak_bytes, 1)
+    return max(least, min(int(scaled), attempt.predicted_peak_bytes - 1))
+
+
+def compile_within(cap: int | None, knobs: Knobs, compile_once: Callable[[Knobs], CompileOutcome]) -> CompileOutcome:
+    """Compile under byte budget ``cap`` (None: a fractional budget, which has no cap but must not
+    peak higher than a shallower plan would). Each ``compile_once(knobs)`` compiles a fresh plan."""
+    attempts: list[tuple[VerifyAttempt, Knobs]] = []
+    aim_knobs = knobs
+    outcome = compile_once(aim_knobs)
+    first_report = outcome.report
+    if not _verifiable(outcome):
+        _warn_unverified(cap, outcome)
+        return outcome
+    attempts.append((_attempt(aim_knobs, outcome), aim_knobs))
+
+    # Down: a plan over the cap makes way for one aimed lower by the error just seen.
+    while cap is not None and attempts[-1][0].scheduled_peak_bytes > cap and len(attempts) <= MAX_RECOMPILES:
+        aim = next_aim(cap, attempts[-1][0], least_predicted_peak(outcome.report))
+        if aim is None:
+            break
+        outcome = _try(knobs, aim, compile_once, attempts)
+        if outcome is None:
+            break
+
+    # Up: deep recomputation can schedule worse than a shallower plan (Inductor holds recomputed
+    # buffers the planner thought it would free). While no attempt fits, climb the planner's
+    # frontier of shallower plans one at a time, and go on while the scheduled peak does not rise.
+    best = _least_scheduled(attempts)[0]
+    ladder = climbing_ladder(first_report.peak_plans)
+    tried = {a.predicted_peak_bytes for a, _ in attempts}
+    last = best
+    while (cap is None or best.scheduled_peak_bytes > cap) and len(attempts) <= MAX_RECOMPILES:
+        higher = [p for p in ladder if p > last.predicted_peak_bytes and p not in tried]
+        if not higher:
+            break
+        tried.add(higher[0])
+        outcome = _try(knobs, higher[0], compile_once, attempts)
+        if outcome is None or attempts[-1][0].scheduled_peak_bytes > last.scheduled_peak_bytes:
+            break
+        last = attempts[-1][0]
+        if last.scheduled_peak_bytes < best.scheduled_peak_bytes:
+            best = last
+
+    history = tuple(a for a, _ in attempts)
+    best, best_knobs = _least_scheduled(attempts)
+    if best is not history[-1] or outcome is None:
+        outcome = compile_once(best_knobs)  # the same plan again: planning is deterministic
+    if outcome.report is not None:
+        outcome.report = dataclasses.replace(
+            outcome.report, scheduled_peak_bytes=outcome.scheduled_peak_bytes, verification=history
+        )
+    if cap is not None and best.scheduled_peak_bytes > cap:
+        warnings.warn(
+            f"rematpass: memory_budget={cap:,} bytes cannot be met on this graph: of the {len(history)} plans "
+            f"compiled, the least peaks at {best.scheduled_peak_bytes:,} bytes in Inductor's schedule "
+            f"(predicted {best.predicted_peak_bytes:,}); keeping that one",
+            RematBudgetWarning,
+            stacklevel=3,
+        )
+    return outcome
+
+
+def _least_scheduled(attempts: list) -> tuple[VerifyAttempt, Knobs]:
+    """The attempt with the least scheduled peak; the latest of equals (no recompile needed)."""
+    return min(reversed(attempts), key=lambda pair: pair[0].scheduled_peak_bytes)
+
+
+def _verifiable(outcome: CompileOutcome) -> bool:
+    report = outcome.report
+    return report is not None and outcome.scheduled_peak_bytes is not None and report.predicted_peak_bytes is not None
+
+
+def _attempt(aim_knobs: Knobs, outcome: CompileOutcome) -> VerifyAttempt:
+    budget = aim_knobs.memory_budget
+    return VerifyAttempt(
+        aim_bytes=int(budget) if isinstance(budget, int) else int(outcome.report.target_peak_bytes or 0),
+        predicted_peak_bytes=outcome.report.predicted_peak_bytes,
+        scheduled_peak_bytes=outcome.scheduled_peak_bytes,
+        saved_bytes=outcome.report.saved_bytes,
+    )
+
+
+def _try(knobs: Knobs, aim: int, compile_once, attempts: list) -> CompileOutcome | None:
+    """Compile the plan the planner picks for a predicted peak of ``aim`` bytes; None if unreadable."""
+    aim_knobs = dataclasses.replace(knobs, memory_budget=int(aim))
+    outcome = compile_once(aim_knobs)
+    if not _verifiable(outcome):
+        return None
+    attempts.append((_attempt(aim_knobs, outcome), aim_knobs))
+    return outcome
+
+
+def _warn_unverified(cap: int | None, outcome: CompileOutcome) -> None:
+    report = outcome.report
+    if cap is not None and report is not None and not report.budget_met:
+        warnings.warn(
+            f"rematpass: memory_budget={cap:,} bytes cannot be met on this graph; the least-memory plan "
+            f"saves {report.saved_bytes:,} bytes and is predicted to peak at "
+            f"{report.predicted_peak_bytes:,} bytes (Inductor's schedule could not be read)",
+            RematBudgetWarning,
+            stacklevel=4,
+        )

@@ -1,0 +1,147 @@
+"""Inductor's scheduled peak (rematpass.scheduled_peak) and the byte-budget check (rematpass.verify),
+without Inductor: schedules and compiles are stand-ins."""
+
+import dataclasses
+import warnings
+
+import pytest
+
+from rematpass.config import Knobs
+from rematpass.passes.peak import ScoredPlan
+from rematpass.scheduled_peak import GraphMemory, ScheduledBuffer, graph_memory, step_peak
+from rematpass.verify import MAX_RECOMPILES, CompileOutcome, RematBudgetWarning, compile_within, next_aim
+
+MiB = 2**20
+
+
+def test_graph_memory_replays_allocations_and_frees():
+    buffers = [
+        ScheduledBuffer("saved", 4, 4, 0, 1, graph_input=True),
+        ScheduledBuffer("a", 8, 8, 0, 2),
+        ScheduledBuffer("b", 16, 16, 1, 1),
+        ScheduledBuffer("grad", 2, 2, 2, -1),
+    ]
+    memory = graph_memory(buffers, steps=3, backward=True)
+    # step 0: saved + a; step 1: + b; step 2: saved and b gone, grad added
+    assert (memory.start_bytes, memory.peak_bytes, memory.end_bytes) == (4, 28, 2)
+
+
+def test_in_place_output_takes_its_inputs_memory_and_lifetime():
+    buffers = [ScheduledBuffer("a", 8, 8, 0, 1), ScheduledBuffer("b", 8, 8, 1, 3), ScheduledBuffer("c", 4, 4, 2, 2)]
+    apart = graph_memory(buffers, steps=4, backward=False)
+    in_place = graph_memory(buffers, steps=4, backward=False, reuses={"b": "a"})
+    assert apart.peak_bytes == 16  # a and b overlap at step 1
+    assert in_place.peak_bytes == 12  # b is a: 8 bytes live until step 3, c on top
+    assert in_place.end_bytes == 0
+
+
+def test_a_chain_of_in_place_writes_and_a_removed_buffer():
+    buffers = [
+        ScheduledBuffer("a", 8, 8, 0, 0),
+        ScheduledBuffer("b", 8, 8, 1, 1),
+        ScheduledBuffer("c", 8, 8, 2, -1),
+        ScheduledBuffer("tmp", 100, 100, 1, 1),
+    ]
+    memory = graph_memory(buffers, steps=3, backward=False, reuses={"b": "a", "c": "b"}, removed={"tmp"})
+    assert (memory.peak_bytes, memory.end_bytes) == (8, 8)  # one buffer, kept as the output
+
+
+def test_step_peak_adds_the_backwards_rise_to_what_the_forward_left():
+    forward = GraphMemory(backward=False, start_bytes=0, peak_bytes=30, end_bytes=20)
+    # the backward counts 22 at its start: a saved view counted twice; only its rise of 15 counts
+    backward = GraphMemory(backward=True, start_bytes=22, peak_bytes=37, end_bytes=5)
+    assert step_peak(forward, backward) == 35
+    assert step_peak(dataclasses.replace(forward, peak_bytes=40), backward) == 40
+
+
+@dataclasses.dataclass(frozen=True)
+class _Report:
+    predicted_peak_bytes: int
+    saved_bytes: int
+    peak_plans: tuple = ()
+    budget_met: bool = True
+    target_peak_bytes: float | None = None
+    scheduled_peak_bytes: int | None = None
+    verification: tuple = ()
+
+
+class _Compiler:
+    """Plans whose Inductor schedule peaks ``error`` times their predicted peak: the planner takes the
+    largest predicted peak within the aim, the way plan_for_peak does."""
+
+    def __init__(self, predicted: list[int], error):
+        self.predicted, self.error, self.aims = sorted(predicted), error, []
+
+    def __call__(self, knobs: Knobs) -> CompileOutcome:
+        self.aims.append(knobs.memory_budget)
+        fitting = [p for p in self.predicted if p <= knobs.memory_budget] or self.predicted[:1]
+        chosen = fitting[-1]
+        plans = tuple(ScoredPlan(p // 2, 1.0 / p, p) for p in self.predicted)  # deeper plans take longer
+        report = _Report(chosen, saved_bytes=chosen // 2, peak_plans=plans, budget_met=chosen <= knobs.memory_budget)
+        return CompileOutcome(compiled=object(), report=report, scheduled_peak_bytes=int(self.error(chosen)))
+
+
+def test_a_plan_that_fits_is_compiled_once():
+    compiler = _Compiler([10 * MiB, 20 * MiB, 30 * MiB], error=lambda p: p)
+    outcome = compile_within(25 * MiB, Knobs(memory_budget=25 * MiB), compiler)
+    assert compiler.aims == [25 * MiB]
+    assert outcome.scheduled_peak_bytes == 20 * MiB
+    assert [a.scheduled_peak_bytes for a in outcome.report.verification] == [20 * MiB]
+
+
+def test_over_the_cap_recompiles_aiming_lower_by_the_ratio_seen():
+    compiler = _Compiler([10 * MiB, 16 * MiB, 20 * MiB, 30 * MiB], error=lambda p: 1.25 * p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        outcome = compile_within(22 * MiB, Knobs(memory_budget=22 * MiB), compiler)
+    # 20 MiB predicted is 25 MiB scheduled: aim at 22 / 1.25 = 17.6 MiB, which takes the 16 MiB plan
+    assert len(compiler.aims) == 2 and compiler.aims[1] == int(22 * MiB * 20 / 25)
+    assert outcome.scheduled_peak_bytes == 20 * MiB
+    assert outcome.report.scheduled_peak_bytes == 20 * MiB
+    assert [a.predicted_peak_bytes for a in outcome.report.verification] == [20 * MiB, 16 * MiB]
+
+
+def test_when_no_plan_fits_the_least_scheduled_is_kept_with_a_warning():
+    # deeper plans schedule worse: down to the least-peak plan, up once to 30 MiB (worse), and the
+    # first plan, the best, is compiled again at the end
+    scheduled = {10 * MiB: 40 * MiB, 16 * MiB: 30 * MiB, 20 * MiB: 25 * MiB, 30 * MiB: 35 * MiB}
+    compiler = _Compiler(list(scheduled), error=scheduled.__getitem__)
+    with pytest.warns(RematBudgetWarning, match="cannot be met.*least peaks at 26,214,400"):
+        outcome = compile_within(21 * MiB, Knobs(memory_budget=21 * MiB), compiler)
+    assert outcome.scheduled_peak_bytes == 25 * MiB
+    assert compiler.aims[0] == compiler.aims[-1] == 21 * MiB
+    assert compiler.aims[-2] == 30 * MiB
+    assert len(compiler.aims) == 5 <= MAX_RECOMPILES + 2
+
+
+def test_a_fraction_climbs_to_shallower_plans_while_the_schedule_does_not_rise():
+    # the planner's pick (10 MiB) schedules 40; 16 schedules the same, 20 less, 30 more
+    scheduled = {10 * MiB: 40 * MiB, 16 * MiB: 40 * MiB, 20 * MiB: 25 * MiB, 30 * MiB: 35 * MiB}
+    compiler = _Compiler(list(scheduled), error=scheduled.__getitem__)
+    # the fraction's own first compile is planned as the least-peak plan would be
+    outcome = compile_within(
+        None, Knobs(memory_budget=0.0), lambda k: compiler(k if k.memory_budget != 0.0 else Knobs(memory_budget=1))
+    )
+    assert outcome.scheduled_peak_bytes == 25 * MiB
+    assert [a.scheduled_peak_bytes for a in outcome.report.verification] == [40 * MiB, 40 * MiB, 25 * MiB, 35 * MiB]
+    assert compiler.aims[-1] == 20 * MiB  # the best plan compiled again, as the one kept
+
+
+def test_next_aim_stops_at_the_least_peak_plan_and_always_moves_down():
+    from rematpass.verify import VerifyAttempt
+
+    at_least = VerifyAttempt(aim_bytes=5, predicted_peak_bytes=10, scheduled_peak_bytes=20, saved_bytes=1)
+    assert next_aim(15, at_least, least=10) is None
+    barely_over = VerifyAttempt(aim_bytes=100, predicted_peak_bytes=100, scheduled_peak_bytes=101, saved_bytes=1)
+    assert next_aim(100, barely_over, least=10) == 99
+    far_over = VerifyAttempt(aim_bytes=100, predicted_peak_bytes=100, scheduled_peak_bytes=1000, saved_bytes=1)
+    assert next_aim(100, far_over, least=40) == 40
+
+
+def test_verify_peak_is_a_validated_knob():
+    from rematpass import config
+    from rematpass.config import KnobError
+
+    assert config.resolve({"verify_peak": False}).verify_peak is False
+    with pytest.raises(KnobError, match="verify_peak.*True or False"):
+        config.resolve({"verify_peak": "sometimes"})
