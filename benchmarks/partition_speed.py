@@ -63,6 +63,22 @@ from rematpass.zoo import TinyGPT  # noqa: E402
 torch._inductor.config.force_disable_caches = True
 
 
+def build_model(name: str, layers: int, dim: int | None) -> tuple[torch.nn.Module, tuple]:
+    """``gpt``: rematpass.zoo.TinyGPT; ``llama``: transformers' Llama with grouped-query attention
+    (head size 64, 4 query heads per KV head, SwiGLU 2.75x wide, vocab 32000), batch 1 x 128."""
+    if name == "gpt":
+        model = TinyGPT(layers=layers) if dim is None else TinyGPT(layers=layers, dim=dim)
+        return model, (model.example(),)
+    from rematpass.zoo import CausalLM, llama_lm
+
+    dim = dim or 1024
+    heads = dim // 64
+    lm = llama_lm(
+        vocab=32000, dim=dim, hidden=dim * 11 // 4, layers=layers, positions=256, heads=heads, kv_heads=heads // 4
+    )
+    return CausalLM(lm), (torch.randint(0, 32000, (1, 128)),)
+
+
 def capture_joint(model: torch.nn.Module, inputs) -> dict:
     """The joint graph Inductor would hand a partitioner, with its kwargs and fake mode."""
     from torch._dynamo.backends.common import aot_autograd
@@ -180,7 +196,7 @@ def ours_stages(captured) -> dict:
     return seconds
 
 
-def gpt_rows(layer_counts, repeats: int):
+def gpt_rows(layer_counts, repeats: int, model_name: str = "gpt", dim: int | None = None):
     rows = []
     variants = [
         ("ours", lambda c: run_ours(c, {})),
@@ -190,8 +206,8 @@ def gpt_rows(layer_counts, repeats: int):
     ]
     for layers in layer_counts:
         torch.manual_seed(0)
-        model = TinyGPT(layers=layers)
-        captured = capture_joint(model, (model.example(),))
+        model, inputs = build_model(model_name, layers, dim)
+        captured = capture_joint(model, inputs)
         with inductor_context(captured):
             kw = captured["kwargs"]
             candidates = analyse(
@@ -344,13 +360,15 @@ def render(gpt, synthetic, repeats: int, load_before: tuple[float, float, float]
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--layers", type=int, nargs="+", default=[4, 16, 32, 96])
+    parser.add_argument("--model", choices=["gpt", "llama"], default="gpt", help="joint graphs of which model")
+    parser.add_argument("--dim", type=int, default=None, help="model width (llama default: 1024)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--synthetic-nodes", type=int, default=100_000)
     parser.add_argument("--write", action="store_true", help="also write benchmarks/RESULTS_partition_speed.md")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     load_before = os.getloadavg()
-    gpt = gpt_rows(args.layers, args.repeats)
+    gpt = gpt_rows(args.layers, args.repeats, args.model, args.dim)
     synthetic = synthetic_rows(args.synthetic_nodes, args.repeats)
     table = render(gpt, synthetic, args.repeats, load_before)
     print(table)

@@ -8,9 +8,10 @@ peak lower by the ratio just observed (predicted / scheduled), since a nearby pl
 misjudged by about as much.
 
 Deep recomputation can also schedule a higher peak than a shallower plan, the opposite of what
-the planner predicts. So while no attempt fits (and always under a fractional budget, which is
-a promise that less memory is never worse), the search climbs to shallower plans of the
-planner's frontier and goes on while the scheduled peak does not rise. After ``MAX_RECOMPILES``
+the planner predicts. So while no attempt fits (and under a fractional budget, a promise that a
+lower fraction never peaks higher, whenever the schedule is more than ``CLIMB_ABOVE`` over the
+prediction), the search climbs to shallower plans of the planner's frontier and goes on while the
+scheduled peak does not rise. After ``MAX_RECOMPILES``
 recompiles the attempt with the least scheduled peak is kept (compiled once more if it was not
 the last), with a warning giving the figures when it is over a byte budget.
 """
@@ -26,6 +27,9 @@ from typing import Any
 from .config import Knobs
 
 MAX_RECOMPILES = 4
+# A fraction's plan whose schedule is within this of its predicted peak is kept without trying
+# shallower plans: near there the planner's order of plans is trusted.
+CLIMB_ABOVE = 0.05
 
 
 class RematBudgetWarning(UserWarning):
@@ -105,6 +109,8 @@ def compile_within(cap: int | None, knobs: Knobs, compile_once: Callable[[Knobs]
     # buffers the planner thought it would free). While no attempt fits, climb the planner's
     # frontier of shallower plans one at a time, and go on while the scheduled peak does not rise.
     best = _least_scheduled(attempts)[0]
+    if cap is None and best.scheduled_peak_bytes <= best.predicted_peak_bytes * (1 + CLIMB_ABOVE):
+        return _finish(cap, attempts, outcome, compile_once)
     ladder = climbing_ladder(first_report.peak_plans)
     tried = {a.predicted_peak_bytes for a, _ in attempts}
     last = best
@@ -120,6 +126,11 @@ def compile_within(cap: int | None, knobs: Knobs, compile_once: Callable[[Knobs]
         if last.scheduled_peak_bytes < best.scheduled_peak_bytes:
             best = last
 
+    return _finish(cap, attempts, outcome, compile_once)
+
+
+def _finish(cap: int | None, attempts: list, outcome: CompileOutcome | None, compile_once) -> CompileOutcome:
+    """Keep the attempt with the least scheduled peak, recompiling it if it was not the last."""
     history = tuple(a for a, _ in attempts)
     best, best_knobs = _least_scheduled(attempts)
     if best is not history[-1] or outcome is None:

@@ -145,3 +145,10 @@ def test_verify_peak_is_a_validated_knob():
     assert config.resolve({"verify_peak": False}).verify_peak is False
     with pytest.raises(KnobError, match="verify_peak.*True or False"):
         config.resolve({"verify_peak": "sometimes"})
+
+
+def test_a_fraction_scheduled_as_predicted_compiles_once():
+    compiler = _Compiler([10 * MiB, 20 * MiB, 30 * MiB], error=lambda p: 1.02 * p)
+    outcome = compile_within(None, Knobs(memory_budget=0.0), lambda k: compiler(Knobs(memory_budget=15 * MiB)))
+    assert len(compiler.aims) == 1
+    assert len(outcome.report.verification) == 1
