@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,7 +36,7 @@ from .inductor_hooks import (
     mode_options,
     scheduled_memory,
 )
-from .inspect.dump import watch_compile
+from .inspect.dump import RematDumpWarning, watch_compile, write_scheduled
 from .inspect.report import replace_report
 from .partitioner import RematPartitioner
 from .passes import gather_pool_grad, hoist_matmul
@@ -106,21 +107,38 @@ def remat(
     budget = knobs.memory_budget
     fraction = isinstance(budget, float) and budget < 1.0
     if not (knobs.verify_peak and (isinstance(budget, int) or fraction)):
-        return _compile_once(gm, example_inputs, knobs, mode, verifying=False).compiled
-    reports: list = []
+        outcome = _compile_once(gm, example_inputs, knobs, mode, verifying=False)
+        _note_scheduled([outcome], outcome)
+        return outcome.compiled
+    attempts: list[CompileOutcome] = []
+    recorded: list = []  # each attempt's report as recorded (compile_within replaces the kept one's)
 
     def compile_once(attempt_knobs):
         outcome = _compile_once(gm, example_inputs, attempt_knobs, mode, verifying=True)
-        reports.append(outcome.report)
+        attempts.append(outcome)
+        recorded.append(outcome.report)
         return outcome
 
     final = compile_within(None if fraction else int(budget), knobs, compile_once)
-    for report in reports:  # only the kept plan's report stays among the recent ones
+    for report in recorded:  # only the kept plan's report stays among the recent ones
         if report is not None:
             replace_report(report, None)
     if final.report is not None:
         replace_report(final.report, final.report)
+    _note_scheduled(attempts, final)
     return final.compiled
+
+
+def _note_scheduled(attempts: list[CompileOutcome], kept: CompileOutcome) -> None:
+    """Add each dumped plan's scheduled peak (and whether it was kept) to its dump folder."""
+    for outcome in attempts:
+        if outcome.dump_folder is None or outcome.report is None:
+            continue
+        report = kept.report if outcome is kept else outcome.report
+        try:
+            write_scheduled(outcome.dump_folder, report, kept=outcome is kept)
+        except Exception as exc:  # a dump must never stop training
+            warnings.warn(f"rematpass could not write scheduled.json: {exc}", RematDumpWarning, stacklevel=3)
 
 
 def _compile_once(gm, example_inputs, knobs, mode, *, verifying: bool) -> CompileOutcome:
@@ -144,6 +162,7 @@ def _compile_once(gm, example_inputs, knobs, mode, *, verifying: bool) -> Compil
     if not partitioner.reports:
         return outcome
     report = partitioner.reports[-1]
+    outcome.dump_folder = partitioner.dump_folders[-1]
     forward = [g for g in graphs if g is not None and not g.backward]
     backward = [g for g in graphs if g is not None and g.backward]
     if len(forward) == 1 and len(backward) == 1 and None not in graphs:

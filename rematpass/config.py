@@ -75,7 +75,8 @@ class Knobs:
     time_tolerance: float = 0.01
     # After Inductor compiles a plan under a byte memory_budget, read the peak of the kernels it
     # scheduled (rematpass.scheduled_peak) and, when that is over the budget, recompile with a
-    # smaller plan (at most MAX_RECOMPILES times). Compiles under a byte budget skip Inductor's caches.
+    # smaller plan (at most MAX_RECOMPILES times); under a fraction below 1, try shallower plans when
+    # the schedule is well over the prediction. Compiles under a budget skip Inductor's caches.
     verify_peak: bool = True
 
 

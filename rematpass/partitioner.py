@@ -84,9 +84,10 @@ class RematPartitioner(CustomPartitionerFn):
         # itself, with Inductor's figures, when no plan meets it.
         self.verified_after = verified_after
         self.reports: list = []  # this instance's partitions, for the backend to complete
+        self.dump_folders: list = []  # and the dump folder of each (None: no dump)
 
     def __getstate__(self):
-        return {"knobs": self.knobs, "verified_after": self.verified_after, "reports": []}
+        return {"knobs": self.knobs, "verified_after": self.verified_after, "reports": [], "dump_folders": []}
 
     def uuid(self) -> Any:
         # The calibrated rates file prices every plan whose rates are not set by knobs.
@@ -177,8 +178,9 @@ class RematPartitioner(CustomPartitionerFn):
         )
         record(report)
         self.reports.append(report)
+        self.dump_folders.append(None)
         try:
-            dump.publish(
+            self.dump_folders[-1] = dump.publish(
                 report,
                 dump_dir=self.knobs.dump_dir,
                 joint=gm,

@@ -56,6 +56,7 @@ class CompileOutcome:
     compiled: Any
     report: Any = None
     scheduled_peak_bytes: int | None = None
+    dump_folder: Any = None  # the partition's dump folder, when the dump_dir knob is set
 
 
 def least_predicted_peak(report) -> int:

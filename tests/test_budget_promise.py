@@ -5,6 +5,8 @@ exact CPU peaks (rematpass.measure.peak_memory), three small models, one a conv 
 - the measured peak never rises as a fractional budget falls, down to 0.0.
 """
 
+import json
+
 import pytest
 import torch
 
@@ -34,14 +36,23 @@ def _mlp():
 
 
 MODELS = {"mixer": _mixer, "conv_bn": _conv_bn, "mlp": _mlp}
+# Fractions whose order is checked, and caps (as a share of the way from the least-peak plan's
+# measured peak to the default's), per model: every compile costs seconds of gcc on two cores.
+CHECKS = {
+    "mixer": ([None, 0.1, 0.0], (0.5,)),  # the model whose deep plans schedule worse than shallower ones
+    "conv_bn": ([None, 0.0], (0.3, 0.7)),
+    "mlp": ([None, 0.1, 0.0], (0.5,)),
+}
 
 
-def _measured(build, budget) -> tuple[int, rematpass.PartitionReport]:
+def _measured(build, budget, dump_dir=None) -> tuple[int, rematpass.PartitionReport]:
     """The exact peak of a steady training step with ``memory_budget=budget``, and its report."""
     model, inputs = build()
     torch._dynamo.reset()
     rematpass.clear_reports()
-    options = {"strict": True} if budget is None else {"strict": True, "memory_budget": budget}
+    options = {"strict": True, "dump_dir": dump_dir}
+    if budget is not None:
+        options["memory_budget"] = budget
     compiled = torch.compile(model, backend="remat", options=options)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
 
@@ -56,12 +67,17 @@ def _measured(build, budget) -> tuple[int, rematpass.PartitionReport]:
     return peak_memory(step), report
 
 
+def _kept(report):
+    """The attempt the report's plan is (the least scheduled peak, the latest of equals)."""
+    return min(reversed(report.verification), key=lambda a: a.scheduled_peak_bytes)
+
+
 @pytest.mark.inductor
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(MODELS))
-def test_budgets_hold_on_the_measured_peak(name):
+def test_budgets_hold_on_the_measured_peak(name, tmp_path):
     build = MODELS[name]
-    fractions = [None, 0.1, 0.0]
+    fractions, shares = CHECKS[name]
     peaks = {}
     for budget in fractions:
         peaks[budget], report = _measured(build, budget)
@@ -72,9 +88,13 @@ def test_budgets_hold_on_the_measured_peak(name):
 
     least, default = peaks[0.0], peaks[None]
     ratios = []
-    for share in (0.3, 0.7):
+    for share in shares:
         cap = int(least + share * (default - least))
-        measured, report = _measured(build, cap)
+        measured, report = _measured(build, cap, dump_dir=str(tmp_path / str(share)))
         ratios.append(measured / cap)
         assert measured <= cap * SLACK, (name, cap, measured, report.verification)
+        # every plan compiled for the cap is dumped with its scheduled peak; one is marked kept
+        notes = [json.loads(p.read_text()) for p in (tmp_path / str(share)).glob("*/scheduled.json")]
+        assert len(notes) == len(report.verification) + (report.verification[-1] is not _kept(report))
+        assert [n["scheduled_peak_bytes"] for n in notes if n["kept"]] == [report.scheduled_peak_bytes]
     print(f"{name}: fractions {[f'{p / 2**20:.3f}' for p in falling]} MiB; worst measured/cap {max(ratios):.4f}")

@@ -56,6 +56,7 @@ PLAN_FILE = "plan.json"
 FRONTIER_FILE = "frontier.json"
 FRONTIER_PNG = "frontier.png"
 HTML_FILE = "report.html"
+SCHEDULED_FILE = "scheduled.json"
 CACHE_HIT_FILE = "CACHE_HIT.txt"
 NOT_PARTITIONED_FILE = "NOT_PARTITIONED.txt"
 MARKER_FILES = (CACHE_HIT_FILE, NOT_PARTITIONED_FILE)
@@ -371,6 +372,19 @@ def write_dump(
     write_frontier_png(frontier_data, folder / FRONTIER_PNG)
     _write(folder / HTML_FILE, render_html(plan_data, frontier_data))
     return folder
+
+
+def write_scheduled(folder: pathlib.Path, report: PartitionReport, *, kept: bool) -> None:
+    """``scheduled.json``: the step's peak in the kernels Inductor scheduled for this plan, next to
+    the predicted one, whether the backend kept the plan, and (under a budget) every plan it compiled
+    for this graph (rematpass.verify)."""
+    data = {
+        "predicted_peak_bytes": report.predicted_peak_bytes,
+        "scheduled_peak_bytes": report.scheduled_peak_bytes,
+        "kept": kept,
+        "attempts": [dataclasses.asdict(a) for a in report.verification],
+    }
+    _write(pathlib.Path(folder) / SCHEDULED_FILE, json.dumps(data, indent=1))
 
 
 def publish(
