@@ -11,9 +11,9 @@ Deep recomputation can also schedule a higher peak than a shallower plan, the op
 the planner predicts. So while no attempt fits (and under a fractional budget, a promise that a
 lower fraction never peaks higher, whenever the schedule is more than ``CLIMB_ABOVE`` over the
 prediction), the search climbs to shallower plans of the planner's frontier and goes on while the
-scheduled peak does not rise. After ``MAX_RECOMPILES``
-recompiles the attempt with the least scheduled peak is kept (compiled once more if it was not
-the last), with a warning giving the figures when it is over a byte budget.
+scheduled peak does not rise. After ``MAX_RECOMPILES`` recompiles the attempt with the least
+scheduled peak is kept (compiled once more if it was not the last), with a warning giving the
+figures when it is over a byte budget.
 """
 
 from __future__ import annotations
