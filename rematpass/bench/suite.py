@@ -27,6 +27,9 @@ How each figure is measured:
   ``rematpass.measure.peak_memory`` (CPU: profiler allocator events, second
   reading; CUDA: max_memory_allocated). Gradients already exist, so the figure
   is activations plus the backward's temporaries.
+- predicted peak: the planner's prediction for the plan it chose (``predicted_peak_bytes``);
+  scheduled / measured: the peak of the kernels Inductor scheduled for it, read after codegen
+  (``scheduled_peak_bytes``, docs/design.md section 9), over the measured peak.
 - saved: ``rematpass.measure.saved_activation_bytes`` over forward+backward (distinct
   storages autograd keeps, parameters excluded). Under checkpointing the
   checkpoint's own hooks hide what it keeps, so the block inputs it holds for
