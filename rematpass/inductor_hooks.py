@@ -178,8 +178,9 @@ def _graph_memory(graph):
     nodes = scheduler.nodes
     inputs = OrderedSet(graph.graph_inputs.keys())
     outputs = OrderedSet(graph.get_output_names())
-    memory.prepare_planning_info(nodes, scheduler.name_to_buf, scheduler.name_to_fused_node, inputs, outputs)
-    freeable = memory.get_freeable_input_buf(nodes, inputs)
+    _, freeable = memory.prepare_planning_info(
+        nodes, scheduler.name_to_buf, scheduler.name_to_fused_node, inputs, outputs
+    )
     timeline, _, _ = memory.compute_memory_timeline(nodes, freeable, outputs)
     buffers = [
         ScheduledBuffer(

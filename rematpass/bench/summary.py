@@ -34,16 +34,21 @@ def _row(r: dict[str, Any]) -> tuple[str, ...]:
     if "error" in r:
         return (r["name"], "FAILED", *[""] * (len(HEAD) - 3), r["error"][:80])
     measured = r.get("peak_bytes")
-    predicted = (r.get("remat_reports") or {}).get("predicted_peak_bytes")
-    scheduled = (r.get("remat_reports") or {}).get("scheduled_peak_bytes")
+    reports = r.get("remat_reports") or {}
+    predicted = reports.get("predicted_peak_bytes")
+
+    def over_measured(key: str) -> str:
+        value = reports.get(key)
+        return _ratio(value / measured) if value and measured else "-"
+
     grads = r.get("grads") or {}
     err = grads.get("max_rel_err")
     return (
         r["name"],
         _mib(measured),
         _mib(predicted),
-        _ratio(predicted / measured) if predicted and measured else "-",
-        _ratio(scheduled / measured) if scheduled and measured else "-",
+        over_measured("predicted_peak_bytes"),
+        over_measured("scheduled_peak_bytes"),
         _ratio(r.get("step_ratio")),
         _seconds(r.get("compile_seconds")),
         _seconds(r.get("partition_seconds")),
