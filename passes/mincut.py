@@ -134,6 +134,15 @@ class CutNetwork:
         """The plan minimising ``saved bytes + lam * recompute cost``."""
         return cut_from_source_side(self.problem, lam, self.min_cut(lam).source_side)
 
+    def solve_keeping(self, lam: float, kept: np.ndarray) -> Cut:
+        """The plan minimising ``saved bytes + lam * recompute cost`` among those that recompute none
+        of the candidates ``kept`` (indices; each must cost something to recompute)."""
+        caps = self.capacities(lam)
+        kept = np.asarray(kept, dtype=np.int64)
+        kept = kept[~self.no_save[kept]]  # a value that cannot be saved may have to be recomputed
+        caps[self.problem.summary.num_nodes + np.searchsorted(self._sourced, kept)] = math.inf
+        return cut_from_source_side(self.problem, lam, self.flow.min_cut(caps).source_side)
+
     def least_bytes_at(self, lam: float) -> Cut:
         """The plan minimising ``saved bytes + lam * recomputation`` with saving priced by bytes
         alone: at a large lambda, the fewest bytes the step saves without recomputing."""

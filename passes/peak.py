@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
+
 from .mincut import CutNetwork
 from .plan import Cut
 
@@ -148,6 +150,39 @@ def choose_on_frontier(frontier: list[PeakPoint], peak_cap: float) -> FrontierCh
 
 
 REFINED_PLANS = 8
+SPLIT_PLANS = 16
+
+
+def split_by_ops(
+    network: CutNetwork, hull: list[Cut], ops_of: Callable[[Cut], frozenset], count: int = SPLIT_PLANS
+) -> list[Cut]:
+    """Plans that recompute only some of the compute-bound ops separating neighbouring hull vertices.
+
+    Two neighbouring vertices may be many convolutions or matmuls apart and no
+    minimum cut lies between them: each op alone is dearer per byte than the
+    edge's breakpoint. A 0/1 knapsack (PyTorch's budget solver) buys some of
+    them; so here each wide edge is split by solving its breakpoint again with
+    the latest of those ops kept out of the backward (more and more of them),
+    so that what is recomputed is the earliest layers' work, which runs late in
+    the backward when most saved tensors are freed. About ``count`` plans in
+    all, spread over the edges by how many ops each spans; one max-flow each.
+    """
+    edges = []
+    for more, less in zip(hull, hull[1:]):
+        lam = more.breakpoint(less)
+        extra = sorted(ops_of(less) - ops_of(more), reverse=True)
+        if lam is not None and len(extra) >= 2:
+            edges.append((more, less, lam, extra))
+    total = sum(len(extra) for *_, extra in edges)
+    plans: list[Cut] = []
+    for more, less, lam, extra in edges:
+        share = min(len(extra) - 1, max(1, round(count * len(extra) / total)))
+        for k in sorted({round(len(extra) * (j + 1) / (share + 1)) for j in range(share)}):
+            if 0 < k < len(extra):
+                cut = network.solve_keeping(lam, np.array(extra[:k]))
+                if less.saved_bytes < cut.saved_bytes < more.saved_bytes:
+                    plans.append(cut)
+    return plans
 
 
 def refine_between(

@@ -54,6 +54,7 @@ from .passes.peak import (
     peak_frontier,
     recompute_allowance,
     refine_between,
+    split_by_ops,
 )
 from .passes.plan import Cut, CutProblem, Plan
 
@@ -204,6 +205,9 @@ def plan_for_peak(
         solves += 1
         least = min(p.cut.saved_bytes for p in scored)  # 0 on the scale, as PyTorch's is the inputs alone
         target = least + budget * (max(no_recompute.saved_bytes, default_point.cut.saved_bytes) - least)
+        split = split_by_ops(network, plans, problem.compute_ops_of)
+        solves += len(split)
+        scored = scored + [PeakPoint(cut, predict(cut)) for cut in split]
         allowance, met = recompute_allowance(scored, target, problem.budget_spend_of, problem.compute_ops_of)
         allowance = max(
             allowance, problem.budget_spend_of(default_point.cut), problem.budget_spend_of(chosen_default.cut)

@@ -12,8 +12,8 @@ the planner predicts. So while no attempt fits (and under a fractional budget, a
 lower fraction never peaks higher, whenever the schedule is more than ``CLIMB_ABOVE`` over the
 prediction), the search climbs to shallower plans of the planner's frontier and goes on while the
 scheduled peak does not rise. After ``MAX_RECOMPILES`` recompiles the attempt with the least
-scheduled peak is kept (compiled once more if it was not the last), with a warning giving the
-figures when it is over a byte budget.
+scheduled peak is kept (every attempt's compiled code is held until then, so the kept one is not
+compiled again), with a warning giving the figures when it is over a byte budget.
 """
 
 from __future__ import annotations
@@ -88,14 +88,14 @@ def next_aim(cap: int, attempt: VerifyAttempt, least: int) -> int | None:
 def compile_within(cap: int | None, knobs: Knobs, compile_once: Callable[[Knobs], CompileOutcome]) -> CompileOutcome:
     """Compile under byte budget ``cap`` (None: a fractional budget, which has no cap but must not
     peak higher than a shallower plan would). Each ``compile_once(knobs)`` compiles a fresh plan."""
-    attempts: list[tuple[VerifyAttempt, Knobs]] = []
+    attempts: list[tuple[VerifyAttempt, CompileOutcome]] = []
     aim_knobs = knobs
     outcome = compile_once(aim_knobs)
     first_report = outcome.report
     if not _verifiable(outcome):
         _warn_unverified(cap, outcome)
         return outcome
-    attempts.append((_attempt(aim_knobs, outcome), aim_knobs))
+    attempts.append((_attempt(aim_knobs, outcome), outcome))
 
     # Down: a plan over the cap makes way for one aimed lower by the error just seen.
     while cap is not None and attempts[-1][0].scheduled_peak_bytes > cap and len(attempts) <= MAX_RECOMPILES:
@@ -111,7 +111,7 @@ def compile_within(cap: int | None, knobs: Knobs, compile_once: Callable[[Knobs]
     # frontier of shallower plans one at a time, and go on while the scheduled peak does not rise.
     best = _least_scheduled(attempts)[0]
     if cap is None and best.scheduled_peak_bytes <= best.predicted_peak_bytes * (1 + CLIMB_ABOVE):
-        return _finish(cap, attempts, outcome, compile_once)
+        return _finish(cap, attempts)
     ladder = climbing_ladder(first_report.peak_plans)
     tried = {a.predicted_peak_bytes for a, _ in attempts}
     last = best
@@ -127,15 +127,13 @@ def compile_within(cap: int | None, knobs: Knobs, compile_once: Callable[[Knobs]
         if last.scheduled_peak_bytes < best.scheduled_peak_bytes:
             best = last
 
-    return _finish(cap, attempts, outcome, compile_once)
+    return _finish(cap, attempts)
 
 
-def _finish(cap: int | None, attempts: list, outcome: CompileOutcome | None, compile_once) -> CompileOutcome:
-    """Keep the attempt with the least scheduled peak, recompiling it if it was not the last."""
+def _finish(cap: int | None, attempts: list) -> CompileOutcome:
+    """Keep the attempt with the least scheduled peak, as compiled."""
     history = tuple(a for a, _ in attempts)
-    best, best_knobs = _least_scheduled(attempts)
-    if best is not history[-1] or outcome is None:
-        outcome = compile_once(best_knobs)  # the same plan again: planning is deterministic
+    best, outcome = _least_scheduled(attempts)
     if outcome.report is not None:
         outcome.report = dataclasses.replace(
             outcome.report, scheduled_peak_bytes=outcome.scheduled_peak_bytes, verification=history
@@ -151,8 +149,8 @@ def _finish(cap: int | None, attempts: list, outcome: CompileOutcome | None, com
     return outcome
 
 
-def _least_scheduled(attempts: list) -> tuple[VerifyAttempt, Knobs]:
-    """The attempt with the least scheduled peak; the latest of equals (no recompile needed)."""
+def _least_scheduled(attempts: list) -> tuple[VerifyAttempt, CompileOutcome]:
+    """The attempt with the least scheduled peak; the latest of equals."""
     return min(reversed(attempts), key=lambda pair: pair[0].scheduled_peak_bytes)
 
 
@@ -177,7 +175,7 @@ def _try(knobs: Knobs, aim: int, compile_once, attempts: list) -> CompileOutcome
     outcome = compile_once(aim_knobs)
     if not _verifiable(outcome):
         return None
-    attempts.append((_attempt(aim_knobs, outcome), aim_knobs))
+    attempts.append((_attempt(aim_knobs, outcome), outcome))
     return outcome
 
 

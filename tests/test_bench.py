@@ -102,11 +102,19 @@ def test_host_peak_measures_and_stops_tracing():
 def test_size_full_selects_the_full_suite_and_rejects_mixtures():
     assert bench_models.parse_size("full") == "full" and bench_models.parse_size("0.5") == 0.5
     assert bench_models.default_models("full") == ["gpt2-small", "llama-8l", "vit-b16", "resnet50"]
-    assert bench_models.full_shape("gpt2-small", "cpu") == bench_models.Shape(2, 256)
+    assert bench_models.full_shape("gpt2-small", "cpu") == bench_models.Shape(4, 512)
     assert bench_models.full_shape("gpt2-small", "cuda:0", batch=4).batch == 4
+    assert bench_models.full_shape("llama-8l", "cpu", batch=2, seq=256) == bench_models.Shape(2, 256)
+    assert bench_models.full_shape("resnet50", "cpu", seq=256).seq is None  # no sequence to override
     with pytest.raises(KeyError, match="use --size full"):
         bench_models.build("resnet50", 1.0)
-    for argv in (["--size", "full", "--models", "mlp"], ["--models", "resnet50"], ["--batch", "2"], ["--size", "x"]):
+    for argv in (
+        ["--size", "full", "--models", "mlp"],
+        ["--models", "resnet50"],
+        ["--batch", "2"],
+        ["--seq", "128"],
+        ["--size", "x"],
+    ):
         with pytest.raises(SystemExit):
             bench.main([*argv, "--out", "/nonexistent/never-written"])
 
@@ -124,3 +132,38 @@ def test_full_size_resnet50_eager_at_batch_1(tmp_path):
     (row,) = model["variants"]
     assert "error" not in row, row.get("error")
     assert row["peak_bytes"] > 0 and row["step_rounds"] == 1 and "partition_peak_host_bytes" not in row
+
+
+def test_recompute_figures_come_from_the_plan_each_graph_kept():
+    """The scheduled-peak check partitions a graph once per plan it compiles: only the kept plan's
+    partition counts (the least scheduled peak, the latest of equals, as its report lists the
+    attempts), and a compile's partition is tagged with its dynamo compile id."""
+    from types import SimpleNamespace
+
+    from helpers import cheap_backend
+
+    from rematpass.bench.measure import kept_partitions
+    from rematpass.verify import VerifyAttempt
+
+    def attempt(scheduled):
+        return VerifyAttempt(aim_bytes=0, predicted_peak_bytes=0, scheduled_peak_bytes=scheduled, saved_bytes=0)
+
+    records = [
+        {"compile_id": "0/0", "recompute_flops": 9},
+        {"compile_id": "0/0", "recompute_flops": 5},
+        {"compile_id": "0/0", "recompute_flops": 7},
+        {"compile_id": "1/0", "recompute_flops": 2},
+        {"compile_id": None, "recompute_flops": 1},
+        {"compile_id": None, "recompute_flops": 1},
+    ]
+    reports = [SimpleNamespace(compile_id="0/0", verification=(attempt(30), attempt(20), attempt(20)))]
+    assert [r["recompute_flops"] for r in kept_partitions(records, reports)] == [7, 2, 1, 1]
+    reports = [SimpleNamespace(compile_id="0/0", verification=(attempt(30), attempt(20), attempt(25)))]
+    assert [r["recompute_flops"] for r in kept_partitions(records, reports)] == [5, 2, 1, 1]
+    assert [r["recompute_flops"] for r in kept_partitions(records, [])] == [7, 2, 1, 1]
+    torch._dynamo.reset()
+    with PartitionRecorder("off") as recorder:
+        model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+        torch.compile(model, backend=cheap_backend())(torch.randn(2, 4)).sum().backward()
+    torch._dynamo.reset()
+    assert [r["compile_id"] for r in recorder.records] == ["0/0"]

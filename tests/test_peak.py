@@ -367,5 +367,60 @@ def test_fractions_recompute_no_more_flops_than_pytorchs_budget_at_the_same_numb
                 else:
                     fw, bw = RematPartitioner(resolve({"memory_budget": budget}))(gm, [], **captured["kwargs"])
             spent[who, budget] = duplicated_work(fw, bw)["recompute_flops"]
-    assert all(spent["rematpass", b] <= spent["pytorch", b] for b in (0.8, 0.5, 0.3, 0.1)), spent
+    assert all(spent["rematpass", b] <= spent["pytorch", b] for b in (0.8, 0.5, 0.3, 0.1)), sorted(spent.items())
     assert spent["rematpass", 0.1] > 0, "the lowest budget should recompute a matmul"
+
+
+def _layers_problem(layers: int = 6):
+    """``layers`` independent matmuls, each saved (100 bytes) or recomputed (1 s, 1 GFLOP) from a
+    parameter: every split of them is a plan, and the hull only has all-saved and all-recomputed."""
+    import numpy as np
+    from synthetic import FORWARD, INPUT, SyntheticGraph
+
+    from rematpass.passes.plan import CutProblem
+
+    g = SyntheticGraph()
+    for _ in range(layers):
+        weight = g.node(INPUT, static=True)
+        product = g.node(FORWARD, bytes=100.0, cost=1.0)
+        g.edge(weight, product)
+        g.needed_by_backward(product)
+    base = g.problem()
+    flops = np.where(base.recompute_seconds > 0, 1e9, 0.0)
+    return CutProblem(base.summary, base.save_bytes, base.recompute_seconds, recompute_flops=flops)
+
+
+def test_split_by_ops_recomputes_the_earliest_of_the_ops_between_two_hull_vertices():
+    from rematpass.passes.hull import walk_hull
+    from rematpass.passes.mincut import CutNetwork
+    from rematpass.passes.peak import split_by_ops
+
+    problem = _layers_problem()
+    network = CutNetwork(problem)
+    hull = walk_hull(network, [1e-3, 1e3]).vertices
+    assert [c.saved_bytes for c in hull] == [600.0, 0.0]
+    plans = split_by_ops(network, hull, problem.compute_ops_of, count=4)
+    assert len(plans) == 4
+    everything = sorted(problem.compute_ops_of(hull[-1]))
+    for cut in plans:
+        ops = sorted(problem.compute_ops_of(cut))
+        assert 0 < len(ops) < len(everything)
+        assert ops == everything[: len(ops)], "the latest ops are the ones kept out of the backward"
+        assert cut.saved_bytes == 600.0 - 100.0 * len(ops)
+    # Kept out of the backward means saved, never dropped: every plan is a valid split.
+    assert sorted(c.saved_bytes for c in plans) == sorted({c.saved_bytes for c in plans})
+
+
+def test_fractions_reach_plans_between_hull_vertices_no_min_cut_holds():
+    """A fraction spends whole ops: with six ops between the only two hull vertices, the fractions
+    between pick plans that recompute some of them, and recompute more as the fraction falls."""
+    from rematpass.peak_planning import plan_for_peak
+
+    problem = _layers_problem()
+
+    def fake_peak(cut):  # peak falls with saved bytes
+        return int(cut.saved_bytes) + 1_000
+
+    spent = [problem.budget_spend_of(plan_for_peak(problem, 1e3, b, fake_peak).plan.cut) for b in (0.9, 0.6, 0.3)]
+    assert spent == sorted(spent)
+    assert any(0 < s < 6e9 for s in spent), spent

@@ -70,7 +70,7 @@ class _Compiler:
     largest predicted peak within the aim, the way plan_for_peak does."""
 
     def __init__(self, predicted: list[int], error):
-        self.predicted, self.error, self.aims = sorted(predicted), error, []
+        self.predicted, self.error, self.aims, self.outcomes = sorted(predicted), error, [], []
 
     def __call__(self, knobs: Knobs) -> CompileOutcome:
         self.aims.append(knobs.memory_budget)
@@ -78,7 +78,8 @@ class _Compiler:
         chosen = fitting[-1]
         plans = tuple(ScoredPlan(p // 2, 1.0 / p, p) for p in self.predicted)  # deeper plans take longer
         report = _Report(chosen, saved_bytes=chosen // 2, peak_plans=plans, budget_met=chosen <= knobs.memory_budget)
-        return CompileOutcome(compiled=object(), report=report, scheduled_peak_bytes=int(self.error(chosen)))
+        self.outcomes.append(CompileOutcome(object(), report=report, scheduled_peak_bytes=int(self.error(chosen))))
+        return self.outcomes[-1]
 
 
 def test_a_plan_that_fits_is_compiled_once():
@@ -103,15 +104,15 @@ def test_over_the_cap_recompiles_aiming_lower_by_the_ratio_seen():
 
 def test_when_no_plan_fits_the_least_scheduled_is_kept_with_a_warning():
     # deeper plans schedule worse: down to the least-peak plan, up once to 30 MiB (worse), and the
-    # first plan, the best, is compiled again at the end
+    # first plan, the best, is kept as first compiled
     scheduled = {10 * MiB: 40 * MiB, 16 * MiB: 30 * MiB, 20 * MiB: 25 * MiB, 30 * MiB: 35 * MiB}
     compiler = _Compiler(list(scheduled), error=scheduled.__getitem__)
     with pytest.warns(RematBudgetWarning, match="cannot be met.*least peaks at 26,214,400"):
         outcome = compile_within(21 * MiB, Knobs(memory_budget=21 * MiB), compiler)
     assert outcome.scheduled_peak_bytes == 25 * MiB
-    assert compiler.aims[0] == compiler.aims[-1] == 21 * MiB
-    assert compiler.aims[-2] == 30 * MiB
-    assert len(compiler.aims) == 5 <= MAX_RECOMPILES + 2
+    assert outcome is compiler.outcomes[0]  # not compiled again
+    assert compiler.aims[0] == 21 * MiB and compiler.aims[-1] == 30 * MiB
+    assert len(compiler.aims) == 4 <= MAX_RECOMPILES + 1
 
 
 def test_a_fraction_climbs_to_shallower_plans_while_the_schedule_does_not_rise():
@@ -124,7 +125,7 @@ def test_a_fraction_climbs_to_shallower_plans_while_the_schedule_does_not_rise()
     )
     assert outcome.scheduled_peak_bytes == 25 * MiB
     assert [a.scheduled_peak_bytes for a in outcome.report.verification] == [40 * MiB, 40 * MiB, 25 * MiB, 35 * MiB]
-    assert compiler.aims[-1] == 20 * MiB  # the best plan compiled again, as the one kept
+    assert outcome is compiler.outcomes[2] and len(compiler.aims) == 4  # the best kept as compiled
 
 
 def test_next_aim_stops_at_the_least_peak_plan_and_always_moves_down():

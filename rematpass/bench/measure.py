@@ -37,7 +37,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from ..inductor_hooks import wrapped_partition_fn
+from ..inductor_hooks import current_compile_id, wrapped_partition_fn
 from ..measure import _storage_key
 from ..passes.op_facts import flop_formula, is_compute_bound, is_view_by_schema
 from ..passes.torch_internals import tree_leaves, tree_map
@@ -139,6 +139,27 @@ class HostPeak:
         return False
 
 
+def kept_partitions(records: list[dict[str, Any]], reports: list) -> list[dict[str, Any]]:
+    """The partition each graph runs with. The scheduled-peak check (rematpass.verify) partitions a
+    graph once per plan it compiles and keeps the one whose schedule peaks least (the latest of
+    equals); the kept plan's report (``reports``, by compile id) lists those attempts in order.
+    A graph partitioned once, or without such a report, counts its last call."""
+    by_graph: dict[object, list[dict[str, Any]]] = {}
+    for i, record in enumerate(records):
+        by_graph.setdefault(record.get("compile_id") or i, []).append(record)
+    attempts_of = {r.compile_id: r for r in reports if getattr(r, "compile_id", None)}
+    kept = []
+    for graph, calls in by_graph.items():
+        report = attempts_of.get(graph)
+        history = getattr(report, "verification", ()) or ()
+        if len(history) == len(calls) > 1:
+            least = min(a.scheduled_peak_bytes for a in history)
+            kept.append(calls[max(i for i, a in enumerate(history) if a.scheduled_peak_bytes == least)])
+        else:
+            kept.append(calls[-1])
+    return kept
+
+
 class PartitionRecorder:
     """Wraps Inductor's ``partition_fn`` to time each partitioner call, measure its peak host memory
     (``HostPeak(host_memory)``) and read what it returned."""
@@ -158,7 +179,14 @@ class PartitionRecorder:
                     started = time.perf_counter()
                     fw, bw = inner(*args, **kw)
                     seconds = time.perf_counter() - started
-                records.append({"seconds": seconds, "host_peak_bytes": host.bytes, **duplicated_work(fw, bw)})
+                records.append(
+                    {
+                        "seconds": seconds,
+                        "host_peak_bytes": host.bytes,
+                        "compile_id": current_compile_id(),
+                        **duplicated_work(fw, bw),
+                    }
+                )
                 return fw, bw
 
             return timed

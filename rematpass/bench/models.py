@@ -170,12 +170,15 @@ class Shape:
     seq: int | None = None  # tokens per sequence, for the language models
 
 
-# (CPU, CUDA). Each CPU shape is about 400 GFLOP per training step (FlopCounterMode), so an eager
-# step takes seconds, not minutes: 4 to 9 s on one thread of a 2-core AMD EPYC (GPT-2 small the
-# slowest). CUDA shapes are ordinary training shapes. --batch overrides the batch of either.
+# (CPU, CUDA). The CPU shapes keep a training step in seconds on one thread of a 2-core AMD EPYC
+# (ViT-B/16 and ResNet-50 about 5 to 9 s, the language models about 15 to 20 s) while the
+# activations, not the gradients, set the peak: at 4 x 512 tokens GPT-2 small's saved activations
+# (about 1.1 GiB) outweigh its 475 MiB of gradients; at 2 x 256 every plan peaked at the same
+# figure, set by the gradients the backward returns at once. CUDA shapes are ordinary training
+# shapes. --batch and --seq override either.
 FULL_SHAPES: dict[str, tuple[Shape, Shape]] = {
-    "gpt2-small": (Shape(2, 256), Shape(8, 1024)),
-    "llama-8l": (Shape(2, 256), Shape(8, 1024)),
+    "gpt2-small": (Shape(4, 512), Shape(8, 1024)),
+    "llama-8l": (Shape(4, 512), Shape(8, 1024)),
     "vit-b16": (Shape(4), Shape(64)),
     "resnet50": (Shape(16), Shape(64)),
 }
@@ -271,22 +274,33 @@ def default_models(size: float | str) -> list[str]:
     return list(FULL_SUITE) if size == FULL else DEFAULT_MODELS
 
 
-def full_shape(name: str, device: str = "cpu", batch: int | None = None) -> Shape:
+def full_shape(name: str, device: str = "cpu", batch: int | None = None, seq: int | None = None) -> Shape:
     shape = FULL_SHAPES[name][1 if device.startswith("cuda") else 0]
-    return shape if batch is None else dataclasses.replace(shape, batch=batch)
+    if batch is not None:
+        shape = dataclasses.replace(shape, batch=batch)
+    if seq is not None and shape.seq is not None:  # only the language models have a sequence
+        shape = dataclasses.replace(shape, seq=seq)
+    return shape
 
 
 def build(
-    name: str, size: float | str = 1.0, seed: int = 0, *, device: str = "cpu", batch: int | None = None
+    name: str,
+    size: float | str = 1.0,
+    seed: int = 0,
+    *,
+    device: str = "cpu",
+    batch: int | None = None,
+    seq: int | None = None,
 ) -> BenchModel:
     """The model ``name`` at ``size`` (``"full"``: the full-size suite, shaped for ``device``), with weights
-    and inputs drawn from ``seed``. ``batch`` overrides a full-size model's batch."""
+    and inputs drawn from ``seed``. ``batch`` and ``seq`` override a full-size model's batch and (language
+    models) tokens per sequence."""
     small = {**SUITE, **EXTRA}
     if size == FULL:
         if name not in FULL_SUITE:
             raise KeyError(f"--size full runs {', '.join(FULL_SUITE)}, not {name!r}")
         torch.manual_seed(seed)
-        return FULL_SUITE[name](full_shape(name, device, batch))
+        return FULL_SUITE[name](full_shape(name, device, batch, seq))
     if name not in small:
         where = " (a full-size model: use --size full)" if name in FULL_SUITE else f"; choose from {', '.join(small)}"
         raise KeyError(f"unknown model {name!r}{where}")

@@ -83,7 +83,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from .. import inductor_hooks
 from ..measure import peak_memory, saved_activation_bytes
 from . import models as bench_models
-from .measure import HOST_MEMORY_METHODS, PartitionRecorder, grad_error, saved_bytes_with_held
+from .measure import (
+    HOST_MEMORY_METHODS,
+    PartitionRecorder,
+    grad_error,
+    kept_partitions,
+    saved_bytes_with_held,
+)
 from .output import _mib, machine, markdown, plot, table, targets
 from .variants import DEFAULT_VARIANTS, FULL_VARIANTS, Variant, parse_variant
 
@@ -273,8 +279,9 @@ def run_model(
                     peaks = [r["host_peak_bytes"] for r in records]
                     # Calls run one after another, so the variant's partitioner needs the largest of them.
                     result["partition_peak_host_bytes"] = None if None in peaks else max(peaks)
+                    kept = kept_partitions(records, rematpass.recent_reports()[n_reports:])
                     for key in ("recompute_flops", "recompute_ops", "recompute_elements"):
-                        result[key] = sum(r[key] for r in records)
+                        result[key] = sum(r[key] for r in kept)
                     if variant.kind == "remat":
                         result["remat_reports"] = _remat_reports_since(n_reports)
                 result["grads"] = _grad_check(run, grads, eager_grads, compiled_ref, bench.dropout)
@@ -383,6 +390,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--batch", type=int, default=None, help="batch of the --size full models (default: per model and device)"
     )
     parser.add_argument(
+        "--seq",
+        type=int,
+        default=None,
+        help="tokens per sequence of the --size full language models (default: per model and device)",
+    )
+    parser.add_argument(
         "--partition-memory",
         choices=HOST_MEMORY_METHODS,
         default="rss",
@@ -422,6 +435,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"{' '.join(wrong)}: --size full runs exactly {' '.join(bench_models.FULL_SUITE)}")
     if args.batch is not None and (not full or args.batch < 1):
         parser.error("--batch is a positive batch for --size full")
+    if args.seq is not None and (not full or args.seq < 1):
+        parser.error("--seq is a positive sequence length for --size full")
     variants = args.variants or [parse_variant(v) for v in (FULL_VARIANTS if full else DEFAULT_VARIANTS)]
     if len({v.name for v in variants}) != len(variants):
         parser.error("a variant is named twice")
@@ -445,6 +460,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "variants": [v.name for v in variants],
             "size": args.size,
             "batch": args.batch,
+            "seq": args.seq,
             "partition_memory": args.partition_memory,
             "steps": args.steps,
             "seed": args.seed,
@@ -458,7 +474,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         say("warming up the compilers ...")
         _warm_up(args.device)
     for name in args.models:
-        bench = bench_models.build(name, args.size, args.seed, device=args.device, batch=args.batch)
+        bench = bench_models.build(name, args.size, args.seed, device=args.device, batch=args.batch, seq=args.seq)
         say(f"== {name}: {bench.description}, {bench.num_params / 1e6:.2f} M parameters")
         model = run_model(
             bench,
