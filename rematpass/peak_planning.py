@@ -134,11 +134,21 @@ class _ScoredHull:
     default_cut: Cut
 
 
-def _scored_hull(problem: CutProblem, lam_default: float, predict: Callable[[Cut], int]) -> _ScoredHull:
-    """The hull from the default plan to the least-bytes one, filled in and scored, the same for every budget."""
+def _scored_hull(
+    problem: CutProblem, lam_default: float, predict: Callable[[Cut], int], slack_seconds: float | None = None
+) -> _ScoredHull:
+    """The hull from the default plan to the least-bytes one, filled in and scored, the same for every
+    budget. With ``slack_seconds`` (the default plan's search) only the part of the hull within that
+    much estimated time of the fastest plan is scored, and the first vertex past it, whose edge may
+    hold plans within."""
     network = CutNetwork(problem)
     walk = walk_hull(network, [lam_default * LOWEST_LAMBDA_FRACTION, lam_default])
     plans, solved = walk.vertices, walk.solved
+    if slack_seconds is not None:
+        limit = min(_seconds(c, lam_default) for c in plans) + slack_seconds
+        within = [c for c in plans if _seconds(c, lam_default) <= limit * (1 + 1e-9)]
+        beyond = [c for c in plans if _seconds(c, lam_default) > limit * (1 + 1e-9)]
+        plans = within + beyond[:1]
     frontier, scored = peak_frontier(plans, predict)
     solves = len(solved)
     if len(frontier) >= 2:
@@ -151,6 +161,11 @@ def _scored_hull(problem: CutProblem, lam_default: float, predict: Callable[[Cut
     hull = tuple(c.hull_point() for c in solved)
     default_cut = next(c for c in solved if c.lam == lam_default)
     return _ScoredHull(network, plans, scored, solves, hull, default_cut)
+
+
+def _seconds(cut: Cut, lam_default: float) -> float:
+    """A plan's estimated time, as the fastest plan minimises it (see _least_peak_within_time)."""
+    return cut.objective(lam_default) / lam_default
 
 
 def _least_peak_within_time(
@@ -166,7 +181,7 @@ def _least_peak_within_time(
     default spends, would then spend FLOPs PyTorch's budget at the same number does not."""
 
     def seconds(point: PeakPoint) -> float:
-        return point.cut.objective(lam_default) / lam_default
+        return _seconds(point.cut, lam_default)
 
     fastest = min(scored, key=seconds)
     limit, spend_limit = seconds(fastest) + slack_seconds, spend_of(fastest.cut)
@@ -179,7 +194,7 @@ def plan_for_speed(
 ) -> PeakPlan:
     """The default plan that takes free memory: the least predicted peak among the plans that
     cost at most ``slack_seconds`` more than the fastest one. With no slack, the fastest plan."""
-    base = _scored_hull(problem, lam_default, _remembered(predict))
+    base = _scored_hull(problem, lam_default, _remembered(predict), slack_seconds)
     point = _least_peak_within_time(base.scored, lam_default, slack_seconds, problem.budget_spend_of)
     plan = Plan(point.cut, lam_default, None, True, base.solves, base.hull, default_saved=base.default_cut.saved)
     return PeakPlan(plan, None, tuple(p.scored() for p in base.scored))
