@@ -25,9 +25,11 @@ Hull vertices can be far apart (identical layers switch together at one
 breakpoint), so the hull is filled in with the plans that tie at its
 breakpoints (passes.peak.refine_between), the same plans for every fraction:
 before the least-peak end, where a plan that recomputes less often peaks just
-as low, and along the widest edges of the rest. Under a peak cap the edge
-before the chosen plan is filled in too, where one may fit the cap with less
-recomputation.
+as low, and along the widest edges of the rest. Under a fraction, edges whose
+ends are several compute-bound ops apart are split by keeping some of those ops
+out of the backward (passes.peak.split_by_ops), so an allowance can buy part of
+them, as a 0/1 knapsack would. Under a peak cap the edge before the chosen plan
+is filled in too, where one may fit the cap with less recomputation.
 """
 
 from __future__ import annotations
