@@ -146,11 +146,11 @@ def _scored_hull(
     network = CutNetwork(problem)
     walk = walk_hull(network, [lam_default * LOWEST_LAMBDA_FRACTION, lam_default])
     plans, solved = walk.vertices, walk.solved
-    if slack_seconds is not None:
-        limit = min(_seconds(c, lam_default) for c in plans) + slack_seconds
-        within = [c for c in plans if _seconds(c, lam_default) <= limit * (1 + 1e-9)]
-        beyond = [c for c in plans if _seconds(c, lam_default) > limit * (1 + 1e-9)]
-        plans = within + beyond[:1]
+    if slack_seconds is not None:  # estimated time rises along the hull: keep a prefix
+        seconds = [_seconds(c, lam_default) for c in plans]
+        limit = (min(seconds) + slack_seconds) * (1 + 1e-9)
+        past = next((i for i, t in enumerate(seconds) if t > limit), len(plans))
+        plans = plans[: past + 1]
     frontier, scored = peak_frontier(plans, predict)
     solves = len(solved)
     if len(frontier) >= 2:

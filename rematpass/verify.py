@@ -149,9 +149,15 @@ def _finish(cap: int | None, attempts: list) -> CompileOutcome:
     return outcome
 
 
+def kept_index(history) -> int:
+    """Which of a graph's attempts (``VerifyAttempt``s, in the order compiled) is kept: the least
+    scheduled peak, the latest of equals."""
+    least = min(a.scheduled_peak_bytes for a in history)
+    return max(i for i, a in enumerate(history) if a.scheduled_peak_bytes == least)
+
+
 def _least_scheduled(attempts: list) -> tuple[VerifyAttempt, CompileOutcome]:
-    """The attempt with the least scheduled peak; the latest of equals."""
-    return min(reversed(attempts), key=lambda pair: pair[0].scheduled_peak_bytes)
+    return attempts[kept_index([a for a, _ in attempts])]
 
 
 def _verifiable(outcome: CompileOutcome) -> bool:

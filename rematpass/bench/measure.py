@@ -41,6 +41,7 @@ from ..inductor_hooks import current_compile_id, wrapped_partition_fn
 from ..measure import _storage_key
 from ..passes.op_facts import flop_formula, is_compute_bound, is_view_by_schema
 from ..passes.torch_internals import tree_leaves, tree_map
+from ..verify import kept_index
 
 
 def _val(a):
@@ -141,8 +142,8 @@ class HostPeak:
 
 def kept_partitions(records: list[dict[str, Any]], reports: list) -> list[dict[str, Any]]:
     """The partition each graph runs with. The scheduled-peak check (rematpass.verify) partitions a
-    graph once per plan it compiles and keeps the one whose schedule peaks least (the latest of
-    equals); the kept plan's report (``reports``, by compile id) lists those attempts in order.
+    graph once per plan it compiles and keeps one (``verify.kept_index``); the kept plan's report
+    (``reports``, by compile id) lists those attempts in order.
     A graph partitioned once, or without such a report, counts its last call."""
     by_graph: dict[object, list[dict[str, Any]]] = {}
     for i, record in enumerate(records):
@@ -153,8 +154,7 @@ def kept_partitions(records: list[dict[str, Any]], reports: list) -> list[dict[s
         report = attempts_of.get(graph)
         history = getattr(report, "verification", ()) or ()
         if len(history) == len(calls) > 1:
-            least = min(a.scheduled_peak_bytes for a in history)
-            kept.append(calls[max(i for i, a in enumerate(history) if a.scheduled_peak_bytes == least)])
+            kept.append(calls[kept_index(history)])
         else:
             kept.append(calls[-1])
     return kept
