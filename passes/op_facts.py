@@ -91,6 +91,13 @@ def is_random(node: fx.Node) -> bool:
     return True
 
 
+def replays_a_saved_seed(node: fx.Node) -> bool:
+    """Whether the node draws random numbers from a seed it is given (Inductor's
+    ``inductor_random``, and the seed lookup feeding it): run again from the same saved seed, it
+    draws the same numbers, so recomputing it replays the mask rather than redrawing it."""
+    return _packet(node) in (_prims.inductor_random, _prims.inductor_lookup_seed)
+
+
 def _has_dropout_argument(node: fx.Node) -> bool:
     schema = ti.op_schema(node.target)
     return schema is not None and any(argument.name == "dropout_p" for argument in schema.arguments)

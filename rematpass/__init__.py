@@ -10,7 +10,8 @@ from . import config
 from .config import KnobError, Knobs
 from .inspect.cli import record_measured_peak
 from .inspect.report import PartitionReport, clear_reports, recent_reports
-from .partitioner import RematFallbackWarning, RematPartitioner
+from .partitioner import RematPartitioner
+from .user_warnings import RematBudgetWarning, RematFallbackWarning
 
 __version__ = "0.1.0"
 
@@ -18,6 +19,7 @@ __all__ = [
     "Knobs",
     "KnobError",
     "PartitionReport",
+    "RematBudgetWarning",
     "RematFallbackWarning",
     "RematPartitioner",
     "clear_reports",

@@ -26,19 +26,22 @@ from typing import Any
 
 import torch
 
-from . import config
+from . import config, report_cache
 from .inductor_hooks import (
     CustomGraphPass,
+    aot_autograd_cache_hits,
     backward_compiled_eagerly,
     compile_with_inductor,
+    current_compile_id,
     get_hash_for_files,
     installed_pass,
     mode_options,
+    raise_to_user,
     scheduled_memory,
 )
 from .inspect.dump import RematDumpWarning, watch_compile, write_scheduled
-from .inspect.report import replace_report
-from .partitioner import RematPartitioner
+from .inspect.report import record, replace_report
+from .partitioner import RematPartitioner, source_hash
 from .passes import gather_pool_grad, hoist_matmul
 from .scheduled_peak import step_peak
 from .verify import CompileOutcome, compile_within
@@ -103,30 +106,50 @@ def remat(
     against the budget and the graph recompiled with a smaller plan when over; under a fraction
     below 1, shallower plans are compiled while they schedule a lower peak (rematpass.verify).
     """
-    knobs = config.resolve(options)
+    try:
+        knobs = config.resolve(options)
+    except config.KnobError as error:
+        raise_to_user(error)
     budget = knobs.memory_budget
     fraction = isinstance(budget, float) and budget < 1.0
+    key = report_cache.graph_key(gm, example_inputs, knobs_repr=f"{knobs!r} {mode}", sources=source_hash().hex())
     if not (knobs.verify_peak and (isinstance(budget, int) or fraction)):
         outcome = _compile_once(gm, example_inputs, knobs, mode, verifying=False)
         _note_scheduled([outcome], outcome)
+        _remember_report(key, outcome)
         return outcome.compiled
     attempts: list[CompileOutcome] = []
     recorded: list = []  # each attempt's report as recorded (compile_within replaces the kept one's)
 
-    def compile_once(attempt_knobs):
-        outcome = _compile_once(gm, example_inputs, attempt_knobs, mode, verifying=True)
+    def compile_once(aim: int | None):
+        outcome = _compile_once(gm, example_inputs, knobs, mode, verifying=True, aim=aim)
         attempts.append(outcome)
         recorded.append(outcome.report)
         return outcome
 
-    final = compile_within(None if fraction else int(budget), knobs, compile_once)
+    final = compile_within(None if fraction else int(budget), compile_once)
     for report in recorded:  # only the kept plan's report stays among the recent ones
         if report is not None:
             replace_report(report, None)
     if final.report is not None:
         replace_report(final.report, final.report)
     _note_scheduled(attempts, final)
+    _remember_report(key, final)
     return final.compiled
+
+
+def _remember_report(key: str, outcome: CompileOutcome) -> None:
+    """Store a fresh plan's report; on a cache hit, record the report stored when the cached
+    entry was made, so that ``recent_reports()`` answers for every compile."""
+    try:
+        if outcome.report is not None:
+            report_cache.store(key, outcome.report)
+        elif outcome.cache_hit:
+            stored = report_cache.load(key)
+            if stored is not None:
+                record(dataclasses.replace(stored, from_cache=True, compile_id=current_compile_id()))
+    except Exception as exc:  # the report store must never stop training
+        warnings.warn(f"rematpass could not use its report store: {exc}", RematDumpWarning, stacklevel=3)
 
 
 def _note_scheduled(attempts: list[CompileOutcome], kept: CompileOutcome) -> None:
@@ -141,14 +164,15 @@ def _note_scheduled(attempts: list[CompileOutcome], kept: CompileOutcome) -> Non
             warnings.warn(f"rematpass could not write scheduled.json: {exc}", RematDumpWarning, stacklevel=3)
 
 
-def _compile_once(gm, example_inputs, knobs, mode, *, verifying: bool) -> CompileOutcome:
+def _compile_once(gm, example_inputs, knobs, mode, *, verifying: bool, aim: int | None = None) -> CompileOutcome:
     """One Inductor compile with our partitioner. ``verifying``: one attempt of rematpass.verify,
     so Inductor's caches are bypassed (a cached graph would skip the partitioner and the codegen
-    the check reads) and the budget warning is left to the check."""
+    the check reads) and the budget warning is left to the check; ``aim``: that attempt's
+    predicted-peak aim in bytes (None: the plan the knobs ask for)."""
     patches: dict[str, Any] = {}
     if mode is not None and mode != "default":
         patches.update(mode_options(mode))
-    partitioner = RematPartitioner(knobs, verified_after=verifying)
+    partitioner = RematPartitioner(knobs, verified_after=verifying, aim_peak_bytes=aim)
     patches["custom_partitioner_fn"] = partitioner
     patches["joint_custom_post_pass"] = _after_user_passes("joint_custom_post_pass", GatherMaxPoolBackward())
     patches["post_grad_custom_post_pass"] = _after_user_passes("post_grad_custom_post_pass", HoistLateMatmuls())
@@ -156,9 +180,10 @@ def _compile_once(gm, example_inputs, knobs, mode, *, verifying: bool) -> Compil
     if verifying:
         patches["force_disable_caches"] = True
     graphs: list = []
+    hits_before = aot_autograd_cache_hits()
     with watch_compile(knobs.dump_dir), backward_compiled_eagerly(), scheduled_memory(graphs):
         compiled = compile_with_inductor(gm, example_inputs, patches)
-    outcome = CompileOutcome(compiled)
+    outcome = CompileOutcome(compiled, cache_hit=aot_autograd_cache_hits() > hits_before)
     if not partitioner.reports:
         return outcome
     report = partitioner.reports[-1]

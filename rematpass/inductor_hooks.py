@@ -26,9 +26,11 @@ __all__ = [
     "compile_with_inductor",
     "current_compile_id",
     "get_hash_for_files",
+    "inductor_cache_dir",
     "inductor_caches_disabled",
     "installed_pass",
     "mode_options",
+    "raise_to_user",
     "register_torch_log",
     "reset_dynamo",
     "scheduled_memory",
@@ -42,6 +44,33 @@ def compile_with_inductor(gm: torch.fx.GraphModule, example_inputs, config_patch
     from torch._inductor.compile_fx import compile_fx
 
     return compile_fx(gm, example_inputs, config_patches=config_patches)
+
+
+@functools.cache
+def _through_dynamo(error_type: type[Exception]) -> type[Exception]:
+    """A subclass of ``error_type`` that Dynamo re-raises as it is. Dynamo wraps what a backend
+    raises in ``BackendCompilerFailed``, except its own ``ShortenTraceback`` errors (the wrapper's
+    base), which reach the user unchanged; with no frame to cut to, with the full traceback."""
+    from torch._dynamo.exc import ShortenTraceback
+
+    def __init__(self, *args):
+        ShortenTraceback.__init__(self, *args, first_useful_frame=None)
+
+    namespace = {"__init__": __init__, "__module__": error_type.__module__, "__qualname__": error_type.__qualname__}
+    return type(error_type.__name__, (error_type, ShortenTraceback), namespace)
+
+
+def raise_to_user(error: Exception) -> None:
+    """Raise ``error`` out of a backend so that the user catches it by its own type (``except
+    rematpass.KnobError``), not as Dynamo's ``BackendCompilerFailed``."""
+    raise _through_dynamo(type(error))(*error.args) from None
+
+
+def inductor_cache_dir() -> str:
+    """The folder of Inductor's on-disk caches (``TORCHINDUCTOR_CACHE_DIR`` or its default)."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return cache_dir()
 
 
 def installed_pass(slot: str) -> Any:

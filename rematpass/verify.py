@@ -19,21 +19,16 @@ compiled again), with a warning giving the figures when it is over a byte budget
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Knobs
+from .user_warnings import RematBudgetWarning, warn_at_user_code
 
 MAX_RECOMPILES = 4
 # A fraction's plan whose schedule is within this of its predicted peak is kept without trying
 # shallower plans: near there the planner's order of plans is trusted.
 CLIMB_ABOVE = 0.05
-
-
-class RematBudgetWarning(UserWarning):
-    """A byte memory_budget could not be met by any plan Inductor scheduled."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +52,7 @@ class CompileOutcome:
     report: Any = None
     scheduled_peak_bytes: int | None = None
     dump_folder: Any = None  # the partition's dump folder, when the dump_dir knob is set
+    cache_hit: bool = False  # served from AOTAutograd's cache (the partitioner did not run)
 
 
 def least_predicted_peak(report) -> int:
@@ -85,24 +81,25 @@ def next_aim(cap: int, attempt: VerifyAttempt, least: int) -> int | None:
     return max(least, min(int(scaled), attempt.predicted_peak_bytes - 1))
 
 
-def compile_within(cap: int | None, knobs: Knobs, compile_once: Callable[[Knobs], CompileOutcome]) -> CompileOutcome:
+def compile_within(cap: int | None, compile_once: Callable[[int | None], CompileOutcome]) -> CompileOutcome:
     """Compile under byte budget ``cap`` (None: a fractional budget, which has no cap but must not
-    peak higher than a shallower plan would). Each ``compile_once(knobs)`` compiles a fresh plan."""
+    peak higher than a shallower plan would). ``compile_once(aim)`` compiles a fresh plan: with
+    ``aim=None`` the plan the user's knobs ask for, else the plan the planner picks for a predicted
+    peak of ``aim`` bytes. The user's knobs are never rewritten: each report keeps them."""
     attempts: list[tuple[VerifyAttempt, CompileOutcome]] = []
-    aim_knobs = knobs
-    outcome = compile_once(aim_knobs)
+    outcome = compile_once(None)
     first_report = outcome.report
     if not _verifiable(outcome):
         _warn_unverified(cap, outcome)
         return outcome
-    attempts.append((_attempt(aim_knobs, outcome), outcome))
+    attempts.append((_attempt(None, outcome), outcome))
 
     # Down: a plan over the cap makes way for one aimed lower by the error just seen.
     while cap is not None and attempts[-1][0].scheduled_peak_bytes > cap and len(attempts) <= MAX_RECOMPILES:
         aim = next_aim(cap, attempts[-1][0], least_predicted_peak(outcome.report))
         if aim is None:
             break
-        outcome = _try(knobs, aim, compile_once, attempts)
+        outcome = _try(aim, compile_once, attempts)
         if outcome is None:
             break
 
@@ -120,7 +117,7 @@ def compile_within(cap: int | None, knobs: Knobs, compile_once: Callable[[Knobs]
         if not higher:
             break
         tried.add(higher[0])
-        outcome = _try(knobs, higher[0], compile_once, attempts)
+        outcome = _try(higher[0], compile_once, attempts)
         if outcome is None or attempts[-1][0].scheduled_peak_bytes > last.scheduled_peak_bytes:
             break
         last = attempts[-1][0]
@@ -139,12 +136,11 @@ def _finish(cap: int | None, attempts: list) -> CompileOutcome:
             outcome.report, scheduled_peak_bytes=outcome.scheduled_peak_bytes, verification=history
         )
     if cap is not None and best.scheduled_peak_bytes > cap:
-        warnings.warn(
+        warn_at_user_code(
             f"rematpass: memory_budget={cap:,} bytes cannot be met on this graph: of the {len(history)} plans "
             f"compiled, the least peaks at {best.scheduled_peak_bytes:,} bytes in Inductor's schedule "
             f"(predicted {best.predicted_peak_bytes:,}); keeping that one",
             RematBudgetWarning,
-            stacklevel=3,
         )
     return outcome
 
@@ -165,33 +161,30 @@ def _verifiable(outcome: CompileOutcome) -> bool:
     return report is not None and outcome.scheduled_peak_bytes is not None and report.predicted_peak_bytes is not None
 
 
-def _attempt(aim_knobs: Knobs, outcome: CompileOutcome) -> VerifyAttempt:
-    budget = aim_knobs.memory_budget
+def _attempt(aim: int | None, outcome: CompileOutcome) -> VerifyAttempt:
     return VerifyAttempt(
-        aim_bytes=int(budget) if isinstance(budget, int) else int(outcome.report.target_peak_bytes or 0),
+        aim_bytes=aim if aim is not None else int(outcome.report.target_peak_bytes or 0),
         predicted_peak_bytes=outcome.report.predicted_peak_bytes,
         scheduled_peak_bytes=outcome.scheduled_peak_bytes,
         saved_bytes=outcome.report.saved_bytes,
     )
 
 
-def _try(knobs: Knobs, aim: int, compile_once, attempts: list) -> CompileOutcome | None:
+def _try(aim: int, compile_once, attempts: list) -> CompileOutcome | None:
     """Compile the plan the planner picks for a predicted peak of ``aim`` bytes; None if unreadable."""
-    aim_knobs = dataclasses.replace(knobs, memory_budget=int(aim))
-    outcome = compile_once(aim_knobs)
+    outcome = compile_once(int(aim))
     if not _verifiable(outcome):
         return None
-    attempts.append((_attempt(aim_knobs, outcome), outcome))
+    attempts.append((_attempt(int(aim), outcome), outcome))
     return outcome
 
 
 def _warn_unverified(cap: int | None, outcome: CompileOutcome) -> None:
     report = outcome.report
     if cap is not None and report is not None and not report.budget_met:
-        warnings.warn(
+        warn_at_user_code(
             f"rematpass: memory_budget={cap:,} bytes cannot be met on this graph; the least-memory plan "
             f"saves {report.saved_bytes:,} bytes and is predicted to peak at "
             f"{report.predicted_peak_bytes:,} bytes (Inductor's schedule could not be read)",
             RematBudgetWarning,
-            stacklevel=4,
         )

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -245,3 +246,47 @@ def test_measured_peak_is_recorded_next_to_the_predicted_one(roots, tmp_path):
     assert "predicted / measured 0.500" in page.read_text()
     with pytest.raises(ValueError, match="peak_bytes"):
         rematpass.record_measured_peak(dump, -1)
+
+
+def test_a_byte_cap_dump_marks_kept_and_discarded_attempts(tmp_path):
+    """Under a byte cap the backend compiles attempts until one fits Inductor's schedule; show, the
+    page and record_measured_peak must tell the kept plan from the ones only compiled to check."""
+    import dataclasses
+
+    from rematpass.inspect import dump
+    from rematpass.verify import VerifyAttempt
+
+    cap = 300_000
+    torch.manual_seed(0)
+    compiled = torch.compile(ResidualMLP(), backend=cheap_backend(dump_dir=str(tmp_path), memory_budget=cap))
+    compiled(ResidualMLP.example(256)).backward()
+    report = rematpass.recent_reports()[-1]
+    discarded, kept = tmp_path / "0_0", tmp_path / "0_0.1"
+    shutil.copytree(discarded, kept)
+    over = VerifyAttempt(cap, report.predicted_peak_bytes, cap + 50_000, report.saved_bytes)
+    under = VerifyAttempt(cap - 1, report.predicted_peak_bytes, cap - 10_000, report.saved_bytes)
+    dump.write_scheduled(discarded, dataclasses.replace(report, scheduled_peak_bytes=cap + 50_000), kept=False)
+    dump.write_scheduled(
+        kept, dataclasses.replace(report, scheduled_peak_bytes=cap - 10_000, verification=(over, under)), kept=True
+    )
+
+    code, out, _ = run("show", tmp_path)
+    assert code == 0
+    first, second = out.split("== graph")[1:]
+    assert "[DISCARDED" in first and f"memory_budget {fmt_bytes(cap)} (peak cap): NOT met" in first
+    assert "[KEPT" in second and "of 2 compiled" in second
+    assert f"memory_budget {fmt_bytes(cap)} (peak cap): met by Inductor's scheduled peak" in second
+    import html
+
+    card = re.search(
+        r'<div class="k">memory budget</div><div class="v">(.*?)</div><div class="d">(.*?)</div>',
+        (kept / "report.html").read_text(),
+    )
+    assert card is not None
+    assert card.group(1) == fmt_bytes(cap) and html.unescape(card.group(2)).startswith(
+        "met by Inductor's scheduled peak"
+    )
+
+    assert rematpass.record_measured_peak(tmp_path, 123_456) == 1
+    assert cli.load_plan(kept)["totals"]["measured_peak_bytes"] == 123_456
+    assert "measured_peak_bytes" not in cli.load_plan(discarded)["totals"]

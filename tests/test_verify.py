@@ -6,7 +6,6 @@ import warnings
 
 import pytest
 
-from rematpass.config import Knobs
 from rematpass.passes.peak import ScoredPlan
 from rematpass.scheduled_peak import GraphMemory, ScheduledBuffer, graph_memory, step_peak
 from rematpass.verify import MAX_RECOMPILES, CompileOutcome, RematBudgetWarning, compile_within, next_aim
@@ -69,32 +68,35 @@ class _Compiler:
     """Plans whose Inductor schedule peaks ``error`` times their predicted peak: the planner takes the
     largest predicted peak within the aim, the way plan_for_peak does."""
 
-    def __init__(self, predicted: list[int], error):
+    def __init__(self, predicted: list[int], error, knob_aim: int):
+        """``knob_aim``: the predicted peak the user's knob plans for (the first compile, aim None)."""
         self.predicted, self.error, self.aims, self.outcomes = sorted(predicted), error, [], []
+        self.knob_aim = knob_aim
 
-    def __call__(self, knobs: Knobs) -> CompileOutcome:
-        self.aims.append(knobs.memory_budget)
-        fitting = [p for p in self.predicted if p <= knobs.memory_budget] or self.predicted[:1]
+    def __call__(self, aim: int | None) -> CompileOutcome:
+        aim = self.knob_aim if aim is None else aim
+        self.aims.append(aim)
+        fitting = [p for p in self.predicted if p <= aim] or self.predicted[:1]
         chosen = fitting[-1]
         plans = tuple(ScoredPlan(p // 2, 1.0 / p, p) for p in self.predicted)  # deeper plans take longer
-        report = _Report(chosen, saved_bytes=chosen // 2, peak_plans=plans, budget_met=chosen <= knobs.memory_budget)
+        report = _Report(chosen, saved_bytes=chosen // 2, peak_plans=plans, budget_met=chosen <= aim)
         self.outcomes.append(CompileOutcome(object(), report=report, scheduled_peak_bytes=int(self.error(chosen))))
         return self.outcomes[-1]
 
 
 def test_a_plan_that_fits_is_compiled_once():
-    compiler = _Compiler([10 * MiB, 20 * MiB, 30 * MiB], error=lambda p: p)
-    outcome = compile_within(25 * MiB, Knobs(memory_budget=25 * MiB), compiler)
+    compiler = _Compiler([10 * MiB, 20 * MiB, 30 * MiB], error=lambda p: p, knob_aim=25 * MiB)
+    outcome = compile_within(25 * MiB, compiler)
     assert compiler.aims == [25 * MiB]
     assert outcome.scheduled_peak_bytes == 20 * MiB
     assert [a.scheduled_peak_bytes for a in outcome.report.verification] == [20 * MiB]
 
 
 def test_over_the_cap_recompiles_aiming_lower_by_the_ratio_seen():
-    compiler = _Compiler([10 * MiB, 16 * MiB, 20 * MiB, 30 * MiB], error=lambda p: 1.25 * p)
+    compiler = _Compiler([10 * MiB, 16 * MiB, 20 * MiB, 30 * MiB], error=lambda p: 1.25 * p, knob_aim=22 * MiB)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        outcome = compile_within(22 * MiB, Knobs(memory_budget=22 * MiB), compiler)
+        outcome = compile_within(22 * MiB, compiler)
     # 20 MiB predicted is 25 MiB scheduled: aim at 22 / 1.25 = 17.6 MiB, which takes the 16 MiB plan
     assert len(compiler.aims) == 2 and compiler.aims[1] == int(22 * MiB * 20 / 25)
     assert outcome.scheduled_peak_bytes == 20 * MiB
@@ -106,9 +108,9 @@ def test_when_no_plan_fits_the_least_scheduled_is_kept_with_a_warning():
     # deeper plans schedule worse: down to the least-peak plan, up once to 30 MiB (worse), and the
     # first plan, the best, is kept as first compiled
     scheduled = {10 * MiB: 40 * MiB, 16 * MiB: 30 * MiB, 20 * MiB: 25 * MiB, 30 * MiB: 35 * MiB}
-    compiler = _Compiler(list(scheduled), error=scheduled.__getitem__)
+    compiler = _Compiler(list(scheduled), error=scheduled.__getitem__, knob_aim=21 * MiB)
     with pytest.warns(RematBudgetWarning, match="cannot be met.*least peaks at 26,214,400"):
-        outcome = compile_within(21 * MiB, Knobs(memory_budget=21 * MiB), compiler)
+        outcome = compile_within(21 * MiB, compiler)
     assert outcome.scheduled_peak_bytes == 25 * MiB
     assert outcome is compiler.outcomes[0]  # not compiled again
     assert compiler.aims[0] == 21 * MiB and compiler.aims[-1] == 30 * MiB
@@ -118,11 +120,9 @@ def test_when_no_plan_fits_the_least_scheduled_is_kept_with_a_warning():
 def test_a_fraction_climbs_to_shallower_plans_while_the_schedule_does_not_rise():
     # the planner's pick (10 MiB) schedules 40; 16 schedules the same, 20 less, 30 more
     scheduled = {10 * MiB: 40 * MiB, 16 * MiB: 40 * MiB, 20 * MiB: 25 * MiB, 30 * MiB: 35 * MiB}
-    compiler = _Compiler(list(scheduled), error=scheduled.__getitem__)
     # the fraction's own first compile is planned as the least-peak plan would be
-    outcome = compile_within(
-        None, Knobs(memory_budget=0.0), lambda k: compiler(k if k.memory_budget != 0.0 else Knobs(memory_budget=1))
-    )
+    compiler = _Compiler(list(scheduled), error=scheduled.__getitem__, knob_aim=1)
+    outcome = compile_within(None, compiler)
     assert outcome.scheduled_peak_bytes == 25 * MiB
     assert [a.scheduled_peak_bytes for a in outcome.report.verification] == [40 * MiB, 40 * MiB, 25 * MiB, 35 * MiB]
     assert outcome is compiler.outcomes[2] and len(compiler.aims) == 4  # the best kept as compiled
@@ -149,7 +149,7 @@ def test_verify_peak_is_a_validated_knob():
 
 
 def test_a_fraction_scheduled_as_predicted_compiles_once():
-    compiler = _Compiler([10 * MiB, 20 * MiB, 30 * MiB], error=lambda p: 1.02 * p)
-    outcome = compile_within(None, Knobs(memory_budget=0.0), lambda k: compiler(Knobs(memory_budget=15 * MiB)))
+    compiler = _Compiler([10 * MiB, 20 * MiB, 30 * MiB], error=lambda p: 1.02 * p, knob_aim=15 * MiB)
+    outcome = compile_within(None, compiler)
     assert len(compiler.aims) == 1
     assert len(outcome.report.verification) == 1

@@ -19,8 +19,8 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .dump import FRONTIER_FILE, HTML_FILE, MARKER_FILES, PLAN_FILE
-from .report import RECOMPUTED, SAVED, fmt_bytes, fmt_count, fmt_measured_peak, fmt_seconds
+from .dump import FRONTIER_FILE, HTML_FILE, MARKER_FILES, PLAN_FILE, SCHEDULED_FILE
+from .report import RECOMPUTED, SAVED, budget_text, fmt_bytes, fmt_count, fmt_measured_peak, fmt_seconds
 
 
 class DumpError(Exception):
@@ -110,9 +110,28 @@ def table(
     return "\n".join(lines)
 
 
+def load_scheduled(folder: pathlib.Path) -> dict[str, Any] | None:
+    """``scheduled.json`` (Inductor's scheduled peak, and whether the backend kept this plan), if written."""
+    path = folder / SCHEDULED_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _is_kept(folder: pathlib.Path) -> bool:
+    """A plan the backend compiled only to check it under a budget, then discarded, is not kept."""
+    scheduled = load_scheduled(folder)
+    return scheduled is None or scheduled.get("kept", True)
+
+
 def _title(folder: pathlib.Path, plan: dict[str, Any] | None) -> str:
     gid = (plan or {}).get("compile_id") or folder.name
-    return f"== graph {gid}  ({folder})"
+    scheduled = load_scheduled(folder)
+    attempts = len((scheduled or {}).get("attempts") or ())
+    status = ""
+    if not _is_kept(folder):
+        status = "  [DISCARDED: compiled to check the budget, not used]"
+    elif attempts > 1:
+        status = f"  [KEPT: the plan used, of {attempts} compiled for this graph]"
+    return f"== graph {gid}  ({folder}){status}"
 
 
 def _shape(node: dict[str, Any]) -> str:
@@ -135,7 +154,8 @@ def peak_line(totals: dict[str, Any]) -> str:
 
 
 def record_measured_peak(path: str | pathlib.Path, peak_bytes: int) -> int:
-    """Write a measured step peak into every graph's plan.json (and report.html) of a dump.
+    """Write a measured step peak into the plan.json (and report.html) of every graph of a dump
+    whose plan was kept (not into plans a budget compiled only to check and then discarded).
 
     The figure is the whole training step's (one step may run several graphs), as
     ``rematpass.measure.peak_memory`` gives it; ``rematpass show`` then prints it
@@ -155,41 +175,31 @@ def record_measured_peak(path: str | pathlib.Path, peak_bytes: int) -> int:
 
     if isinstance(peak_bytes, bool) or not isinstance(peak_bytes, int) or peak_bytes < 0:
         raise ValueError(f"peak_bytes must be a non-negative int (bytes), got {peak_bytes!r}")
-    folders = [f for f in find_graphs(path) if (f / PLAN_FILE).is_file()]
+    folders = [f for f in find_graphs(path) if (f / PLAN_FILE).is_file() and _is_kept(f)]
     for folder in folders:
         plan = load_plan(folder)
         plan["totals"]["measured_peak_bytes"] = peak_bytes
         (folder / PLAN_FILE).write_text(json.dumps(plan, indent=1), encoding="utf-8")
         if (folder / FRONTIER_FILE).is_file():
-            (folder / HTML_FILE).write_text(render_html(plan, load_frontier(folder)), encoding="utf-8")
+            page = render_html(plan, load_frontier(folder), scheduled=load_scheduled(folder))
+            (folder / HTML_FILE).write_text(page, encoding="utf-8")
     return len(folders)
 
 
-def summary_lines(plan: dict[str, Any]) -> list[str]:
-    t, g, knobs = plan["totals"], plan.get("graph", {}), plan.get("knobs", {})
-    budget = knobs.get("memory_budget")
-    met = "met" if t.get("budget_met") else "NOT met (least-memory plan)"
-    if budget is None or budget == 1.0:
-        budget_text = f"memory_budget {budget}: default plan"
-    elif isinstance(budget, float) and t.get("solver") != "ilp" and t.get("target_bytes") is not None:
-        budget_text = (
-            f"memory_budget {budget}: least predicted peak within the recompute "
-            f"that saving {fmt_bytes(t['target_bytes'])} costs"
-        )
-    elif t.get("target_peak_bytes") is not None:
-        budget_text = f"memory_budget {budget}: peak cap {fmt_bytes(t['target_peak_bytes'])}, {met}"
-    else:
-        budget_text = f"memory_budget {budget}: target {fmt_bytes(t.get('target_bytes'))}, {met}"
-    default = t.get("default_saved_bytes")
+def summary_lines(plan: dict[str, Any], scheduled: dict[str, Any] | None = None) -> list[str]:
+    t, g = plan["totals"], plan.get("graph", {})
+    default, inductor = t.get("default_saved_bytes"), t.get("inductor_saved_bytes")
+    compared = [f"default plan: {fmt_bytes(default)}"] if default is not None else []
+    compared += [f"torch.compile's partitioner: {fmt_bytes(inductor)}"] if inductor is not None else []
     return [
         plan.get("summary", ""),
         f"saved:      {t['saved_tensors']} tensors, {fmt_bytes(t['saved_bytes'])}"
-        + (f" (default plan: {fmt_bytes(default)})" if default is not None else "")
+        + (f" ({'; '.join(compared)})" if compared else "")
         + f"  [{_reasons(plan['nodes'], SAVED)}]",
         f"recomputed: {t['recomputed_ops']} ops, {fmt_count(t['recompute_flops'], 'FLOP')}, "
         f"est. {fmt_seconds(t['recompute_seconds'])}  [{_reasons(plan['nodes'], RECOMPUTED)}]",
         peak_line(t),
-        f"{budget_text}; lambda {t['lambda']:.3g} (default {t['lambda_default']:.3g}); "
+        f"{budget_text(plan, scheduled)}; lambda {t['lambda']:.3g} (default {t['lambda_default']:.3g}); "
         f"{t['num_solves']} max-flow solves in {fmt_seconds(t['solve_seconds'])}",
         f"graph:      {g.get('candidates', '?')} candidates; joint {g.get('joint_nodes', '?')}, "
         f"forward {g.get('forward_nodes', '?')}, backward {g.get('backward_nodes', '?')} nodes; "
@@ -207,7 +217,7 @@ def show(path: str, top: int = 15, out=None) -> int:
             continue
         plan = load_plan(folder)
         print(_title(folder, plan), file=out)
-        print("\n".join(summary_lines(plan)), file=out)
+        print("\n".join(summary_lines(plan, load_scheduled(folder))), file=out)
         saved = sorted((n for n in plan["nodes"] if n["decision"] == SAVED), key=lambda n: (-n["bytes"], n["name"]))
         shown = saved if top <= 0 else saved[:top]
         print(f"\nLargest saved tensors ({len(shown)} of {len(saved)}):", file=out)

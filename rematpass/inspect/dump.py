@@ -193,6 +193,8 @@ def plan_dict(report: PartitionReport, graph: dict[str, Any] | None = None) -> d
                 "predicted_peak_bytes": report.predicted_peak_bytes,
                 "predicted_peak_at": report.predicted_peak_at,
                 "target_peak_bytes": report.target_peak_bytes,
+                "aim_peak_bytes": report.aim_peak_bytes,
+                "inductor_saved_bytes": report.inductor_saved_bytes,
             }
         ),
         "peak_plans": [
@@ -322,8 +324,16 @@ def write_frontier_png(data: dict[str, Any], path: pathlib.Path) -> bool:
 # ---------------------------------------------------------------------------- writing
 
 
-def graph_code(gm: fx.GraphModule, header: str = "") -> str:
-    code = gm.print_readable(print_output=False, include_stride=True, include_device=True)
+def graph_code(gm: fx.GraphModule, header: str = "", *, backward: bool = False) -> str:
+    """Readable Python with shapes and ``# File:`` source lines. torch >= 2.14 prefixes the lines of nodes
+    marked ``autograd_backward`` with "Backward of forward node:"; a backward module marks all, its
+    recomputed forward ops too, so ``backward=True`` prints them unprefixed, as earlier releases did."""
+    marks = {n: n.meta.pop("autograd_backward") for n in gm.graph.nodes if backward and "autograd_backward" in n.meta}
+    try:
+        code = gm.print_readable(print_output=False, include_stride=True, include_device=True)
+    finally:
+        for node, mark in marks.items():
+            node.meta["autograd_backward"] = mark
     return (header + "\n" if header else "") + code
 
 
@@ -364,7 +374,8 @@ def write_dump(
     folder = claim_graph_dir(dump_dir, report.compile_id)
     _write(folder / "joint.py", graph_code(joint, _joint_header(report)))
     _write(folder / "forward.py", graph_code(forward, f"# rematpass forward graph {report.compile_id or ''}"))
-    _write(folder / "backward.py", graph_code(backward, f"# rematpass backward graph {report.compile_id or ''}"))
+    backward_header = f"# rematpass backward graph {report.compile_id or ''}"
+    _write(folder / "backward.py", graph_code(backward, backward_header, backward=True))
     plan_data = plan_dict(report, graph_statistics(problem.summary, joint, forward, backward))
     frontier_data = frontier(problem, plan, flops)
     _write(folder / PLAN_FILE, json.dumps(plan_data, indent=1))
@@ -384,7 +395,14 @@ def write_scheduled(folder: pathlib.Path, report: PartitionReport, *, kept: bool
         "kept": kept,
         "attempts": [dataclasses.asdict(a) for a in report.verification],
     }
-    _write(pathlib.Path(folder) / SCHEDULED_FILE, json.dumps(data, indent=1))
+    folder = pathlib.Path(folder)
+    _write(folder / SCHEDULED_FILE, json.dumps(data, indent=1))
+    if (folder / PLAN_FILE).is_file() and (folder / FRONTIER_FILE).is_file():  # the page shows the verdict too
+        from .html_report import render_html
+
+        plan_data = json.loads((folder / PLAN_FILE).read_text(encoding="utf-8"))
+        frontier_data = json.loads((folder / FRONTIER_FILE).read_text(encoding="utf-8"))
+        _write(folder / HTML_FILE, render_html(plan_data, frontier_data, scheduled=data))
 
 
 def publish(

@@ -12,7 +12,7 @@ import html
 import math
 from typing import Any
 
-from .report import RECOMPUTED, SAVED, fmt_bytes, fmt_count, fmt_measured_peak, fmt_seconds
+from .report import RECOMPUTED, SAVED, budget_text, fmt_bytes, fmt_count, fmt_measured_peak, fmt_seconds
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1200px;
@@ -216,24 +216,29 @@ def _groups(nodes: list[dict[str, Any]]) -> str:
     return "".join(parts) or "<p>Nothing saved or recomputed.</p>"
 
 
-def render_html(plan: dict[str, Any], frontier: dict[str, Any] | None = None, top: int = 15) -> str:
-    """The page for one graph's plan.json (and frontier.json) data."""
+def _budget_value(budget: Any) -> str:
+    if budget is None:
+        return "none"
+    return fmt_bytes(budget) if isinstance(budget, int) else str(budget)
+
+
+def render_html(
+    plan: dict[str, Any], frontier: dict[str, Any] | None = None, top: int = 15, scheduled: dict[str, Any] | None = None
+) -> str:
+    """The page for one graph's plan.json (and frontier.json, scheduled.json) data."""
     totals, graph, knobs = plan["totals"], plan.get("graph", {}), plan.get("knobs", {})
     nodes = plan["nodes"]
     gid = plan.get("compile_id") or "(no compile id)"
     budget = knobs.get("memory_budget")
-    budget_detail = (
-        (f"target {fmt_bytes(totals.get('target_bytes'))}, " + ("met" if totals.get("budget_met") else "NOT met"))
-        if totals.get("target_bytes") is not None
-        else "default plan"
-    )
-    default_bytes = totals.get("default_saved_bytes")
+    budget_detail = budget_text(plan, scheduled).split(": ", 1)[-1]
+    default_bytes, inductor_bytes = totals.get("default_saved_bytes"), totals.get("inductor_saved_bytes")
     cards = [
         _card(
             "saved",
             fmt_bytes(totals["saved_bytes"]),
             f"{totals['saved_tensors']} tensors"
-            + (f" (default plan: {fmt_bytes(default_bytes)})" if default_bytes is not None else ""),
+            + (f" (default plan: {fmt_bytes(default_bytes)})" if default_bytes is not None else "")
+            + (f" (torch.compile's partitioner: {fmt_bytes(inductor_bytes)})" if inductor_bytes is not None else ""),
         ),
         _card(
             "recomputed",
@@ -241,7 +246,7 @@ def render_html(plan: dict[str, Any], frontier: dict[str, Any] | None = None, to
             f"{fmt_count(totals['recompute_flops'], 'FLOP')}, est. {fmt_seconds(totals['recompute_seconds'])}",
         ),
         _card("peak", fmt_bytes(totals.get("predicted_peak_bytes")) + " predicted", _peak_detail(totals)),
-        _card("memory budget", "none" if budget is None else str(budget), budget_detail),
+        _card("memory budget", _budget_value(budget), budget_detail),
         _card(
             "lambda",
             f"{totals['lambda']:.3g}",

@@ -18,7 +18,7 @@ from ..config import Knobs
 from ..cost import CostTable
 from ..inductor_hooks import register_torch_log
 from ..passes.analysis import BACKWARD_ONLY, FORWARD, INPUT, GraphSummary, ReasonKind
-from ..passes.op_facts import op_name
+from ..passes.op_facts import op_name, replays_a_saved_seed
 from ..passes.peak import ScoredPlan
 from ..passes.plan import HullPoint, Plan
 
@@ -34,6 +34,7 @@ USER_POLICY = "user_policy"  # never_recompute / always_recompute knobs
 CHECKPOINT_POLICY = "checkpoint_policy"  # a torch.utils.checkpoint region asks to recompute
 CHEAPER_TO_SAVE = "cheaper_to_save"
 CHEAPER_TO_RECOMPUTE = "cheaper_to_recompute"
+REPLAYED = "replayed_random"  # a random op recomputed from its saved seed: the same numbers again
 FORCED_BY_BUDGET = "forced_by_budget"  # the default plan saves it; the memory budget does not allow it
 FOR_LOWER_PEAK = "for_lower_peak"  # the fastest plan saves it; recomputing it lowers the peak within time_tolerance
 CANNOT_SAVE = "cannot_save"  # views, tuples, symbolic floats
@@ -99,6 +100,15 @@ class PartitionReport:
     scheduled_peak_bytes: int | None = None
     # Under a byte memory_budget: every plan compiled for this graph, in order (rematpass.verify).
     verification: tuple = ()
+    # Set on a plan rematpass.verify recompiled: the predicted peak it was aimed at, in bytes
+    # (``knobs`` still hold the user's memory_budget).
+    aim_peak_bytes: int | None = None
+    # What torch.compile's default partitioner saves on the same joint graph (same counting as
+    # ``saved_bytes``); computed when the dump_dir knob is set (it costs one more partition).
+    inductor_saved_bytes: int | None = None
+    # Recorded on an AOTAutograd cache hit: the report stored when the cached entry was made
+    # (rematpass.report_cache); the partitioner did not run for this compile.
+    from_cache: bool = False
 
     def saved_nodes(self) -> list[NodeDecision]:
         return [n for n in self.nodes if n.decision == SAVED]
@@ -112,6 +122,7 @@ class PartitionReport:
             f"recomputed {len(self.recomputed_nodes())} ops, {self.recompute_flops / 1e6:.2f} MFLOP; "
             f"{self.num_solves} max-flow solves in {self.solve_seconds * 1e3:.1f} ms"
             + (f" (graph {self.compile_id})" if self.compile_id else "")
+            + (" (from the cache: the plan made when the cached entry was stored)" if self.from_cache else "")
         )
 
 
@@ -156,11 +167,17 @@ def _reason(
                     "what the budget forces out"
                 ),
             )
-        return SAVED, CHEAPER_TO_SAVE, "cheaper to save than to recompute at this budget"
+        return SAVED, CHEAPER_TO_SAVE, "cheaper to save than to recompute" + (" at this budget" if budgeted else "")
     if summary.kind[i] == BACKWARD_ONLY:
         # Whichever side of the cut it lands on, the backward computes it from what was saved.
         return BACKWARD, BACKWARD_ONLY_KIND, "only the backward uses it: computed there, never saved"
     if plan.cut.in_backward[i]:
+        if replays_a_saved_seed(summary.nodes[i]):  # whatever moved it to the backward, this is what it does
+            return (
+                RECOMPUTED,
+                REPLAYED,
+                "replayed from the saved seed: the backward draws the same random numbers again, never new ones",
+            )
         if summary.must_recompute[i]:
             return RECOMPUTED, CHECKPOINT_POLICY, "checkpoint policy asks to recompute"
         if no_save is not None:
@@ -232,10 +249,12 @@ def build_report(
 ) -> PartitionReport:
     """Decisions and reasons for every candidate. ``default_saved`` (the default plan's
     saved set, ``Plan.default_saved``) lets a budgeted plan say what the budget forced."""
+    budget = knobs.memory_budget
+    budgeted = budget is not None and not (isinstance(budget, float) and budget == 1.0)
     nodes = []
     for i, node in enumerate(summary.nodes):
         val = node.meta.get("val")
-        decision, kind, reason = _reason(i, summary, plan, costs, default_saved, knobs.memory_budget is not None)
+        decision, kind, reason = _reason(i, summary, plan, costs, default_saved, budgeted)
         cost = costs.costs[i]
         module_path, module_type = module_of(node)
         source, source_code = source_of(node)
@@ -285,6 +304,28 @@ def build_report(
         hull=tuple(plan.hull),
         solver=str(getattr(plan, "solver", "mincut")),
     )
+
+
+def budget_text(plan: dict, scheduled: dict | None = None) -> str:
+    """What the user's memory_budget asked for, and whether this plan meets it (on Inductor's
+    scheduled peak when ``scheduled.json`` gives it, else on the predicted peak)."""
+    t, budget = plan["totals"], plan.get("knobs", {}).get("memory_budget")
+    aim = t.get("aim_peak_bytes")
+    aimed = f"; this attempt aimed the predicted peak at {fmt_bytes(aim)}" if aim is not None else ""
+    if budget is None or budget == 1.0:
+        return f"memory_budget {budget}: default plan"
+    if isinstance(budget, float) and t.get("solver") != "ilp":
+        return (
+            f"memory_budget {budget}: least predicted peak within the recompute that saving "
+            f"{fmt_bytes(t.get('target_bytes'))} costs{aimed}"
+        )
+    scheduled_peak = (scheduled or {}).get("scheduled_peak_bytes")
+    if scheduled_peak is not None:
+        verdict = "met" if scheduled_peak <= budget else "NOT met"
+        met = f"{verdict} by Inductor's scheduled peak {fmt_bytes(scheduled_peak)}"
+    else:
+        met = "met by the predicted peak" if t.get("budget_met") else "NOT met (least-memory plan)"
+    return f"memory_budget {fmt_bytes(budget)} (peak cap): {met}{aimed}"
 
 
 def fmt_measured_peak(totals: dict) -> str:
