@@ -20,6 +20,7 @@ from helpers import assert_close_grads, cheap_backend, clone, compiled_step, tra
 
 import rematpass
 from rematpass import zoo
+from rematpass.inspect.report import CHECKPOINT_POLICY
 from rematpass.zoo import LossOf
 
 transformers = pytest.importorskip("transformers")
@@ -131,6 +132,36 @@ def test_llama_varying_sequence_length_compiles_once():
     assert len(rematpass.recent_reports()) == 1, "a dynamic sequence length should not recompile"
 
 
+# LlamaAttention carries transformers' @use_kernelized_func. When that decorator hands the class to the
+# `kernels` package (a required dependency since transformers 5.25; on 5.24 only when the optional
+# package is installed and USE_HUB_KERNELS is not off), every attention forward runs kernels' wrapper,
+# which sets and resets the module-global CompileableContextVar `_ACTIVE_KERNEL_FUNCS`. While Dynamo
+# traces, that is an attribute write on an object from outside the checkpoint region, which Dynamo
+# refuses inside torch.utils.checkpoint. Checked against the wrapper itself rather than a version
+# number, so that the condition holds on 5.24 with `kernels` installed too.
+def _runs_a_kernels_wrapper(function) -> bool:
+    while function is not None:  # through every functools.wraps layer (transformers adds its own)
+        if function.__globals__["__name__"].startswith("kernels."):
+            return True
+        function = getattr(function, "__wrapped__", None)
+    return False
+
+
+ATTENTION_RUNS_KERNELS_WRAPPER = _runs_a_kernels_wrapper(
+    pytest.importorskip("transformers.models.llama.modeling_llama").LlamaAttention.forward
+)
+UNSAFE_SIDE_EFFECT_IN_CHECKPOINT = pytest.mark.xfail(
+    ATTENTION_RUNS_KERNELS_WRAPPER,
+    raises=torch._dynamo.exc.Unsupported,
+    strict=True,
+    reason=(
+        "Dynamo: HOP: Unsafe side effect (torch.utils.checkpoint.checkpoint): Mutating a variable from outside "
+        "the scope of this HOP is not supported (the `kernels` package's CompileableContextVar, set around "
+        "LlamaAttention.forward: transformers >= 5.25, or 5.24 with `kernels` installed)"
+    ),
+)
+
+
 def _hf_gradient_checkpointing_model():
     model = llama()
     if hasattr(model, "activation_checkpointing_enable"):  # transformers 5.x's name
@@ -140,9 +171,17 @@ def _hf_gradient_checkpointing_model():
     return LossOf(model, "input_ids", "labels")
 
 
+def _assert_planned_as_one_graph_with_checkpoint_regions():
+    reports = rematpass.recent_reports()
+    assert len(reports) == 1, f"expected one graph for the whole model, got {len(reports)}"
+    honoured = [n for n in reports[0].nodes if n.reason_kind == CHECKPOINT_POLICY]
+    assert honoured, "no checkpoint region reached the partitioner as recompute tags"
+
+
+@UNSAFE_SIDE_EFFECT_IN_CHECKPOINT
 def test_hf_gradient_checkpointing_trains_to_eager_gradients():
-    """HF activation checkpointing under torch.compile: its checkpoint regions reach the partitioner
-    as recompute tags. What a user gets (strict=False, the default) must train right, whether
+    """HF activation checkpointing under torch.compile(fullgraph=True): its checkpoint regions reach the
+    partitioner as recompute tags. What a user gets (strict=False, the default) must train right, whether
     rematpass plans the graph or falls back to PyTorch's partitioner (with a warning)."""
     torch.manual_seed(0)
     model = _hf_gradient_checkpointing_model()
@@ -155,13 +194,52 @@ def test_hf_gradient_checkpointing_trains_to_eager_gradients():
     assert rematpass.recent_reports() or fallbacks, "the remat partitioner was never called"
 
 
+@UNSAFE_SIDE_EFFECT_IN_CHECKPOINT
 def test_hf_gradient_checkpointing_is_planned_by_rematpass():
     torch.manual_seed(0)
     model = _hf_gradient_checkpointing_model()
     ids = tokens()
     got = compiled_step(clone(model), (ids, ids), cheap_backend(strict=True), fullgraph=True)
     assert_close_grads(train_step(clone(model), (ids, ids)), got)
-    assert rematpass.recent_reports()
+    _assert_planned_as_one_graph_with_checkpoint_regions()
+
+
+def test_hf_gradient_checkpointing_without_fullgraph_trains_to_eager_gradients():
+    """What a user gets without fullgraph=True. Where Dynamo refuses the checkpoint region, it gives up on
+    each checkpointed layer: the layers run eagerly under PyTorch's own checkpoint and only the code
+    between them (embedding, final norm, head and loss) is compiled and planned by rematpass."""
+    torch.manual_seed(0)
+    model = _hf_gradient_checkpointing_model()
+    ids = tokens()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = compiled_step(clone(model), (ids, ids), cheap_backend(strict=False))
+    assert_close_grads(train_step(clone(model), (ids, ids)), got)
+    fallbacks = [str(w.message) for w in caught if issubclass(w.category, rematpass.RematFallbackWarning)]
+    assert not fallbacks, fallbacks
+    reports = rematpass.recent_reports()
+    assert reports, "the remat partitioner was never called"
+    planned_ops = {n.op for report in reports for n in report.nodes}
+    attention_planned = any("scaled_dot_product" in op for op in planned_ops)
+    if ATTENTION_RUNS_KERNELS_WRAPPER:
+        assert not attention_planned, "a checkpointed layer was compiled: update docs/transformers.md"
+        assert len(reports) > 1, "expected the model split at its checkpointed layers"
+    else:
+        assert attention_planned and len(reports) == 1, f"{len(reports)} graphs, ops {sorted(planned_ops)}"
+
+
+def test_hf_gradient_checkpointing_with_forward_side_effects_skipped_is_one_planned_graph():
+    """Dynamo's escape hatch: with skip_fwd_side_effects_in_bwd_under_checkpoint the recompute in the
+    backward does not replay the forward's Python side effects. kernels' wrapper sets its variable and
+    resets it within the same forward, so there is nothing to replay: the model is one graph again and
+    rematpass plans it, checkpoint regions included."""
+    torch.manual_seed(0)
+    model = _hf_gradient_checkpointing_model()
+    ids = tokens()
+    with torch._dynamo.config.patch(skip_fwd_side_effects_in_bwd_under_checkpoint=True):
+        got = compiled_step(clone(model), (ids, ids), cheap_backend(strict=True), fullgraph=True)
+    assert_close_grads(train_step(clone(model), (ids, ids)), got)
+    _assert_planned_as_one_graph_with_checkpoint_regions()
 
 
 @pytest.mark.inductor
