@@ -45,6 +45,8 @@ class ReasonKind(enum.Enum):
     NOT_A_TENSOR = "not_a_tensor"
     # either: the never_recompute / always_recompute knobs
     USER_POLICY = "user_policy"
+    # either: a region_activation_memory_budget region's own plan (passes.regions)
+    REGION_BUDGET = "region_budget"
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,9 @@ class GraphSummary:
     is_view: np.ndarray  # bool
     no_recompute_reason: tuple[Reason | None, ...]  # None: may be recomputed
     no_save_reason: tuple[Reason | None, ...]  # None: may be saved
+    # float: the torch.autograd.graph.region_activation_memory_budget a forward node was traced
+    # under, NaN outside every region; None when the graph has no region (passes.regions).
+    region_budget: np.ndarray | None = None
 
     @property
     def num_nodes(self) -> int:
@@ -81,6 +86,14 @@ class GraphSummary:
 _VIEW = Reason(ReasonKind.VIEW, "view: saving it keeps its base alive, so the base is priced instead")
 _SYMBOLIC_FLOAT = Reason(ReasonKind.SYMBOLIC_FLOAT, "symbolic float")
 _NOT_A_TENSOR = Reason(ReasonKind.NOT_A_TENSOR, "not a tensor (a tuple of outputs: its items are saved instead)")
+
+
+def checkpointed_for_recompute(node: fx.Node) -> bool:
+    """Inside a ``torch.utils.checkpoint`` region that asks to recompute. A random op there (a
+    dropout under ``fallback_random``, where Inductor keeps aten's random ops) is recomputed with
+    the RNG state the forward saved and the backward restores (PyTorch's ``functionalize_rng_ops``,
+    run by passes.torch_extract), so it draws the same numbers again."""
+    return ti.checkpoint_policy(node) in (ti.CheckpointPolicy.MUST_RECOMPUTE, ti.CheckpointPolicy.PREFER_RECOMPUTE)
 
 
 def _no_recompute_reason(node: fx.Node, never_recompute: frozenset[str], facts: OpFacts | None = None) -> Reason | None:
@@ -95,7 +108,7 @@ def _no_recompute_reason(node: fx.Node, never_recompute: frozenset[str], facts: 
             "tagged MUST_SAVE (a collective, an effectful op, the source of a backward mutation, or a checkpoint policy)",
         )
     random, mutating, name = (facts or OpFacts()).op(node)
-    if random:
+    if random and not checkpointed_for_recompute(node):
         return Reason(ReasonKind.RANDOM, "random: recomputing would draw a new mask")
     if mutating:
         return Reason(ReasonKind.MUTATES_INPUT, "mutates its input")
@@ -154,6 +167,7 @@ def summarize_joint_graph(
     dst: list[int] = []
     static_inputs = set(roles.static_inputs)
     facts = OpFacts()
+    region_budget = np.full(len(nodes), np.nan)
 
     for i, node in enumerate(nodes):
         if node.op == "placeholder":
@@ -164,6 +178,9 @@ def summarize_joint_graph(
             kind[i] = BACKWARD_ONLY
         is_static[i] = node in static_inputs
         views[i] = is_view(node)
+        if kind[i] == FORWARD:
+            budget = ti.region_memory_budget(node)
+            region_budget[i] = np.nan if budget is None else budget
         if node in roles.required_bw:  # a backward output that does not depend on tangents
             needed[i] = True
         for user in node.users:
@@ -175,8 +192,7 @@ def summarize_joint_graph(
                 needed[i] = True
 
         reason = _no_recompute_reason(node, never, facts)
-        policy = ti.checkpoint_policy(node)
-        if policy in (ti.CheckpointPolicy.MUST_RECOMPUTE, ti.CheckpointPolicy.PREFER_RECOMPUTE):
+        if checkpointed_for_recompute(node):
             must_recompute[i] = reason is None
         save_reason = _no_save_reason(node, bool(views[i]), facts)
         if reason is not None and save_reason is not None and views[i]:
@@ -197,4 +213,5 @@ def summarize_joint_graph(
         is_view=views,
         no_recompute_reason=tuple(no_recompute),
         no_save_reason=tuple(no_save),
+        region_budget=None if np.isnan(region_budget).all() else region_budget,
     )

@@ -190,11 +190,3 @@ class FlowNetwork:
         smallest = _reached(residual, self.source, self.num_vertices)
         reaches_sink = _reached(sp.csr_array(residual.T), self.sink, self.num_vertices)
         return MinCutLattice(smallest, ~reaches_sink, residual)
-
-
-def min_cut(
-    num_vertices: int, tails: np.ndarray, heads: np.ndarray, capacity: np.ndarray, source: int, sink: int
-) -> MinCut:
-    """One-off minimum cut: see ``FlowNetwork``. ``inf`` capacities may never be cut."""
-    capacity = np.asarray(capacity, dtype=np.float64)
-    return FlowNetwork(num_vertices, tails, heads, ~np.isfinite(capacity), source, sink).min_cut(capacity)

@@ -5,7 +5,7 @@ bytes. Each hull edge is found by one solve at the lambda where the lines of
 its two end plans cross (Eisner-Severance): a new plan there is a new
 vertex; the same plan, or one on the segment already, means the two ends are
 neighbours. Used to choose a budget plan by its peak (passes.peak) and to
-draw the frontier in dumps (rematpass.dump).
+draw the frontier in dumps (rematpass.inspect.dump).
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from .mincut import CutNetwork
 from .plan import Cut
 
 MAX_HULL_SOLVES = 48
+# The far end of the hull, as a fraction of the default lambda: recompute cost still breaks ties
+# between plans of equal bytes, but never outweighs a byte.
+LOWEST_LAMBDA_FRACTION = 1e-7
 
 
 @dataclass(frozen=True)

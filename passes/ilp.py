@@ -17,11 +17,9 @@ recompute cost``, with the very integer capacities the max-flow cuts
 value exactly: a check that the network and the cut decoding are right.
 (Its LP relaxation is a cut LP, so HiGHS closes it at the root.)
 
-``solve_ilp_budget`` is what the lambda search approximates: the least
-recompute cost whose saved bytes fit a byte target. Plans strictly between
-two hull points are out of reach of any lambda, so it can beat the hull plan;
-``compare_with_hull`` measures by how much. Ties in recompute cost go to the
-plan with fewer saved bytes (a second, small solve).
+``ilp_plan`` is the ``solver="ilp"`` knob: the fastest plan, solved exactly.
+(tests/oracles.py holds the ILP under a byte target, the exact answer the
+hull's plans are compared with.)
 
 Every solution goes through ``mincut.cut_from_plan``, so it is pruned and
 scored like a min cut.
@@ -30,7 +28,6 @@ scored like a min cut.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sys
 import time
@@ -41,8 +38,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from .budget import plan_for_budget
-from .evaluate import budget_costs, budget_time, quantized_objective, violations
+from .evaluate import quantized_objective, violations
+from .fastest import fastest_plan
 from .mincut import CutNetwork, cut_from_plan, hard_rules
 from .plan import Cut, CutProblem, Plan
 
@@ -150,131 +147,25 @@ def solve_ilp(problem: CutProblem, lam: float, *, time_limit: float | None = Non
     )
 
 
-def solve_ilp_budget(
-    problem: CutProblem,
-    target_bytes: float,
-    *,
-    time_limit: float | None = None,
-    lam: float = math.nan,
-    tie_break: bool = True,
-) -> ILPResult:
-    """Minimise recompute cost subject to ``saved bytes <= target_bytes``.
-
-    The objective is in ``evaluate.budget_costs`` units; ``lam`` only labels
-    the returned cut. With ``tie_break``, a second solve keeps that optimum
-    and saves as few bytes as it can.
-    """
+def ilp_plan(problem: CutProblem, lam_default: float, *, time_limit: float = 30.0) -> Plan:
+    """The ILP's optimum of the fastest plan's objective, or the min-cut plan (with an
+    ``ILPFallbackWarning``) when it proves none in time. The ILP has no peak model, so it solves
+    the fastest plan only: ``time_tolerance`` and budgets are the min-cut planner's."""
     started = time.perf_counter()
-    n = problem.summary.num_nodes
-    nbytes, save_time, recompute, _ = budget_costs(problem)
-    budget_row = (np.concatenate([nbytes, np.zeros(n)]), -np.inf, float(target_bytes))
-    time_cost = np.concatenate([save_time, recompute]).astype(np.float64)
-    status, x, message = _milp(problem, time_cost, [budget_row], time_limit)
-    if status == OPTIMAL and tie_break:
-        best = float(time_cost[x].sum())
-        remaining = None if time_limit is None else time_limit - (time.perf_counter() - started)
-        bytes_cost = np.concatenate([nbytes, np.zeros(n)])
-        second = _milp(problem, bytes_cost, [budget_row, (time_cost, -np.inf, best)], remaining)
-        if second[0] == OPTIMAL and float(time_cost[second[1]].sum()) <= best:
-            x = second[1]
-
-    def objective_of(cut: Cut) -> int:
-        return budget_time(problem, cut)
-
-    return _result(problem, lam, status, x, message, started, objective_of)
-
-
-@dataclass(frozen=True)
-class BudgetGap:
-    """The hull plan against the ILP's best plan under one byte target."""
-
-    target_bytes: float
-    hull: Cut
-    ilp: Cut
-    hull_recompute: int  # evaluate.budget_costs units (exact)
-    ilp_recompute: int
-    hull_seconds: float  # the same, in the cost model's seconds
-    ilp_seconds: float
-    num_solves: int  # max-flow solves of the hull search
-
-    @property
-    def gap(self) -> float:
-        """Recompute seconds the hull plan spends beyond the optimum (>= 0)."""
-        return self.hull_seconds - self.ilp_seconds
-
-    @property
-    def relative_gap(self) -> float:
-        return self.gap / self.hull_seconds if self.hull_seconds > 0 else 0.0
-
-    def __str__(self) -> str:
-        return (
-            f"target {self.target_bytes:,.0f} B: hull plan {self.hull.saved_bytes:,.0f} B / {self.hull_seconds:.6g} s "
-            f"({self.num_solves} max-flows), ILP {self.ilp.saved_bytes:,.0f} B / {self.ilp_seconds:.6g} s, "
-            f"gap {self.gap:.6g} s ({100 * self.relative_gap:.3f}%)"
-        )
-
-
-def compare_with_hull(
-    problem: CutProblem, lam_default: float, target_bytes: float, *, time_limit: float | None = None
-) -> BudgetGap:
-    """Solve one byte target both ways; raises RuntimeError when either finds no plan."""
-    hull = plan_for_budget(problem, lam_default, float(target_bytes))
-    if not hull.budget_met:
-        raise RuntimeError(f"no min-cut plan fits {target_bytes} bytes")
-    result = solve_ilp_budget(problem, target_bytes, time_limit=time_limit, lam=hull.cut.lam)
-    if not result.optimal:
-        raise RuntimeError(f"ILP {result.status}: {result.message}")
-    return BudgetGap(
-        target_bytes=float(target_bytes),
-        hull=hull.cut,
-        ilp=result.cut,
-        hull_recompute=budget_time(problem, hull.cut),
-        ilp_recompute=result.objective,
-        hull_seconds=hull.cut.time_cost,
-        ilp_seconds=result.cut.time_cost,
-        num_solves=hull.num_solves,
-    )
-
-
-def ilp_plan(problem: CutProblem, lam_default: float, budget=None, *, time_limit: float = 30.0) -> Plan:
-    """The ILP's plan, or the min-cut plan (with an ``ILPFallbackWarning``) when it fails.
-
-    The min-cut search runs first: it gives the fallback, the byte target of
-    a fractional budget, and the max-flow count reported in the plan. When
-    the default plan fits the budget the ILP solves the default objective;
-    otherwise it finds the least recompute cost under the target.
-    """
-    started = time.perf_counter()
-    fallback = plan_for_budget(problem, lam_default, budget)
-    target = fallback.target_bytes
+    fallback = fastest_plan(problem, lam_default)
     remaining = time_limit - (time.perf_counter() - started)
-    default_fits = fallback.budget_met and fallback.cut.lam == lam_default
     try:
-        if target is None or default_fits:
-            result = solve_ilp(problem, lam_default, time_limit=remaining)
-        else:
-            result = solve_ilp_budget(problem, target, time_limit=remaining, lam=fallback.cut.lam)
+        result = solve_ilp(problem, lam_default, time_limit=remaining)
     except Exception as exc:  # HiGHS errors, memory: the min-cut plan stands
         result = ILPResult(FAILED, None, None, time.perf_counter() - started, f"{type(exc).__name__}: {exc}")
-    fits = result.cut is not None and (target is None or result.cut.saved_bytes <= target)
-    if result.status == INFEASIBLE and not fallback.budget_met:
-        return fallback  # no plan fits the budget: the min cut's least-memory plan stands
-    if not (result.optimal and fits):
-        why = "its plan is over the budget" if result.optimal else result.message
+    if not (result.optimal and result.cut is not None):
         warnings.warn(
             f"rematpass: the ILP solver gave no usable optimum ({result.status} after {result.seconds:.1f} s "
-            f"of a {time_limit:g} s limit: {why}); using the min-cut plan",
+            f"of a {time_limit:g} s limit: {result.message}); using the min-cut plan",
             ILPFallbackWarning,
             stacklevel=2,
         )
         return fallback
     return Plan(
-        result.cut,
-        lam_default,
-        target,
-        budget_met=True,
-        num_solves=fallback.num_solves,
-        hull=fallback.hull,
-        solver="ilp",
-        default_saved=fallback.default_saved,
+        result.cut, lam_default, None, budget_met=True, num_solves=fallback.num_solves, hull=fallback.hull, solver="ilp"
     )

@@ -1,12 +1,12 @@
 """Predict the step peak of many plans on one joint graph, as arrays.
 
 A budget search scores every plan on the min-cut hull. Walking the nodes of
-each plan one by one (passes.liveness) costs about 0.1 s a plan at 96
-layers; here the joint graph is read once into arrays (sizes, alias links,
+each plan's extracted modules node by node (tests/module_liveness.py, the
+reference this model is tested against) costs about 0.1 s a plan at 96 layers; here the joint graph is read once into arrays (sizes, alias links,
 fusion facts, edges) and each plan is simulated as intervals: a storage is
 live from the step that allocates it to the last step that reads it, or to
 the end of its phase when the phase returns it; the peak is the maximum of a
-cumulative sum. The rules are passes.liveness's (tests/test_peak.py checks
+cumulative sum. The rules are the reference's (tests/test_peak.py checks
 both give the same peak on extracted modules):
 
 - the forward runs the plan's forward nodes in graph order; what it returns
@@ -17,7 +17,8 @@ both give the same peak on extracted modules):
 - a multi-output op allocates all its outputs before its inputs are freed;
 - a view or an in-place result shares its input's storage; under the
   ``fused`` model a pointwise value only consumed by fusible consumers gets
-  no buffer (``liveness.inductor_materialized``).
+  no buffer: the rule of ``liveness.inductor_materialized``, applied to a whole
+  phase at once (``_materialized``).
 """
 
 from __future__ import annotations

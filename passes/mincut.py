@@ -254,11 +254,6 @@ def cut_from_source_side(problem: CutProblem, lam: float, source_side: np.ndarra
     return cut_from_plan(problem, lam, in_source & ~out_source, ~in_source)
 
 
-def solve_min_cut(problem: CutProblem, lam: float) -> Cut:
-    """The plan minimising ``saved bytes + lam * recompute cost``; raises InfeasibleCut."""
-    return CutNetwork(problem).solve(lam)
-
-
 def describe_vertex(summary: GraphSummary, vertex: int) -> str:
     if vertex == SOURCE:
         return "source"
@@ -270,7 +265,6 @@ def describe_vertex(summary: GraphSummary, vertex: int) -> str:
 
 __all__ = [
     "CutNetwork",
-    "solve_min_cut",
     "cut_from_plan",
     "cut_from_source_side",
     "used_in_backward",

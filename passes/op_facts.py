@@ -27,6 +27,15 @@ which model uses which):
   passes.hoist_matmul may move next to their base (in-place ops cannot move);
   ``is_view_by_schema`` is what the benchmark leaves out when it counts
   recomputed ops.
+- Is it random? ``is_random`` is the planner's answer: the op draws new numbers
+  each run (tagged ``nondeterministic_seeded``; attention only with a nonzero
+  ``dropout_p``), so it is never recomputed. ``replays_a_saved_seed`` names the
+  ops that draw from a seed they are given (``inductor_random``): recomputing
+  them replays the same numbers. Two clean-ups mirror PyTorch's own rules so
+  that their result equals PyTorch's node for node (tests/test_flow_speed_helpers.py):
+  ``torch_internals.cse_in_place`` never merges PyTorch's ``rand_ops`` (as
+  ``fx_graph_cse``), and the module extraction keeps what ``Node.is_impure``
+  keeps under ``fallback_random`` (as ``eliminate_dead_code``).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ class CutProblem:
     the backward uses must be written out by the forward; None: nothing);
     ``recompute_flops[i]`` the FLOPs of compute-bound ops (matmul, convolution,
     attention; 0 for pointwise ops and reductions), the currency fractional
-    budgets are spent in (rematpass.peak_planning). None: budgets spend
+    budgets are spent in (rematpass.planner). None: budgets spend
     ``recompute_seconds`` instead.
     """
 

@@ -1,4 +1,5 @@
-"""Hand-built partitioning problems: a ``GraphSummary`` and its ``CutProblem`` without a joint graph.
+"""Hand-built partitioning problems: a ``GraphSummary`` and its ``CutProblem`` without a joint graph,
+for trying the solvers on a problem of one's own (the tests and benchmarks/partition_speed.py do).
 
 In the spirit of Checkmate's graph builder: add nodes with their kind, bytes
 and recompute cost (and the hard rules, when a test needs them), add data
@@ -19,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from rematpass.passes.analysis import BACKWARD_ONLY, FORWARD, INPUT, GraphSummary
-from rematpass.passes.plan import CutProblem
+from .analysis import BACKWARD_ONLY, FORWARD, INPUT, GraphSummary
+from .plan import CutProblem
 
 __all__ = ["BACKWARD_ONLY", "FORWARD", "INPUT", "SyntheticGraph"]
 

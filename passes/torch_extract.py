@@ -9,8 +9,9 @@ which nodes each module keeps (the same validity and dead-code rules), then
 copying only those, once. The result is the same graph, node for node and
 name for name, as PyTorch's (tests/test_extract.py compares them on every
 test model); where a graph uses a feature this path does not replicate
-(opaque objects, backward state, activation quantisation, forward outputs
-PyTorch would have to substitute, torch older than 2.13) it calls PyTorch's
+(opaque objects, backward state, activation quantisation, ``control_deps``
+ordering, forward outputs PyTorch would have to substitute), and on releases
+it was not checked against (``ONE_PASS_RELEASES``), it calls PyTorch's
 function instead.
 
 With passes/torch_internals.py, this is the only file that touches private
@@ -32,9 +33,24 @@ from torch._inductor import config as inductor_config
 from torch.fx.experimental.proxy_tensor import is_sym_node
 from torch.fx.experimental.symbolic_shapes import find_symbol_binding_fx_nodes, free_symbols, is_symbol_binding_fx_node
 
-from .torch_internals import ModuleNodes, NeedsTorchExtraction, NodeRoles, is_assert_only_symbool, is_opaque_value
+from .torch_internals import (
+    ModuleNodes,
+    NeedsTorchExtraction,
+    NodeRoles,
+    control_deps_nodes,
+    is_assert_only_symbool,
+    is_opaque_value,
+    torch_release,
+)
 
-__all__ = ["extract_forward_backward", "reorder_like_autograd_engine"]
+__all__ = ["ONE_PASS_RELEASES", "extract_forward_backward", "one_pass_supported_here", "reorder_like_autograd_engine"]
+
+# The releases whose ``_extract_fwd_bwd_modules`` tests/test_extract.py found the one-pass
+# path equal to, node for node. What changed between them, and is replicated below:
+# 2.14 binds the unreplaced symbols of the backward's inputs too (``_free_symbols_without_replacements``)
+# and splits ``control_deps`` nodes (left to PyTorch); 2.15 stamps ``meta["is_static_input"]`` on the
+# primals and also drops a saved collective whose only readers are dead ``wait_tensors``.
+ONE_PASS_RELEASES = ((2, 13), (2, 14), (2, 15))
 
 
 def extract_forward_backward(
@@ -53,7 +69,9 @@ def extract_forward_backward(
     saved_opaque = [n for n in saved if is_opaque_value(n)]
     saved_tensors = [n for n in saved if not is_sym_node(n) and not is_opaque_value(n)]
     try:
-        fw_module, bw_module = one_pass_modules(joint_module, saved_tensors, saved_sym, saved_opaque, num_fwd_outputs)
+        fw_module, bw_module = one_pass_modules(
+            joint_module, saved_tensors, saved_sym, saved_opaque, num_fwd_outputs, roles.static_inputs
+        )
     except NeedsTorchExtraction:
         fw_module, bw_module = torch_modules(
             joint_module, saved_tensors, saved_sym, saved_opaque, roles, num_fwd_outputs
@@ -90,24 +108,36 @@ def torch_modules(joint_module, saved_tensors, saved_sym, saved_opaque, roles: N
     )
 
 
-def _one_pass_supported_here() -> bool:
+def one_pass_supported_here() -> bool:
     """The one-pass path replicates the extraction of the releases it was checked against
-    (tests/test_extract.py on 2.13 and 2.14); others use PyTorch's own, which is slower only."""
-    return "2.13" <= torch.__version__ < "2.15" and _extract_takes_opaque_nodes()
+    (``ONE_PASS_RELEASES``); others use PyTorch's own, which is slower only."""
+    return torch_release() in ONE_PASS_RELEASES and _extract_takes_opaque_nodes()
+
+
+def _stamps_static_inputs() -> bool:
+    """torch 2.15's extraction marks each primal ``meta["is_static_input"]``; its ``compile_fx``
+    reads the mark on the backward's placeholders to choose the static inputs (cudagraphs, alignment)."""
+    return torch_release() >= (2, 15)
+
+
+def _wait_ops() -> tuple[object, ...]:
+    """The waits after which a saved collective counts as dead: ``wait_tensor``, and from 2.15 on ``wait_tensors``."""
+    functional = torch.ops._c10d_functional
+    names = ("wait_tensor", "wait_tensors") if torch_release() >= (2, 15) else ("wait_tensor",)
+    return tuple(getattr(functional, name).default for name in names if hasattr(functional, name))
 
 
 def _drop_unused_saved(joint: fx.Graph, candidates: list[fx.Node], tangents, bwd_seeds, bwd_outputs) -> set[fx.Node]:
     """Saved values the backward does not read (PyTorch's trial backward extraction)."""
     backward = ModuleNodes(joint, [*candidates, *tangents, *bwd_seeds], bwd_outputs, "backward")
-    wait_tensor = getattr(torch.ops._c10d_functional, "wait_tensor", None)
-    wait = wait_tensor.default if wait_tensor is not None else None
+    waits = _wait_ops() if torch.distributed.is_available() else ()
     dropped = set()
     for node in candidates:
         users = backward.reads(node)
         if not users:
             dropped.add(node)
-        elif torch.distributed.is_available() and all(
-            u.target is wait and not backward.reads(u) for u in users
+        elif waits and all(
+            u.target in waits and not backward.reads(u) for u in users
         ):  # a collective's result only waited on: dead too
             dropped.add(node)
     return dropped
@@ -136,11 +166,18 @@ def _copy_module(joint: fx.GraphModule, inputs: list[fx.Node], outputs: list[obj
 
 
 def one_pass_modules(
-    joint_module: fx.GraphModule, saved_values, saved_sym_nodes, saved_opaque_nodes, num_fwd_outputs: int
+    joint_module: fx.GraphModule,
+    saved_values,
+    saved_sym_nodes,
+    saved_opaque_nodes,
+    num_fwd_outputs: int,
+    static_lifetime_input_nodes=None,
 ):
     """The modules ``_extract_fwd_bwd_modules`` returns (AOTAutograd path), each node copied once."""
-    if not _one_pass_supported_here() or saved_opaque_nodes:
-        raise NeedsTorchExtraction("opaque values or an older torch")
+    if not one_pass_supported_here():
+        raise NeedsTorchExtraction(f"torch {torch.__version__} is not among the releases checked {ONE_PASS_RELEASES}")
+    if saved_opaque_nodes:
+        raise NeedsTorchExtraction("opaque values are saved")
     if inductor_config.post_grad_fusion_options.get("activation_quantization_aten_pass") is not None:
         raise NeedsTorchExtraction("activation quantisation rewrites the modules")
     graph = joint_module.graph
@@ -150,7 +187,12 @@ def one_pass_modules(
     placeholders = graph.find_nodes(op="placeholder")
     if any(_p._is_backward_state(n) for n in placeholders):
         raise NeedsTorchExtraction("backward state is passed to the backward directly")
+    if control_deps_nodes(graph):
+        raise NeedsTorchExtraction("control_deps nodes are rebuilt per module")
     primals = [n for n in placeholders if _p._is_primal(n)]
+    if static_lifetime_input_nodes is not None and _stamps_static_inputs():
+        for node in primals:  # the placeholders of both modules share this meta, as in PyTorch's
+            node.meta["is_static_input"] = node in static_lifetime_input_nodes
     tangents = [n for n in placeholders if _p._is_tangent(n)]
     fwd_seeds = [n for n in placeholders if _p._is_fwd_seed_offset(n)]
     bwd_seeds = [n for n in placeholders if _p._is_bwd_seed_offset(n)]
@@ -203,7 +245,7 @@ def _with_symbol_bindings(graph: fx.Graph, saved_sym_nodes, saved_values, tangen
     for node in itertools.chain(derived, saved_values, tangents):
         if "val" not in node.meta:
             continue
-        new_symbols = free_symbols(node.meta["val"]) - saved_symbols
+        new_symbols = _symbols_to_bind(node.meta["val"]) - saved_symbols
         if not new_symbols:
             continue
         if symbol_bindings is None:
@@ -213,6 +255,16 @@ def _with_symbol_bindings(graph: fx.Graph, saved_sym_nodes, saved_values, tangen
                 binding.append(symbol_bindings[symbol])
         saved_symbols |= new_symbols
     return binding + derived
+
+
+def _symbols_to_bind(val) -> set:
+    """The symbols a backward input mentions: with torch >= 2.14 also those its sizes had before
+    the shape environment's replacements (runtime assertions read those)."""
+    unreplaced = getattr(_p, "_free_symbols_without_replacements", None)
+    symbols = set(free_symbols(val))
+    if unreplaced is not None:
+        symbols |= set(unreplaced(val))
+    return symbols
 
 
 def reorder_like_autograd_engine(gm: fx.GraphModule) -> fx.GraphModule:

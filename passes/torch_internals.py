@@ -213,6 +213,8 @@ def classify_joint_graph(
 ) -> NodeRoles:
     """PyTorch's ``classify_nodes``, with the forward found by ``ModuleNodes`` instead of a graph copy."""
     graph = joint_module.graph
+    if control_deps_nodes(graph):  # torch >= 2.14 classifies their getitems one by one
+        return torch_classify_nodes(joint_module, static_lifetime_input_indices, num_fwd_outputs)
     required_bw: dict[fx.Node, None] = {}
     for node in graph.nodes:
         if node.op == "placeholder" and "tangents" in node.target or _p._must_be_in_backward(node):
@@ -270,10 +272,36 @@ def _is_opaque_node_211(node: fx.Node) -> bool:
 
 
 def is_opaque_type(cls: type) -> bool:
-    """Whether values of this type are opaque objects (``is_opaque_value`` asks this first)."""
-    from torch._library.opaque_object import is_opaque_type as _is_opaque_type
+    """Whether values of this type are opaque objects (``is_opaque_value`` asks this first).
 
-    return bool(_is_opaque_type(cls))
+    torch 2.14 renamed ``opaque_object.is_opaque_type`` to ``is_custom_class`` (the same body:
+    a registered custom class or a subclass of one) and made the old name log a deprecation
+    warning on every call, so the new name is used where it exists.
+    """
+    from torch._library import opaque_object
+
+    registered = getattr(opaque_object, "is_custom_class", None) or opaque_object.is_opaque_type
+    return bool(registered(cls))
+
+
+def torch_release(version: str | None = None) -> tuple[int, int]:
+    """(major, minor) of ``version`` (the installed torch by default), parsed as a version:
+    "2.15.0+cu132" is (2, 15) and a nightly "2.16.0.dev20260101" is (2, 16), where comparing
+    strings would put "2.15" before "2.9" and that nightly before "2.16"."""
+    from torch._vendor.packaging.version import Version
+
+    major, minor, *_ = Version(version or torch.__version__).release + (0,)
+    return major, minor
+
+
+def control_deps_nodes(graph: fx.Graph) -> list[fx.Node]:
+    """The graph's ``control_deps`` higher-order ops (stream and event ordering), which the
+    extraction of torch >= 2.14 splits between the forward and the backward in its own way."""
+    try:
+        from torch._inductor.fx_passes.control_dependencies import control_deps
+    except ImportError:
+        return []
+    return list(graph.find_nodes(op="call_function", target=control_deps))
 
 
 def is_backward_state_or_script_object(val: object) -> bool:
@@ -347,3 +375,18 @@ def default_partition(joint_module, joint_inputs, *, num_fwd_outputs, static_lif
 def torch_min_cut_partition(joint_module, joint_inputs, **kwargs):
     """Inductor's default partitioner, our fallback and our baseline."""
     return _p.min_cut_rematerialization_partition(joint_module, joint_inputs, **kwargs)
+
+
+# Where ``torch.autograd.graph.region_activation_memory_budget`` (torch >= 2.13) leaves its budget.
+_REGION_BUDGET_KEY = "_region_activation_memory_budget"
+
+
+def region_memory_budget(node: fx.Node) -> float | None:
+    """The ``region_activation_memory_budget`` a node was traced under, or None."""
+    custom = node.meta.get("custom")
+    if not isinstance(custom, dict):
+        return None
+    import torch.fx.traceback as fx_traceback
+
+    budget = custom.get(getattr(fx_traceback, "MEMORY_BUDGET_ANNOTATION_KEY", _REGION_BUDGET_KEY))
+    return float(budget) if isinstance(budget, (int, float)) and not isinstance(budget, bool) else None

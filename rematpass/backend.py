@@ -18,6 +18,7 @@ says otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import warnings
@@ -27,10 +28,12 @@ from typing import Any
 import torch
 
 from . import config, report_cache
+from .budget import Fraction, PeakCap
 from .inductor_hooks import (
     CustomGraphPass,
     aot_autograd_cache_hits,
     backward_compiled_eagerly,
+    carries_backward_hooks,
     compile_with_inductor,
     current_compile_id,
     get_hash_for_files,
@@ -40,7 +43,7 @@ from .inductor_hooks import (
     scheduled_memory,
 )
 from .inspect.dump import RematDumpWarning, watch_compile, write_scheduled
-from .inspect.report import record, replace_report
+from .inspect.report import record
 from .partitioner import RematPartitioner, source_hash
 from .passes import gather_pool_grad, hoist_matmul
 from .scheduled_peak import step_peak
@@ -110,37 +113,32 @@ def remat(
         knobs = config.resolve(options)
     except config.KnobError as error:
         raise_to_user(error)
-    budget = knobs.memory_budget
-    fraction = isinstance(budget, float) and budget < 1.0
+    budget = knobs.budget
     key = report_cache.graph_key(gm, example_inputs, knobs_repr=f"{knobs!r} {mode}", sources=source_hash().hex())
-    if not (knobs.verify_peak and (isinstance(budget, int) or fraction)):
+    if not (knobs.verify_peak and isinstance(budget, (Fraction, PeakCap))):
         outcome = _compile_once(gm, example_inputs, knobs, mode, verifying=False)
         _note_scheduled([outcome], outcome)
         _remember_report(key, outcome)
         return outcome.compiled
     attempts: list[CompileOutcome] = []
-    recorded: list = []  # each attempt's report as recorded (compile_within replaces the kept one's)
 
     def compile_once(aim: int | None):
         outcome = _compile_once(gm, example_inputs, knobs, mode, verifying=True, aim=aim)
         attempts.append(outcome)
-        recorded.append(outcome.report)
         return outcome
 
-    final = compile_within(None if fraction else int(budget), compile_once)
-    for report in recorded:  # only the kept plan's report stays among the recent ones
-        if report is not None:
-            replace_report(report, None)
-    if final.report is not None:
-        replace_report(final.report, final.report)
+    final = compile_within(budget.bytes if isinstance(budget, PeakCap) else None, compile_once)
     _note_scheduled(attempts, final)
     _remember_report(key, final)
     return final.compiled
 
 
 def _remember_report(key: str, outcome: CompileOutcome) -> None:
-    """Store a fresh plan's report; on a cache hit, record the report stored when the cached
-    entry was made, so that ``recent_reports()`` answers for every compile."""
+    """The graph's one report, recorded once: the kept plan's, completed with what Inductor
+    scheduled; on a cache hit, the report stored when the cached entry was made, so that
+    ``recent_reports()`` answers for every compile. A fresh report is stored for such hits."""
+    if outcome.report is not None:
+        record(outcome.report)
     try:
         if outcome.report is not None:
             report_cache.store(key, outcome.report)
@@ -172,7 +170,7 @@ def _compile_once(gm, example_inputs, knobs, mode, *, verifying: bool, aim: int 
     patches: dict[str, Any] = {}
     if mode is not None and mode != "default":
         patches.update(mode_options(mode))
-    partitioner = RematPartitioner(knobs, verified_after=verifying, aim_peak_bytes=aim)
+    partitioner = RematPartitioner(knobs, verified_after=verifying, aim_peak_bytes=aim, records_reports=False)
     patches["custom_partitioner_fn"] = partitioner
     patches["joint_custom_post_pass"] = _after_user_passes("joint_custom_post_pass", GatherMaxPoolBackward())
     patches["post_grad_custom_post_pass"] = _after_user_passes("post_grad_custom_post_pass", HoistLateMatmuls())
@@ -181,7 +179,12 @@ def _compile_once(gm, example_inputs, knobs, mode, *, verifying: bool, aim: int 
         patches["force_disable_caches"] = True
     graphs: list = []
     hits_before = aot_autograd_cache_hits()
-    with watch_compile(knobs.dump_dir), backward_compiled_eagerly(), scheduled_memory(graphs):
+    # Backward hooks registered in the forward travel in a BackwardState, and AOTAutograd cannot
+    # lower such a backward together with the forward (it asserts in count_tangents): compile it
+    # lazily, as Inductor does, and leave its schedule unread.
+    hooks = carries_backward_hooks(example_inputs)
+    backward_with_forward = contextlib.nullcontext() if hooks else backward_compiled_eagerly()
+    with watch_compile(knobs.dump_dir), backward_with_forward, scheduled_memory(graphs):
         compiled = compile_with_inductor(gm, example_inputs, patches)
     outcome = CompileOutcome(compiled, cache_hit=aot_autograd_cache_hits() > hits_before)
     if not partitioner.reports:
@@ -190,10 +193,16 @@ def _compile_once(gm, example_inputs, knobs, mode, *, verifying: bool, aim: int 
     outcome.dump_folder = partitioner.dump_folders[-1]
     forward = [g for g in graphs if g is not None and not g.backward]
     backward = [g for g in graphs if g is not None and g.backward]
-    if len(forward) == 1 and len(backward) == 1 and None not in graphs:
+    if hooks:
+        report = dataclasses.replace(report, schedule_note=BACKWARD_HOOKS_NOTE)
+    elif len(forward) == 1 and len(backward) == 1 and None not in graphs:
         outcome.scheduled_peak_bytes = step_peak(forward[0], backward[0])
-        completed = dataclasses.replace(report, scheduled_peak_bytes=outcome.scheduled_peak_bytes)
-        replace_report(report, completed)
-        report = completed
+        report = dataclasses.replace(report, scheduled_peak_bytes=outcome.scheduled_peak_bytes)
     outcome.report = report
     return outcome
+
+
+BACKWARD_HOOKS_NOTE = (
+    "schedule not read: the graph carries backward hooks registered in the forward (a BackwardState), "
+    "so its backward is compiled at its first call, as Inductor does, not with the forward"
+)

@@ -2,7 +2,7 @@
 
 The cost model prices a recomputation as ``max(FLOPs / flops_per_second, bytes / bytes_per_second)``
 and sets the default plan's exchange rate between bytes and seconds from ``bytes_per_second``.
-Without calibration those rates are round per-device guesses (``cost.DEFAULT_RATES``).
+Without calibration those rates are round per-device guesses (``DEFAULT_RATES``).
 ``rematpass calibrate`` measures them and writes them to the rates file, where the cost model reads
 them for that device type; the ``flops_per_second`` / ``bytes_per_second`` knobs (options,
 ``config.patch``, ``REMAT_*`` variables) still override the file.
@@ -28,6 +28,14 @@ from dataclasses import asdict, dataclass
 import torch
 
 RATES_FILE_ENV = "REMAT_RATES_FILE"
+
+
+# Default machine rates by device type: (FLOP/s, bytes/s). Deliberately round
+# numbers; the knobs flops_per_second and bytes_per_second override them.
+DEFAULT_RATES = {
+    "cpu": (1.0e11, 1.0e10),
+    "cuda": (1.0e14, 2.0e12),
+}
 
 
 @dataclass(frozen=True)
@@ -141,8 +149,6 @@ def measure_rates(device: str = "cpu", seconds: float = 10.0, dtype: torch.dtype
 def calibrate_and_report(device: str, seconds: float, *, write: bool = True, out=None) -> int:
     """``rematpass calibrate``: measure the rates, print them next to the defaults, write the rates file."""
     import sys
-
-    from .cost import DEFAULT_RATES  # cost reads the rates file through this module
 
     out = out or sys.stdout
     rates = measure_rates(device, seconds)

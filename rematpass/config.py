@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from .budget import Budget, DefaultPlan, Fastest, parse_budget
 from .passes.torch_internals import OpOverload, OpOverloadPacket
 
 ENV_PREFIX = "REMAT_"
@@ -41,10 +42,12 @@ class KnobError(ValueError):
 class Knobs:
     """Every setting the partitioner reads. Frozen and picklable: part of the cache key."""
 
-    # None: as fast as saving everything, least memory among such plans.
-    # float in [0, 1]: fraction on PyTorch's activation_memory_budget scale, spent as a
-    #   recompute allowance on the least predicted peak (0 = least-peak plan, 1 = default plan).
-    # int bytes (or a string such as "1.5GiB"): cap on the step's predicted peak memory.
+    # What the user asked for, validated; what it means is ``budget`` below (rematpass.budget).
+    # None or 1.0: the default plan (least predicted peak within time_tolerance of the fastest).
+    # float in [0, 1): fraction on PyTorch's activation_memory_budget scale, spent as a
+    #   recompute allowance on the least predicted peak (0 = least-peak plan).
+    # int bytes (or a string such as "1.5GiB"): cap on the step's peak memory, checked on
+    #   Inductor's schedule when verify_peak is on.
     memory_budget: float | int | None = None
     # Machine rates for the roofline; None picks a default for the graph's device.
     flops_per_second: float | None = None
@@ -56,8 +59,9 @@ class Knobs:
     strict: bool = False
     # Write each partitioned graph's plan and graphs under this folder.
     dump_dir: str | None = None
-    # "mincut" (default) or "ilp": the default plan solved exactly by an ILP (small graphs), falling
-    # back to min-cut; not combinable with a memory_budget (KnobError).
+    # "mincut" (default) or "ilp": the fastest plan solved exactly by an ILP (small graphs), falling
+    # back to min-cut. The ILP has no peak model, so time_tolerance does not apply to it and it is
+    # not combinable with a memory_budget (KnobError).
     solver: str = "mincut"
     # Seconds the ILP solver may take before we fall back to the min-cut plan.
     ilp_time_limit: float = 30.0
@@ -78,6 +82,11 @@ class Knobs:
     # smaller plan (at most MAX_RECOMPILES times); under a fraction below 1, try shallower plans when
     # the schedule is well over the prediction. Compiles under a budget skip Inductor's caches.
     verify_peak: bool = True
+    # memory_budget and time_tolerance parsed once (rematpass.budget): what every later stage reads.
+    budget: Budget = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "budget", parse_budget(self.memory_budget, self.time_tolerance))
 
 
 KNOB_HELP = {
@@ -88,7 +97,7 @@ KNOB_HELP = {
     "always_recompute": "a list of op names such as ['aten.gelu'] (or a comma-separated string)",
     "strict": "True or False",
     "dump_dir": "None or a folder path (string or os.PathLike)",
-    "solver": "'mincut' or 'ilp' (the default plan solved exactly; not with a memory_budget below 1)",
+    "solver": "'mincut' or 'ilp' (the fastest plan solved exactly; not with a memory_budget below 1)",
     "ilp_time_limit": "a positive number of seconds",
     "peak_model": "'fused' (Inductor) or 'unfused' (every op allocates)",
     "buffer_reuse": "True or False",
@@ -261,7 +270,7 @@ _VALIDATORS = {
     "time_tolerance": _time_tolerance,
     "verify_peak": functools.partial(_bool, "verify_peak"),
 }
-KNOB_NAMES = tuple(f.name for f in dataclasses.fields(Knobs))
+KNOB_NAMES = tuple(f.name for f in dataclasses.fields(Knobs) if f.init)
 assert set(KNOB_NAMES) == set(_VALIDATORS) == set(KNOB_HELP)
 
 
@@ -346,11 +355,11 @@ def resolve(options: Mapping[str, Any] | None = None, environ: Mapping[str, str]
 
 
 def _check_solver_with_budget(knobs: Knobs) -> None:
-    """A solver changes the algorithm, never what a knob means. The ILP solves the default plan's
-    objective (saved bytes + lambda * time) exactly; a budget is planned on the predicted peak,
-    which the ILP does not model, so the two are not combined."""
+    """The ILP solves the fastest plan's objective (saved bytes + lambda * time) exactly. Budgets
+    and time_tolerance are planned on the predicted peak, which the ILP does not model: with
+    solver='ilp' a memory_budget is refused, and time_tolerance does not apply (documented)."""
     budget = knobs.memory_budget
-    if knobs.solver == "ilp" and budget is not None and not (isinstance(budget, float) and budget == 1.0):
+    if knobs.solver == "ilp" and not isinstance(knobs.budget, (Fastest, DefaultPlan)):
         raise KnobError(
             f"rematpass knob solver='ilp' cannot be combined with memory_budget={budget!r}: the ILP solves "
             "the default plan exactly and does not model the predicted peak a budget is planned on; "

@@ -27,18 +27,11 @@ import sympy
 import torch
 import torch.fx as fx
 
-from .calibrate import load_rates
+from .calibrate import DEFAULT_RATES, load_rates
 from .passes import torch_internals as ti
 from .passes.analysis import BACKWARD_ONLY, FORWARD, INPUT, GraphSummary
 from .passes.op_facts import flop_formula, is_compute_bound, is_fusible_recompute, is_getitem, is_view
 from .passes.plan import CutProblem
-
-# Default machine rates by device type: (FLOP/s, bytes/s). Deliberately round
-# numbers; the knobs flops_per_second and bytes_per_second override them.
-DEFAULT_RATES = {
-    "cpu": (1.0e11, 1.0e10),
-    "cuda": (1.0e14, 2.0e12),
-}
 
 
 @dataclass(frozen=True)
@@ -64,7 +57,7 @@ class CostTable:
     def save_bytes(self, summary: GraphSummary) -> np.ndarray:
         """What keeping each candidate for the backward adds to memory. Graph inputs add
         nothing: parameters, buffers and the batch exist before the step and the caller
-        holds them through it, which is also how the peak is counted (passes.liveness).
+        holds them through it, which is also how the peak is counted (passes.joint_liveness).
         (An input that is an earlier graph's activation, after a graph break, does cost
         memory when kept; that case is priced like the batch.)"""
         values = np.array([c.bytes for c in self.costs], dtype=np.float64)
@@ -248,8 +241,11 @@ class CostModel:
         return (self._flops_per_second or default_flops, self._bytes_per_second or default_bytes)
 
     @staticmethod
-    def _materialized_in_backward(node: fx.Node, forward_nodes: set[fx.Node]) -> bool:
-        """Whether some backward op that cannot fuse it reads it (through views)."""
+    def _read_by_unfusible_backward_op(node: fx.Node, forward_nodes: set[fx.Node]) -> bool:
+        """Whether some backward op that cannot fuse a recomputation of ``node`` reads it (through
+        views): then the recomputation writes a buffer. Not the peak model's question (does a value
+        get a buffer, passes.liveness.inductor_materialized): which consumers fuse a recomputation
+        is ``op_facts.is_fusible_recompute``, where the two differ."""
         pending = [node]
         while pending:
             current = pending.pop()
@@ -283,7 +279,7 @@ class CostModel:
             fused = is_fusible_recompute(node)
             if fused:
                 recompute = flops / flops_rate
-                if self._materialized_in_backward(node, forward_nodes):
+                if self._read_by_unfusible_backward_op(node, forward_nodes):
                     recompute += nbytes / bytes_rate
                     fused = False
             else:

@@ -23,6 +23,7 @@ __all__ = [
     "activation_memory_budget",
     "aot_autograd_cache_hits",
     "backward_compiled_eagerly",
+    "carries_backward_hooks",
     "compile_with_inductor",
     "current_compile_id",
     "get_hash_for_files",
@@ -163,6 +164,14 @@ def wrapped_partition_fn(wrap: Callable[[Callable], Callable]) -> Iterator[bool]
         yield True
     finally:
         compile_fx.partition_fn = original
+
+
+def carries_backward_hooks(example_inputs) -> bool:
+    """Whether Dynamo handed the graph a ``BackwardState`` (tensor hooks registered in the forward,
+    run by compiled autograd): AOTAutograd then cannot compile the backward with the forward."""
+    from torch.fx.experimental._backward_state import BackwardState
+
+    return any(isinstance(value, BackwardState) for value in example_inputs)
 
 
 def backward_compiled_eagerly():

@@ -1,11 +1,10 @@
 """``RematPartitioner``: the custom partitioner Inductor calls on each joint graph.
 
-The pipeline, one stage a module: prepare and classify (passes.torch_internals),
-summarise (passes.analysis) and price (rematpass.cost), the four of them run by
-rematpass.analyse; solve (passes.budget; with a
-budget, rematpass.peak_planning over passes.hull and passes.peak),
-rewrite (passes.torch_extract.extract_forward_backward), report
-(rematpass.report). Any failure while planning falls back to PyTorch's own
+The pipeline, one stage a module: prepare and classify (passes.torch_internals), summarise
+(passes.analysis) and price (rematpass.cost), the four of them run by rematpass.priced_graph; solve
+(rematpass.planner, for the budget rematpass.budget parsed); rewrite
+(passes.torch_extract.extract_forward_backward); report (rematpass.inspect.report, and the dump
+folder through rematpass.inspect.dump). Any failure while planning falls back to PyTorch's own
 partitioner with one warning, so training goes on.
 """
 
@@ -13,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import functools
 import gc
 import logging
@@ -26,15 +24,14 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from .analyse import analyse
 from .calibrate import rates_file_key
 from .config import Knobs
 from .inductor_hooks import CustomPartitionerFn, current_compile_id, get_hash_for_files
 from .inspect.report import build_report, record
 from .passes import torch_extract
 from .passes import torch_internals as ti
-from .passes.budget import plan_for_budget
-from .peak_planning import PeakPredictor, plan_for_peak, plan_for_speed
+from .planner import PeakPredictor, plan
+from .priced_graph import price_joint_graph
 from .user_warnings import RematBudgetWarning, RematFallbackWarning, warn_at_user_code
 
 log = logging.getLogger("rematpass")
@@ -62,16 +59,6 @@ def cyclic_gc_paused():
     finally:
         if was_enabled:
             gc.enable()
-
-
-def budget_target(knobs: Knobs):
-    """The budget as ``plan_for_budget`` takes it: None, bytes, or a function of the hull ends."""
-    budget = knobs.memory_budget
-    if budget is None or budget == 1.0 and isinstance(budget, float):
-        return None
-    if isinstance(budget, float):
-        return lambda least, default: least + budget * (default - least)
-    return float(budget)
 
 
 def inductor_saved_bytes(joint: fx.GraphModule, joint_inputs, num_fwd_outputs: int, static: list[int]) -> int | None:
@@ -103,8 +90,19 @@ def inductor_saved_bytes(joint: fx.GraphModule, joint_inputs, num_fwd_outputs: i
 class RematPartitioner(CustomPartitionerFn):
     """Partition a joint graph by a cost-priced min-cut. Picklable; ``uuid`` covers knobs and sources."""
 
-    def __init__(self, knobs: Knobs | None = None, *, verified_after: bool = False, aim_peak_bytes: int | None = None):
+    def __init__(
+        self,
+        knobs: Knobs | None = None,
+        *,
+        verified_after: bool = False,
+        aim_peak_bytes: int | None = None,
+        records_reports: bool = True,
+    ):
         self.knobs = knobs or Knobs()
+        # Used alone (a backend of the user's, the tests), each partition's report goes straight
+        # to recent_reports(); the remat backend completes it first (scheduled peak, attempts)
+        # and records the one it keeps itself.
+        self.records_reports = records_reports
         # The backend checks the compiled plan against a byte budget (rematpass.verify) and warns
         # itself, with Inductor's figures, when no plan meets it.
         self.verified_after = verified_after
@@ -119,6 +117,7 @@ class RematPartitioner(CustomPartitionerFn):
             "knobs": self.knobs,
             "verified_after": self.verified_after,
             "aim_peak_bytes": self.aim_peak_bytes,
+            "records_reports": self.records_reports,
             "reports": [],
             "dump_folders": [],
         }
@@ -153,13 +152,11 @@ class RematPartitioner(CustomPartitionerFn):
             )
 
     def partition(self, gm, joint_inputs, *, num_fwd_outputs: int, static_lifetime_input_indices: list[int]):
-        from .inspect import dump
-
         started = time.perf_counter()
         # A dump compares with what torch.compile's own partitioner would save (on a copy: our
         # analysis changes the graph in place). Costs one more partition, so only when dumping.
         untouched = fx.GraphModule(gm, copy.deepcopy(gm.graph)) if self.knobs.dump_dir else None
-        analysis = analyse(
+        analysis = price_joint_graph(
             gm,
             num_fwd_outputs=num_fwd_outputs,
             static_lifetime_input_indices=static_lifetime_input_indices,
@@ -176,43 +173,28 @@ class RematPartitioner(CustomPartitionerFn):
         solve_started = time.perf_counter()
         problem = costs.problem(summary)
         predictor = PeakPredictor(gm, summary, roles, num_fwd_outputs, self.knobs.peak_model)
-        peak_plan = None
-        if self.knobs.solver == "ilp":  # exact; falls back to the min-cut plan with a warning
-            from .passes.ilp import ilp_plan
-
-            plan = ilp_plan(problem, costs.default_lambda, None, time_limit=self.knobs.ilp_time_limit)
-        elif budget_target(self.knobs) is None and self.knobs.time_tolerance == 0 and self.aim_peak_bytes is None:
-            plan = plan_for_budget(problem, costs.default_lambda, None)
-        else:
-            # The default plan may cost up to time_tolerance of the step more than the fastest.
-            slack = self.knobs.time_tolerance * costs.step_seconds(summary)
-            if self.aim_peak_bytes is not None:
-                peak_plan = plan_for_peak(problem, costs.default_lambda, int(self.aim_peak_bytes), predictor, slack)
-            elif budget_target(self.knobs) is None:
-                peak_plan = plan_for_speed(problem, costs.default_lambda, predictor, slack)
-            else:
-                peak_plan = plan_for_peak(problem, costs.default_lambda, self.knobs.memory_budget, predictor, slack)
-            plan = peak_plan.plan
+        chosen = plan(
+            problem,
+            costs.default_lambda,
+            self.knobs.budget,
+            predictor,
+            step_seconds=costs.step_seconds(summary),
+            aim=self.aim_peak_bytes,
+            solver=self.knobs.solver,
+            ilp_time_limit=self.knobs.ilp_time_limit,
+        )
         solve_seconds = time.perf_counter() - solve_started
-        saved = [node for node, keep in zip(summary.nodes, plan.saved) if keep]
+        saved = [node for node, keep in zip(summary.nodes, chosen.plan.saved) if keep]
         fw_module, bw_module = torch_extract.extract_forward_backward(gm, saved, roles, num_fwd_outputs)
         report = build_report(
             self.knobs,
             summary,
             costs,
-            plan,
+            chosen,
+            predictor.joint_estimate(chosen.plan.cut),
             solve_seconds=solve_seconds,
             total_seconds=time.perf_counter() - started,
-            default_saved=plan.default_saved,
             compile_id=current_compile_id(),
-        )
-        estimate = predictor.joint_estimate(plan.cut)
-        report = dataclasses.replace(
-            report,
-            predicted_peak_bytes=estimate.peak_bytes,
-            predicted_peak_at=f"{estimate.peak_phase}:{estimate.peak_node}",
-            target_peak_bytes=peak_plan.target_peak if peak_plan else None,
-            peak_plans=peak_plan.scored if peak_plan else (),
             aim_peak_bytes=self.aim_peak_bytes,
             inductor_saved_bytes=(
                 None
@@ -220,25 +202,11 @@ class RematPartitioner(CustomPartitionerFn):
                 else inductor_saved_bytes(untouched, joint_inputs, num_fwd_outputs, static_lifetime_input_indices)
             ),
         )
-        record(report)
+        if self.records_reports:
+            record(report)
         self.reports.append(report)
-        self.dump_folders.append(None)
-        try:
-            self.dump_folders[-1] = dump.publish(
-                report,
-                dump_dir=self.knobs.dump_dir,
-                joint=gm,
-                forward=fw_module,
-                backward=bw_module,
-                problem=problem,
-                plan=plan,
-                costs=costs,
-            )
-        except Exception as exc:  # a dump must never stop training
-            warnings.warn(
-                f"rematpass could not write its dump: {type(exc).__name__}: {exc}", dump.RematDumpWarning, stacklevel=2
-            )
-        if not plan.budget_met and not self.verified_after:
+        self.dump_folders.append(self._publish(report, gm, fw_module, bw_module, problem, chosen.plan, costs))
+        if not chosen.plan.budget_met and not self.verified_after:
             warn_at_user_code(
                 f"rematpass: memory_budget={self.knobs.memory_budget!r} cannot be met on this graph; "
                 f"the least-memory plan saves {report.saved_bytes:,} bytes "
@@ -247,3 +215,24 @@ class RematPartitioner(CustomPartitionerFn):
             )
         log.info("%s", report.one_line())
         return fw_module, bw_module
+
+    def _publish(self, report, joint, forward, backward, problem, cut_plan, costs):
+        """The structured-trace artifact and, with ``dump_dir``, the dump folder (returned)."""
+        from .inspect import dump
+
+        try:
+            return dump.publish(
+                report,
+                dump_dir=self.knobs.dump_dir,
+                joint=joint,
+                forward=forward,
+                backward=backward,
+                problem=problem,
+                plan=cut_plan,
+                costs=costs,
+            )
+        except Exception as exc:  # a dump must never stop training
+            warnings.warn(
+                f"rematpass could not write its dump: {type(exc).__name__}: {exc}", dump.RematDumpWarning, stacklevel=2
+            )
+            return None

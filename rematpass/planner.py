@@ -1,39 +1,44 @@
-"""The peak-aware budget stage: meet ``memory_budget`` by the step's predicted peak.
+"""Choose the plan: one entry point, ``plan(problem, budget, predict, ...)``, for every budget.
 
-For a budget, the min-cut hull gives a family of plans (saved bytes against
-recompute). Each plan's step peak is predicted (passes.joint_liveness). Then:
+Each solver returns a ``PlanResult`` (the plan, the peak cap it was planned for, every plan
+scored), whatever the budget; the budget (rematpass.budget) decides what is asked, the solver
+only how it is found:
 
-- a fraction ``f`` in [0, 1) is a recompute allowance on PyTorch's budget
-  scale. Cutting summed saved activation bytes to ``f`` of the way from the
-  least any plan saves to what the step saves with no recomputation costs
-  some compute-bound FLOPs (matmuls, convolutions, attention; pointwise
-  recomputation fuses into backward kernels and counts as free, as in
-  PyTorch's budget solver), priced on the convex hull of the scored plans in
-  (saved bytes, FLOPs) as a fractional knapsack would price it, except where
-  two plans are one compute-bound op apart: no knapsack buys part of an op
-  (PyTorch's default solver is a 0/1 knapsack), so the whole op is paid.
-  rematpass spends that allowance where it lowers the peak most: the plan
-  with the least predicted peak that recomputes no more FLOPs. 1 is the
-  default plan, 0 the least-peak plan, and the predicted peak never rises as
-  ``f`` falls (a lower ``f`` only allows more plans);
-- a byte count caps the predicted peak of the step: what the step allocates on
-  top of what exists before it (saved activations, transients of forward and
-  backward, the gradients the backward returns; not parameters, buffers,
-  optimizer state or the batch). The least-recompute plan under the cap wins.
+- ``Fastest``: the min-cut at the default price (passes.fastest); with ``solver="ilp"``, the
+  same objective solved exactly (passes.ilp).
+- ``DefaultPlan``: among the plans on the min-cut hull within ``tolerance`` of the step's
+  estimated time of the fastest plan (and recomputing no more compute-bound FLOPs than it),
+  the least predicted peak.
+- ``Fraction(f)``: a recompute allowance on PyTorch's budget scale. Cutting summed saved
+  activation bytes to ``f`` of the way from the least any plan saves to what the step saves
+  with no recomputation costs some compute-bound FLOPs (matmuls, convolutions, attention;
+  pointwise recomputation fuses into backward kernels and counts as free, as in PyTorch's budget
+  solver), priced on the convex hull of the scored plans in (saved bytes, FLOPs) as a fractional
+  knapsack would price it, except where two plans are one compute-bound op apart: no knapsack
+  buys part of an op (PyTorch's default solver is a 0/1 knapsack), so the whole op is paid.
+  rematpass spends that allowance where it lowers the peak most: the plan with the least
+  predicted peak that recomputes no more FLOPs. The predicted peak never rises as ``f`` falls
+  (a lower ``f`` only allows more plans), and a fraction may always spend what the default plan
+  spends.
+- ``PeakCap(bytes)``: the least-recompute plan whose predicted step peak fits: what the step
+  allocates on top of what exists before it (saved activations, transients of forward and
+  backward, the gradients the backward returns; not parameters, buffers, optimizer state or the
+  batch). ``aim`` (rematpass.verify, after reading Inductor's schedule) plans a cap of that many
+  bytes instead of the user's budget, which the report keeps.
 
-Hull vertices can be far apart (identical layers switch together at one
-breakpoint), so the hull is filled in with the plans that tie at its
-breakpoints (passes.peak.refine_between), the same plans for every fraction:
-before the least-peak end, where a plan that recomputes less often peaks just
-as low, and along the widest edges of the rest. Under a fraction, edges whose
-ends are several compute-bound ops apart are split by keeping some of those ops
-out of the backward (passes.peak.split_by_ops), so an allowance can buy part of
-them, as a 0/1 knapsack would. Under a peak cap the edge before the chosen plan
-is filled in too, where one may fit the cap with less recomputation.
+Hull vertices can be far apart (identical layers switch together at one breakpoint), so the hull
+is filled in with the plans that tie at its breakpoints (passes.peak.refine_between), the same
+plans for every fraction: before the least-peak end, where a plan that recomputes less often
+peaks just as low, and along the widest edges of the rest. Under a fraction, edges whose ends are
+several compute-bound ops apart are split by keeping some of those ops out of the backward
+(passes.peak.split_by_ops), so an allowance can buy part of them, as a 0/1 knapsack would. Under
+a peak cap the edge before the chosen plan is filled in too, where one may fit the cap with less
+recomputation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,11 +46,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch.fx as fx
 
+from .budget import Budget, DefaultPlan, Fastest, Fraction, PeakCap
 from .passes.analysis import GraphSummary
-from .passes.budget import LOWEST_LAMBDA_FRACTION
-from .passes.hull import walk_hull
+from .passes.fastest import fastest_plan
+from .passes.hull import LOWEST_LAMBDA_FRACTION, walk_hull
 from .passes.joint_liveness import JointPeakModel
-from .passes.liveness import PeakEstimate, inductor_materialized, simulate_step
+from .passes.liveness import PeakEstimate
 from .passes.mincut import CutNetwork
 from .passes.peak import (
     PeakPoint,
@@ -59,6 +65,7 @@ from .passes.peak import (
     split_by_ops,
 )
 from .passes.plan import Cut, CutProblem, Plan
+from .passes.regions import RegionBudget, fit_region_budgets
 
 # Recomputation a thousand times dearer than the default's price: the plan that recomputes
 # nothing that costs anything (views and other free ops still move to the backward).
@@ -66,25 +73,58 @@ NO_RECOMPUTE_LAMBDA_FACTOR = 1e3
 
 
 @dataclass(frozen=True)
-class PeakPlan:
+class PlanResult:
+    """What every solver returns: the plan, the peak cap it was planned for (a ``PeakCap`` or an
+    aim; None otherwise), every plan scored for its predicted peak on the way, and what each
+    ``region_activation_memory_budget`` region got (passes.regions)."""
+
     plan: Plan
-    target_peak: float | None  # the cap, for absolute budgets
-    scored: tuple[ScoredPlan, ...]  # every plan scored for its peak
+    target_peak: float | None
+    scored: tuple[ScoredPlan, ...] = ()
+    regions: tuple[RegionBudget, ...] = ()
+
+
+def plan(
+    problem: CutProblem,
+    lam_default: float,
+    budget: Budget,
+    predict: Callable[[Cut], int],
+    *,
+    step_seconds: float,
+    aim: int | None = None,
+    solver: str = "mincut",
+    ilp_time_limit: float = 30.0,
+) -> PlanResult:
+    """The plan for ``budget`` (or, with ``aim``, for a predicted peak of ``aim`` bytes).
+    ``step_seconds`` is the step's estimated time, on which tolerances are fractions. Regions
+    annotated with ``region_activation_memory_budget`` are planned first (passes.regions): each
+    region's own budget decides inside it, ``budget`` decides the rest of the graph."""
+    pinned, regions = fit_region_budgets(problem, lam_default)
+    result = _plan_for(pinned, lam_default, budget, predict, step_seconds, aim, solver, ilp_time_limit)
+    return dataclasses.replace(result, regions=regions) if regions else result
+
+
+def _plan_for(problem, lam_default, budget, predict, step_seconds, aim, solver, ilp_time_limit) -> PlanResult:
+    if aim is not None:
+        budget = PeakCap(int(aim))
+    if solver == "ilp":  # config allows it only without a budget (it has no peak model)
+        from .passes.ilp import ilp_plan
+
+        return PlanResult(ilp_plan(problem, lam_default, time_limit=ilp_time_limit), None)
+    if isinstance(budget, Fastest):
+        return PlanResult(fastest_plan(problem, lam_default), None)
+    if isinstance(budget, DefaultPlan):
+        return plan_for_speed(problem, lam_default, predict, budget.tolerance * step_seconds)
+    slack = (budget.tolerance if isinstance(budget, Fraction) else 0.0) * step_seconds
+    return plan_for_peak(problem, lam_default, budget, predict, slack)
 
 
 class PeakPredictor:
-    """Predicts a plan's step peak: from its extracted modules, or straight from the joint graph."""
+    """Predicts a plan's step peak straight from the joint graph (passes.joint_liveness)."""
 
     def __init__(self, joint: fx.GraphModule, summary: GraphSummary, roles, num_fwd_outputs: int, peak_model: str):
         self.joint, self.summary, self.roles, self.num_fwd_outputs = joint, summary, roles, num_fwd_outputs
         self.fused = peak_model == "fused"
-        self.materialized: Callable[..., bool] = (
-            inductor_materialized if self.fused else (lambda node, users=None, is_output=False: True)
-        )
-
-    def estimate(self, forward: fx.GraphModule, backward: fx.GraphModule) -> PeakEstimate:
-        """The peak of the modules a partition returns, node by node (passes.liveness)."""
-        return simulate_step(forward, backward, num_fwd_outputs=self.num_fwd_outputs, materialized=self.materialized)
 
     @functools.cached_property
     def _joint(self) -> tuple[JointPeakModel, np.ndarray, np.ndarray, np.ndarray]:
@@ -193,22 +233,22 @@ def _least_peak_within_time(
 
 def plan_for_speed(
     problem: CutProblem, lam_default: float, predict: Callable[[Cut], int], slack_seconds: float
-) -> PeakPlan:
+) -> PlanResult:
     """The default plan that takes free memory: the least predicted peak among the plans that
     cost at most ``slack_seconds`` more than the fastest one. With no slack, the fastest plan."""
     base = _scored_hull(problem, lam_default, _remembered(predict), slack_seconds)
     point = _least_peak_within_time(base.scored, lam_default, slack_seconds, problem.budget_spend_of)
     plan = Plan(point.cut, lam_default, None, True, base.solves, base.hull, default_saved=base.default_cut.saved)
-    return PeakPlan(plan, None, tuple(p.scored() for p in base.scored))
+    return PlanResult(plan, None, tuple(p.scored() for p in base.scored))
 
 
 def plan_for_peak(
     problem: CutProblem,
     lam_default: float,
-    budget: float | int,
+    budget: Fraction | PeakCap,
     predict: Callable[[Cut], int],
     default_slack_seconds: float = 0.0,
-) -> PeakPlan:
+) -> PlanResult:
     """The plan for a fraction or a peak cap. ``default_slack_seconds`` is the default plan's time
     tolerance: a fraction may always spend what the default plan spends, so no fraction peaks
     above the default."""
@@ -217,11 +257,11 @@ def plan_for_peak(
     network, plans, scored, solves = base.network, base.plans, base.scored, base.solves
     default_point = scored[0]  # the hull's first vertex: the fastest plan
     chosen_default = _least_peak_within_time(scored, lam_default, default_slack_seconds, problem.budget_spend_of)
-    if isinstance(budget, float):
+    if isinstance(budget, Fraction):
         no_recompute = network.least_bytes_at(lam_default * NO_RECOMPUTE_LAMBDA_FACTOR)
         solves += 1
         least = min(p.cut.saved_bytes for p in scored)  # 0 on the scale, as PyTorch's is the inputs alone
-        target = least + budget * (max(no_recompute.saved_bytes, default_point.cut.saved_bytes) - least)
+        target = least + budget.value * (max(no_recompute.saved_bytes, default_point.cut.saved_bytes) - least)
         split = split_by_ops(network, plans, problem.compute_ops_of)
         solves += len(split)
         scored = scored + [PeakPoint(cut, predict(cut)) for cut in split]
@@ -233,12 +273,13 @@ def plan_for_peak(
     else:
         target = None
         frontier = pareto(scored)
-        point, met = choose_on_frontier(frontier, float(budget))
+        cap = float(budget.bytes)
+        point, met = choose_on_frontier(frontier, cap)
         at = frontier.index(point)
         if met and at > 0:  # a plan between the chosen one and the one before may fit with less recomputation
             refined, refine_solves = refine_between(network, plans, frontier[at - 1], point, predict)
             solves += refine_solves
             scored = scored + refined
-            point = next((p for p in refined if p.peak <= budget), point)
+            point = next((p for p in refined if p.peak <= cap), point)
     plan = Plan(point.cut, lam_default, target, met, solves, base.hull, default_saved=base.default_cut.saved)
-    return PeakPlan(plan, None if target is not None else float(budget), tuple(p.scored() for p in scored))
+    return PlanResult(plan, None if target is not None else cap, tuple(p.scored() for p in scored))

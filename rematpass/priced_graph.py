@@ -1,4 +1,5 @@
-"""``analyse``: the stages before a solve, in one place.
+"""``price_joint_graph``: the stages before a solve, in one place: the joint graph prepared,
+classified, summarised and priced, which is what the planner starts from.
 
 A joint graph is prepared (DCE, CSE, the MUST_SAVE tags: passes.torch_internals),
 classified into forward and backward roles, summarised into the candidates and
@@ -24,7 +25,7 @@ from .passes.analysis import GraphSummary, summarize_joint_graph
 
 
 @dataclass(frozen=True)
-class Analysis:
+class PricedGraph:
     """A joint graph ready to plan. ``summary`` and ``costs`` are None when the backward
     needs nothing from the forward: there is no choice to make, and no summary is built."""
 
@@ -35,13 +36,13 @@ class Analysis:
     seconds: dict[str, float] = field(default_factory=dict)  # per stage: prepare, classify, summarize, price
 
 
-def analyse(
+def price_joint_graph(
     gm: fx.GraphModule,
     *,
     num_fwd_outputs: int,
     static_lifetime_input_indices: Sequence[int],
     knobs: Knobs | None = None,
-) -> Analysis:
+) -> PricedGraph:
     """Prepare, classify, summarise and price ``gm`` (changed in place) with ``knobs``' op policies and rates."""
     knobs = knobs or Knobs()
     seconds = {}
@@ -52,7 +53,7 @@ def analyse(
     roles = ti.classify_joint_graph(gm, static_lifetime_input_indices, num_fwd_outputs)
     seconds["classify"] = _lap(started)
     if not roles.required_bw:
-        return Analysis(gm, roles, None, None, seconds)
+        return PricedGraph(gm, roles, None, None, seconds)
     started = time.perf_counter()
     summary = summarize_joint_graph(
         gm, roles, never_recompute=knobs.never_recompute, always_recompute=knobs.always_recompute
@@ -61,7 +62,7 @@ def analyse(
     started = time.perf_counter()
     costs = CostModel(knobs.flops_per_second, knobs.bytes_per_second).table(summary)
     seconds["price"] = _lap(started)
-    return Analysis(gm, roles, summary, costs, seconds)
+    return PricedGraph(gm, roles, summary, costs, seconds)
 
 
 def _lap(started: float) -> float:

@@ -1,6 +1,6 @@
 """The peak memory of the kernels Inductor scheduled, and of the training step they make up.
 
-The planner chooses a plan on its own model of the step (``passes.liveness``). Inductor then
+The planner chooses a plan on its own model of the step (``passes.joint_liveness``). Inductor then
 fuses, orders and writes kernels its own way, and the step's measured peak is set by what
 Inductor's generated code allocates. This module reads that: per compiled graph, the buffer
 timeline of Inductor's final schedule (``torch._inductor.memory``'s, taken by
@@ -11,8 +11,8 @@ timeline of Inductor's final schedule (``torch._inductor.memory``'s, taken by
   allocates nothing for the output, and the input's memory lives on until the output dies.
 
 ``step_peak`` composes the forward's and the backward's figures into the step's peak above what
-was allocated before it. On the CPU benchmark this is within 0.1% of the measured peak on 30 of
-33 plans and 3.4% under on the other three (docs/design.md, section 9).
+was allocated before it. How close it comes to the measured peak: benchmarks/RESULTS_bench.md
+and docs/design.md, section 9.
 
     >>> buffers = [ScheduledBuffer("in", 4, 4, 0, 1, graph_input=True),
     ...            ScheduledBuffer("a", 8, 8, 0, 1), ScheduledBuffer("b", 8, 8, 1, -1)]

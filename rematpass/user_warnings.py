@@ -42,8 +42,10 @@ _LIBRARY_DIRS = _library_dirs()
 
 
 def _is_library_frame(filename: str) -> bool:
-    if filename.startswith("<"):  # <frozen importlib._bootstrap>, <string>, ...
-        return True
+    if filename.startswith(
+        "<"
+    ):  # <frozen importlib._bootstrap> is Python's; <string>, <stdin>, <doctest ...>, a notebook's cells are the user's
+        return filename.startswith("<frozen")
     path = os.path.abspath(filename)
     return any(path.startswith(d + os.sep) for d in _LIBRARY_DIRS)
 
@@ -66,5 +68,4 @@ def warn_at_user_code(message: str, category: type[Warning]) -> None:
         chosen.f_lineno,
         module=module_globals.get("__name__", "<unknown>"),
         registry=module_globals.setdefault("__warningregistry__", {}),
-        module_globals=module_globals,
     )

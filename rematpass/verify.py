@@ -2,7 +2,7 @@
 Inductor actually scheduled, and the graph is recompiled with a smaller plan when it is over.
 
 The planner's peak model does not see Inductor's fusion, ordering and in-place writes; on deep
-recomputation it can be 20-50% low. ``rematpass.scheduled_peak`` reads the schedule after
+recomputation it can be far low (benchmarks/RESULTS_bench.md gives the measured ratios). ``rematpass.scheduled_peak`` reads the schedule after
 codegen instead. When that is over the budget, the next attempt aims the planner's predicted
 peak lower by the ratio just observed (predicted / scheduled), since a nearby plan is usually
 misjudged by about as much.

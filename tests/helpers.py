@@ -151,7 +151,7 @@ def standard_joint_graphs() -> list[dict]:
 
 def analysed(captured: dict):
     """A captured joint graph prepared, classified, summarised and priced as the partitioner does
-    (``rematpass.analyse``), with the default knobs.
+    (``rematpass.priced_graph``), with the default knobs.
 
     Returns a namespace: gm, roles, summary, table (the cost table), kwargs, fake (the fake mode).
     """
@@ -159,11 +159,11 @@ def analysed(captured: dict):
 
     from torch._inductor.virtualized import V
 
-    from rematpass.analyse import analyse
+    from rematpass.priced_graph import price_joint_graph
 
     kwargs = captured["kwargs"]
     with V.set_fake_mode(captured["fake"]):
-        a = analyse(
+        a = price_joint_graph(
             copy.deepcopy(captured["joint"]),
             num_fwd_outputs=kwargs["num_fwd_outputs"],
             static_lifetime_input_indices=kwargs["static_lifetime_input_indices"],

@@ -11,7 +11,7 @@ import torch
 
 from rematpass import bench
 from rematpass.bench import models as bench_models
-from rematpass.bench.measure import HostPeak, PartitionRecorder
+from rematpass.bench.partition_records import HostPeak, PartitionRecorder
 
 VARIANT_KEYS = {
     "name",
@@ -142,7 +142,7 @@ def test_recompute_figures_come_from_the_plan_each_graph_kept():
 
     from helpers import cheap_backend
 
-    from rematpass.bench.measure import kept_partitions
+    from rematpass.bench.partition_records import kept_partitions
     from rematpass.verify import VerifyAttempt
 
     def attempt(scheduled):

@@ -8,8 +8,9 @@ import time
 import pytest
 
 from rematpass import calibrate
+from rematpass.calibrate import DEFAULT_RATES
 from rematpass.config import Knobs
-from rematpass.cost import DEFAULT_RATES, CostModel
+from rematpass.cost import CostModel
 from rematpass.inspect import cli
 from rematpass.partitioner import RematPartitioner
 

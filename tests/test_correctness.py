@@ -76,9 +76,13 @@ def test_default_plan_does_not_compute_backward_only_values_in_the_forward_to_sa
     assert len(hidden) == 4, [(n.op, n.shape) for n in saved]  # one GELU input per block
 
 
-def test_default_plan_equals_budget_one():
-    none, one = _saved_bytes_by_budget(TinyGPT, [None, 1.0])
-    assert [n.decision for n in none.nodes] == [n.decision for n in one.nodes]
+def test_budget_one_is_the_default_plan_and_a_fraction_below_never_peaks_higher():
+    from rematpass.budget import DefaultPlan, Fastest, parse_budget
+
+    assert parse_budget(1.0, 0.01) == parse_budget(None, 0.01) == DefaultPlan(0.01)
+    assert parse_budget(1.0, 0.0) == Fastest()
+    default, near_one = _saved_bytes_by_budget(TinyGPT, [None, 0.99])
+    assert near_one.predicted_peak_bytes <= default.predicted_peak_bytes
 
 
 def test_plan_is_deterministic():
@@ -241,8 +245,7 @@ def test_solver_failure_falls_back_with_one_warning(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("solver exploded")
 
-    monkeypatch.setattr(partitioner, "plan_for_budget", broken)
-    monkeypatch.setattr(partitioner, "plan_for_speed", broken)
+    monkeypatch.setattr(partitioner, "plan", broken)
     torch.manual_seed(0)
     model = ResidualMLP()
     x = model.example()

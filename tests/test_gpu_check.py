@@ -12,8 +12,7 @@ import sys
 import pytest
 import torch
 
-from rematpass.calibrate import measure_rates
-from rematpass.cost import DEFAULT_RATES
+from rematpass.calibrate import DEFAULT_RATES, measure_rates
 
 SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.sh"
 

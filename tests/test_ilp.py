@@ -2,8 +2,8 @@
 
 Real joint graphs (the tests' models in rematpass/zoo.py, captured as the partitioner
 sees them) and random DAGs drawn by hypothesis. Under a byte target between
-two hull points the ILP can beat the lambda search; the gap is printed (run
-with ``-s``) and recorded as a junit property.
+two hull points the ILP (tests/oracles.py) can beat the lambda search; the gap
+is printed (run with ``-s``) and recorded as a junit property.
 """
 
 from __future__ import annotations
@@ -16,23 +16,17 @@ import torch
 from helpers import assert_close_grads, cheap_backend, clone, compiled_step, train_step
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from synthetic import BACKWARD_ONLY, FORWARD, INPUT, SyntheticGraph
+from oracles import compare_with_hull, plan_for_bytes, solve_ilp_budget
 
 import rematpass
-import rematpass.partitioner as partitioner_module
-from rematpass.passes.budget import plan_for_budget
+import rematpass.planner as planner_module
 from rematpass.passes.evaluate import budget_time, quantized_objective, violations
+from rematpass.passes.fastest import fastest_plan
 from rematpass.passes.flow import InfeasibleCut
-from rematpass.passes.ilp import (
-    INFEASIBLE,
-    ILPFallbackWarning,
-    compare_with_hull,
-    ilp_plan,
-    solve_ilp,
-    solve_ilp_budget,
-)
+from rematpass.passes.ilp import INFEASIBLE, ILPFallbackWarning, ilp_plan, solve_ilp
 from rematpass.passes.mincut import CutNetwork
 from rematpass.passes.plan import Cut, CutProblem
+from rematpass.passes.synthetic import BACKWARD_ONLY, FORWARD, INPUT, SyntheticGraph
 from rematpass.zoo import ConvBN, ResidualMLP, TinyGPT
 
 LAMBDA_FRACTIONS = (1e-7, 1e-3, 0.3, 1.0, 30.0)
@@ -44,15 +38,15 @@ LAMBDA_FRACTIONS = (1e-7, 1e-3, 0.3, 1.0, 30.0)
 def _capture_problems(model, inputs):
     """Compile one training step; return [(CutProblem, default lambda)] the partitioner solved."""
     seen = []
-    real = partitioner_module.plan_for_budget
+    real = planner_module.fastest_plan
 
-    def recorder(problem, lam_default, budget=None):
+    def recorder(problem, lam_default):
         seen.append((problem, lam_default))
-        return real(problem, lam_default, budget)
+        return real(problem, lam_default)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(partitioner_module, "plan_for_budget", recorder)
-        compiled_step(model, inputs, cheap_backend(time_tolerance=0))  # the min-cut default, through plan_for_budget
+        patch.setattr(planner_module, "fastest_plan", recorder)
+        compiled_step(model, inputs, cheap_backend(time_tolerance=0))  # the fastest plan, through fastest_plan
     torch._dynamo.reset()
     return seen
 
@@ -98,7 +92,7 @@ def test_ilp_optimum_equals_min_cut_on_real_graphs(real_problems, name):
 
 def _target_between_hull_points(problem: CutProblem, lam_default: float) -> float | None:
     """A byte target strictly inside a hull edge near the middle, or None if the hull is one point."""
-    plan = plan_for_budget(problem, lam_default, lambda least, default: least + 0.5 * (default - least))
+    plan = plan_for_bytes(problem, lam_default, lambda least, default: least + 0.5 * (default - least))
     points = sorted({(b, t) for _, b, t in plan.hull})
     lower = [p for p in points if p[0] <= plan.cut.saved_bytes]
     upper = [p for p in points if p[0] > plan.cut.saved_bytes]
@@ -143,11 +137,11 @@ def test_ilp_solver_knob_trains_like_eager():
 
 def test_ilp_time_limit_falls_back_to_min_cut_with_warning(real_problems):
     problem, lam_default = real_problems["TinyGPT"]
-    mincut = plan_for_budget(problem, lam_default, None)
+    mincut = fastest_plan(problem, lam_default)
     with pytest.warns(ILPFallbackWarning, match="min-cut plan"):
-        plan = ilp_plan(problem, lam_default, None, time_limit=1e-9)
+        plan = ilp_plan(problem, lam_default, time_limit=1e-9)
     assert plan.solver == "mincut" and plan.cut.same_plan(mincut.cut)
-    exact = ilp_plan(problem, lam_default, None, time_limit=30)
+    exact = ilp_plan(problem, lam_default, time_limit=30)
     assert exact.solver == "ilp" and exact.num_solves == mincut.num_solves
     assert exact.cut.objective(lam_default) == pytest.approx(mincut.cut.objective(lam_default), rel=1e-6)
 

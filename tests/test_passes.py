@@ -6,14 +6,24 @@ import numpy as np
 import pytest
 import torch
 from helpers import analysed, capture_joint_graph, clone, compiled_step
-from synthetic import FORWARD, INPUT, SyntheticGraph
+from oracles import plan_for_bytes
 
 import rematpass
 from rematpass.passes import torch_extract
-from rematpass.passes.budget import plan_for_budget
-from rematpass.passes.flow import INT_INF, InfeasibleCut, min_cut, quantize
-from rematpass.passes.mincut import solve_min_cut
+from rematpass.passes.flow import INT_INF, FlowNetwork, InfeasibleCut, quantize
+from rematpass.passes.mincut import CutNetwork
+from rematpass.passes.synthetic import FORWARD, INPUT, SyntheticGraph
 from rematpass.zoo import ResidualMLP
+
+
+def min_cut(num_vertices, tails, heads, capacity, source, sink):
+    """One min cut; ``inf`` capacities may never be cut."""
+    capacity = np.asarray(capacity, dtype=np.float64)
+    return FlowNetwork(num_vertices, tails, heads, ~np.isfinite(capacity), source, sink).min_cut(capacity)
+
+
+def solve_min_cut(problem, lam):
+    return CutNetwork(problem).solve(lam)
 
 
 def test_quantize_keeps_small_costs_positive_and_infinity_infinite():
@@ -63,10 +73,10 @@ def test_cut_trades_bytes_against_lambda_times_time():
 
 def test_budget_search_walks_the_hull_with_few_solves():
     problem = _chain_problem([100, 400, 50, 300], [0, 1.0, 10.0, 1.0])
-    plan = plan_for_budget(problem, lam_default=1000.0, budget=60.0)
+    plan = plan_for_bytes(problem, lam_default=1000.0, budget=60.0)
     assert plan.cut.saved_bytes <= 60 and plan.budget_met
     assert plan.num_solves <= 4
-    unmet = plan_for_budget(problem, lam_default=1000.0, budget=10.0)
+    unmet = plan_for_bytes(problem, lam_default=1000.0, budget=10.0)
     assert not unmet.budget_met and unmet.cut.saved_bytes == 50
 
 

@@ -3,10 +3,13 @@
 import pytest
 import torch
 from helpers import cheap_backend, clone, freeing_compiler
+from module_liveness import simulate_step
 
 import rematpass
+from rematpass.budget import Fraction
 from rematpass.measure import peak_memory
-from rematpass.passes.liveness import aliased_input, inductor_materialized, simulate_step
+from rematpass.passes.liveness import inductor_materialized
+from rematpass.passes.op_facts import aliased_input
 from rematpass.zoo import ResidualMLP, TinyGPT
 
 
@@ -143,7 +146,7 @@ def test_joint_model_predicts_the_peak_of_the_extracted_modules(joint_graphs, pe
     from rematpass.passes import torch_extract
     from rematpass.passes.hull import walk_hull
     from rematpass.passes.mincut import CutNetwork
-    from rematpass.peak_planning import PeakPredictor
+    from rematpass.planner import PeakPredictor
 
     compared = differing_plans = 0
     for captured in joint_graphs:
@@ -157,7 +160,8 @@ def test_joint_model_predicts_the_peak_of_the_extracted_modules(joint_graphs, pe
             for cut in plans:
                 saved = [n for n, keep in zip(summary.nodes, cut.saved) if keep]
                 fw, bw = torch_extract.extract_forward_backward(gm, saved, roles, kwargs["num_fwd_outputs"])
-                expected = predictor.estimate(fw, bw)
+                materialized = inductor_materialized if peak_model == "fused" else (lambda *_: True)
+                expected = simulate_step(fw, bw, num_fwd_outputs=kwargs["num_fwd_outputs"], materialized=materialized)
                 got = predictor.joint_estimate(cut)
                 assert (got.peak_bytes, got.boundary_bytes, got.forward_peak) == (
                     expected.peak_bytes,
@@ -206,7 +210,7 @@ def test_budgets_choose_plans_between_hull_vertices(six_layer_problem):
     """Budgets reach plans that recompute some of the identical layers, not only all or none."""
     from rematpass.passes.hull import walk_hull
     from rematpass.passes.mincut import CutNetwork
-    from rematpass.peak_planning import plan_for_peak
+    from rematpass.planner import plan_for_peak
 
     problem, lam_default = six_layer_problem
     vertices = {
@@ -216,24 +220,24 @@ def test_budgets_choose_plans_between_hull_vertices(six_layer_problem):
     def fake_peak(cut):  # peak falls with saved bytes: every plan is on the frontier
         return int(cut.saved_bytes) + 1_000_000
 
-    chosen = [plan_for_peak(problem, lam_default, b, fake_peak).plan.cut for b in (0.9, 0.7, 0.5, 0.3, 0.1)]
+    chosen = [plan_for_peak(problem, lam_default, Fraction(b), fake_peak).plan.cut for b in (0.9, 0.7, 0.5, 0.3, 0.1)]
     saved = [c.saved_bytes for c in chosen]
     assert saved == sorted(saved, reverse=True)
     assert any(round(s) not in vertices for s in saved), (saved, sorted(vertices))
 
 
 def test_default_takes_the_least_peak_within_the_time_tolerance(six_layer_problem):
-    from rematpass.passes.budget import plan_for_budget
+    from rematpass.passes.fastest import fastest_plan
     from rematpass.passes.hull import walk_hull
     from rematpass.passes.mincut import CutNetwork
-    from rematpass.peak_planning import plan_for_peak, plan_for_speed
+    from rematpass.planner import plan_for_peak, plan_for_speed
 
     problem, lam_default = six_layer_problem
 
     def fake_peak(cut):  # peak falls with saved bytes: every plan is on the frontier
         return int(cut.saved_bytes) + 1_000_000
 
-    fastest = plan_for_budget(problem, lam_default, None).cut
+    fastest = fastest_plan(problem, lam_default).cut
     assert plan_for_speed(problem, lam_default, fake_peak, 0.0).plan.cut.same_plan(fastest)
     hull = walk_hull(CutNetwork(problem), [lam_default * 1e-7, lam_default]).vertices
 
@@ -251,7 +255,7 @@ def test_default_takes_the_least_peak_within_the_time_tolerance(six_layer_proble
     # No fraction peaks above the default that has the same slack.
     default = plan_for_speed(problem, lam_default, fake_peak, 0.3 * span).plan.cut
     for budget in (0.9, 0.5, 0.1):
-        chosen = plan_for_peak(problem, lam_default, budget, fake_peak, 0.3 * span).plan.cut
+        chosen = plan_for_peak(problem, lam_default, Fraction(budget), fake_peak, 0.3 * span).plan.cut
         assert fake_peak(chosen) <= fake_peak(default)
 
 
@@ -348,7 +352,7 @@ def test_fractions_recompute_no_more_flops_than_pytorchs_budget_at_the_same_numb
     from helpers import capture_joint_graph
     from torch._inductor.virtualized import V
 
-    from rematpass.bench.measure import duplicated_work
+    from rematpass.bench.partition_records import duplicated_work
     from rematpass.config import resolve
     from rematpass.partitioner import RematPartitioner
     from rematpass.passes import torch_internals as ti
@@ -375,9 +379,9 @@ def _layers_problem(layers: int = 6):
     """``layers`` independent matmuls, each saved (100 bytes) or recomputed (1 s, 1 GFLOP) from a
     parameter: every split of them is a plan, and the hull only has all-saved and all-recomputed."""
     import numpy as np
-    from synthetic import FORWARD, INPUT, SyntheticGraph
 
     from rematpass.passes.plan import CutProblem
+    from rematpass.passes.synthetic import FORWARD, INPUT, SyntheticGraph
 
     g = SyntheticGraph()
     for _ in range(layers):
@@ -414,13 +418,15 @@ def test_split_by_ops_recomputes_the_earliest_of_the_ops_between_two_hull_vertic
 def test_fractions_reach_plans_between_hull_vertices_no_min_cut_holds():
     """A fraction spends whole ops: with six ops between the only two hull vertices, the fractions
     between pick plans that recompute some of them, and recompute more as the fraction falls."""
-    from rematpass.peak_planning import plan_for_peak
+    from rematpass.planner import plan_for_peak
 
     problem = _layers_problem()
 
     def fake_peak(cut):  # peak falls with saved bytes
         return int(cut.saved_bytes) + 1_000
 
-    spent = [problem.budget_spend_of(plan_for_peak(problem, 1e3, b, fake_peak).plan.cut) for b in (0.9, 0.6, 0.3)]
+    spent = [
+        problem.budget_spend_of(plan_for_peak(problem, 1e3, Fraction(b), fake_peak).plan.cut) for b in (0.9, 0.6, 0.3)
+    ]
     assert spent == sorted(spent)
     assert any(0 < s < 6e9 for s in spent), spent

@@ -48,7 +48,7 @@ def _val(a):
     return a.meta.get("val") if isinstance(a, fx.Node) else a
 
 
-def node_flops(node: fx.Node) -> int:
+def flop_counter_flops(node: fx.Node) -> int:
     """FLOPs of one node by torch.utils.flop_counter's registry (0 for ops it does not price)."""
     if not is_compute_bound(node):
         return 0
@@ -67,7 +67,7 @@ def duplicated_work(fw: fx.GraphModule, bw: fx.GraphModule) -> dict[str, int]:
         if node.op != "call_function" or node.name not in fw_ops or is_view_by_schema(node):
             continue
         ops += 1
-        flops += node_flops(node)
+        flops += flop_counter_flops(node)
         for value in tree_leaves(node.meta.get("val")):
             if isinstance(value, torch.Tensor):
                 with contextlib.suppress(Exception):

@@ -38,13 +38,13 @@ How each figure is measured:
   (torch.utils.flop_counter's: matmul, conv, attention; pointwise ops count 0) of
   the backward graph's copies of forward ops, read from the graphs each
   partitioner returns, the same way for all three partitioners (see
-  ``rematpass.bench.measure``); ``recompute ops / elements`` count the copied
+  ``rematpass.bench.partition_records``); ``recompute ops / elements`` count the copied
   non-view ops and their output elements, which shows pointwise recomputation.
   Eager variants: FlopCounterMode's total over forward+backward minus eager's.
 - partition time: wall time of the partitioner call alone (Inductor's joint-graph
   passes excluded), measured by the same wrapper for every compiled variant.
   partition host peak: the most host memory one partitioner call took above what
-  was in use before it (``--partition-memory``; see ``rematpass.bench.measure.HostPeak``).
+  was in use before it (``--partition-memory``; see ``rematpass.bench.partition_records.HostPeak``).
   compile time: wall time of the first forward+backward (both compiles and one step).
 - step time: after all variants of a model are compiled and measured, they are
   kept alive and run in interleaved rounds (A B C ... A B C ..., start rotated each
@@ -68,6 +68,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import pathlib
@@ -83,15 +84,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from .. import inductor_hooks
 from ..measure import peak_memory, saved_activation_bytes
 from . import models as bench_models
-from .measure import (
-    HOST_MEMORY_METHODS,
+from .command_line import parse_args
+from .output import _mib, machine, markdown, plot, table, targets
+from .partition_records import (
     PartitionRecorder,
     grad_error,
     kept_partitions,
     saved_bytes_with_held,
 )
-from .output import _mib, machine, markdown, plot, table, targets
-from .variants import DEFAULT_VARIANTS, FULL_VARIANTS, Variant, parse_variant
+from .variants import Variant
 
 SCHEMA = "rematpass.bench/1"
 BASELINE = "inductor"
@@ -234,6 +235,16 @@ def _grad_check(run: Run, grads: dict, eager_grads: dict, compiled_ref: dict | N
     return {"status": "match" if error <= GRAD_RTOL else "MISMATCH", "reference": name, "max_rel_err": error}
 
 
+@dataclasses.dataclass
+class _Reference:
+    """What one model's variants are checked against: eager's first step, and under dropout the
+    BASELINE variant's gradients once it has run (compiled code draws its own dropout masks)."""
+
+    eager_grads: dict[str, torch.Tensor]
+    eager_flops: int
+    compiled_grads: dict[str, torch.Tensor] | None = None
+
+
 def run_model(
     bench: bench_models.BenchModel,
     variants: list[Variant],
@@ -244,79 +255,17 @@ def run_model(
     say: Callable[[str], None] = print,
     partition_memory: str = "rss",
 ) -> dict[str, Any]:
-    import rematpass
-
     inductor_hooks.reset_dynamo()
     names = {id(m): n for n, m in bench.module.named_modules()}
     block_paths = [names[id(b)] for b in bench.blocks]
-    reference = Run(Variant("eager", "eager"), bench, device, block_paths)
-    eager_grads = reference.first_step(seed)
-    eager_flops = reference.count_flops()
-    del reference
-    runs: list[Run] = []  # the variants that compiled and measured, kept alive for the timing
-    results: list[dict[str, Any]] = []
-    compiled_ref = None
+    reference = _eager_reference(bench, device, block_paths, seed)
     recompiled = False
     with PartitionRecorder(partition_memory) as recorder:
-        for k, variant in enumerate(variants, 1):
-            label = f"[{bench.name} {k}/{len(variants)}] {variant.name}"
-            say(f"{label}: {'compiling and ' if variant.compiled else ''}measuring ...")
-            started = time.perf_counter()
-            result: dict[str, Any] = {"name": variant.name, "kind": variant.kind, "budget": variant.budget}
-            results.append(result)
-            try:
-                run = Run(variant, bench, device, block_paths, result)
-                n_records, n_reports = len(recorder.records), len(rematpass.recent_reports())
-                grads = run.first_step(seed)
-                if variant.name == BASELINE:
-                    compiled_ref = grads
-                records = recorder.records[n_records:]
-                if variant.compiled:
-                    if not records:
-                        raise RuntimeError("no partition ran for this variant (a cached or reused compile?)")
-                    result["partitions"] = len(records)
-                    result["partition_seconds"] = sum(r["seconds"] for r in records)
-                    peaks = [r["host_peak_bytes"] for r in records]
-                    # Calls run one after another, so the variant's partitioner needs the largest of them.
-                    result["partition_peak_host_bytes"] = None if None in peaks else max(peaks)
-                    kept = kept_partitions(records, rematpass.recent_reports()[n_reports:])
-                    for key in ("recompute_flops", "recompute_ops", "recompute_elements"):
-                        result[key] = sum(r[key] for r in kept)
-                    if variant.kind == "remat":
-                        result["remat_reports"] = _remat_reports_since(n_reports)
-                result["grads"] = _grad_check(run, grads, eager_grads, compiled_ref, bench.dropout)
-                n_records = len(recorder.records)
-                run.measure_memory()
-                if not variant.compiled:
-                    result["recompute_flops"] = max(0, run.count_flops() - eager_flops)
-                if len(recorder.records) != n_records:
-                    raise RuntimeError("the compiled model recompiled while being measured")
-                runs.append(run)
-                say(
-                    f"{label}: done in {time.perf_counter() - started:.1f} s: peak {_mib(result['peak_bytes'])}, "
-                    f"saved {_mib(result['saved_bytes'])}, grads {result['grads']['status']}"
-                )
-            except Exception as exc:  # one failing variant must not stop the suite
-                result["error"] = f"{type(exc).__name__}: {exc}"
-                say(f"{label}: FAILED: {result['error']}")
+        runs, results = _run_variants(bench, variants, recorder, reference, device, block_paths, seed, say)
         if runs and steps > 0:
-            say(f"[{bench.name}] timing {len(runs)} variants, {steps} interleaved rounds after one warm-up round ...")
-            n_records = len(recorder.records)
-            for round_ in range(steps + 1):
-                for k in range(len(runs)):
-                    runs[(k + round_) % len(runs)].timed_step()
-                if round_ == 0:
-                    for run in runs:
-                        run.times.clear()
-            recompiled = len(recorder.records) != n_records
-            if recompiled:
-                say(f"[{bench.name}] WARNING: a compiled model recompiled during timing; times are suspect")
+            recompiled = _time_rounds(runs, steps, recorder, bench.name, say)
     _step_times(runs)
-    base = next((r for r in results if r["name"] == BASELINE and "peak_bytes" in r), None)
-    for row in results:
-        if base and "peak_bytes" in row:
-            row["peak_ratio"] = row["peak_bytes"] / base["peak_bytes"] if base["peak_bytes"] else None
-            row["saved_ratio"] = row["saved_bytes"] / base["saved_bytes"] if base["saved_bytes"] else None
+    _ratios_to_baseline(results)
     return {
         "name": bench.name,
         "description": bench.description,
@@ -324,11 +273,106 @@ def run_model(
         "inputs": [list(t.shape) for t in bench.inputs],
         "blocks": len(bench.blocks),
         "dropout": bench.dropout,
-        "eager_flops": eager_flops,
+        "eager_flops": reference.eager_flops,
         "baseline": BASELINE,
         "recompiled_during_timing": recompiled,
         "variants": results,
     }
+
+
+def _eager_reference(bench: bench_models.BenchModel, device: str, block_paths: list[str], seed: int) -> _Reference:
+    """Eager's first-step gradients and FLOPs; its model is freed on return, before any variant is built."""
+    eager = Run(Variant("eager", "eager"), bench, device, block_paths)
+    grads = eager.first_step(seed)
+    return _Reference(grads, eager.count_flops())
+
+
+def _run_variants(bench, variants, recorder, reference, device, block_paths, seed, say) -> tuple[list[Run], list]:
+    """Compile and measure each variant; returns the runs that succeeded (kept alive for the timing) and
+    one result row per variant, failed ones carrying their ``error``."""
+    runs: list[Run] = []
+    results: list[dict[str, Any]] = []
+    for k, variant in enumerate(variants, 1):
+        label = f"[{bench.name} {k}/{len(variants)}] {variant.name}"
+        say(f"{label}: {'compiling and ' if variant.compiled else ''}measuring ...")
+        started = time.perf_counter()
+        result: dict[str, Any] = {"name": variant.name, "kind": variant.kind, "budget": variant.budget}
+        results.append(result)
+        try:
+            run = Run(variant, bench, device, block_paths, result)
+            _measure_variant(run, recorder, reference, seed, bench.dropout)
+            runs.append(run)
+            say(
+                f"{label}: done in {time.perf_counter() - started:.1f} s: peak {_mib(result['peak_bytes'])}, "
+                f"saved {_mib(result['saved_bytes'])}, grads {result['grads']['status']}"
+            )
+        except Exception as exc:  # one failing variant must not stop the suite
+            result["error"] = f"{type(exc).__name__}: {exc}"
+            say(f"{label}: FAILED: {result['error']}")
+    return runs, results
+
+
+def _measure_variant(run: Run, recorder: PartitionRecorder, reference: _Reference, seed: int, dropout: bool) -> None:
+    """First step (the compile), partition figures, gradient check, memory and FLOPs, into ``run.result``."""
+    import rematpass
+
+    variant, result = run.variant, run.result
+    n_records, n_reports = len(recorder.records), len(rematpass.recent_reports())
+    grads = run.first_step(seed)
+    if variant.name == BASELINE:
+        reference.compiled_grads = grads
+    if variant.compiled:
+        _record_partitions(result, variant, recorder.records[n_records:], n_reports)
+    result["grads"] = _grad_check(run, grads, reference.eager_grads, reference.compiled_grads, dropout)
+    n_records = len(recorder.records)
+    run.measure_memory()
+    if not variant.compiled:
+        result["recompute_flops"] = max(0, run.count_flops() - reference.eager_flops)
+    if len(recorder.records) != n_records:
+        raise RuntimeError("the compiled model recompiled while being measured")
+
+
+def _record_partitions(result: dict[str, Any], variant: Variant, records: list[dict], n_reports: int) -> None:
+    """Time, host memory and recompute of the partitioner calls one compiled variant made."""
+    import rematpass
+
+    if not records:
+        raise RuntimeError("no partition ran for this variant (a cached or reused compile?)")
+    result["partitions"] = len(records)
+    result["partition_seconds"] = sum(r["seconds"] for r in records)
+    peaks = [r["host_peak_bytes"] for r in records]
+    # Calls run one after another, so the variant's partitioner needs the largest of them.
+    result["partition_peak_host_bytes"] = None if None in peaks else max(peaks)
+    kept = kept_partitions(records, rematpass.recent_reports()[n_reports:])
+    for key in ("recompute_flops", "recompute_ops", "recompute_elements"):
+        result[key] = sum(r[key] for r in kept)
+    if variant.kind == "remat":
+        result["remat_reports"] = _remat_reports_since(n_reports)
+
+
+def _time_rounds(runs: list[Run], steps: int, recorder: PartitionRecorder, name: str, say) -> bool:
+    """Interleaved timing rounds, the start rotated each round so no variant always runs first; the
+    first round only warms up. Returns whether anything recompiled meanwhile."""
+    say(f"[{name}] timing {len(runs)} variants, {steps} interleaved rounds after one warm-up round ...")
+    n_records = len(recorder.records)
+    for round_ in range(steps + 1):
+        for k in range(len(runs)):
+            runs[(k + round_) % len(runs)].timed_step()
+        if round_ == 0:
+            for run in runs:
+                run.times.clear()
+    recompiled = len(recorder.records) != n_records
+    if recompiled:
+        say(f"[{name}] WARNING: a compiled model recompiled during timing; times are suspect")
+    return recompiled
+
+
+def _ratios_to_baseline(results: list[dict[str, Any]]) -> None:
+    base = next((r for r in results if r["name"] == BASELINE and "peak_bytes" in r), None)
+    for row in results:
+        if base and "peak_bytes" in row:
+            row["peak_ratio"] = row["peak_bytes"] / base["peak_bytes"] if base["peak_bytes"] else None
+            row["saved_ratio"] = row["saved_bytes"] / base["saved_bytes"] if base["saved_bytes"] else None
 
 
 def _step_times(runs: list[Run]) -> None:
@@ -355,91 +399,7 @@ def _warm_up(device: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(
-        prog="python -m rematpass.bench",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    names = list(bench_models.SUITE) + list(bench_models.EXTRA) + list(bench_models.FULL_SUITE)
-    parser.add_argument(
-        "--models",
-        nargs="+",
-        default=None,
-        choices=names,
-        metavar="MODEL",
-        help=f"models to run (default: the suite, {' '.join(bench_models.DEFAULT_MODELS)}; also: "
-        f"{' '.join(bench_models.EXTRA)}; with --size full: {' '.join(bench_models.FULL_SUITE)})",
-    )
-    parser.add_argument(
-        "--variants",
-        nargs="+",
-        type=parse_variant,
-        default=None,
-        metavar="VARIANT",
-        help=f"variants to run (default: {' '.join(DEFAULT_VARIANTS)}; with --size full: {' '.join(FULL_VARIANTS)})",
-    )
-    parser.add_argument(
-        "--size",
-        type=bench_models.parse_size,
-        default=1.0,
-        help="scale widths and batch sizes by this factor (default 1: tiny, for 2 CPU cores), or 'full': "
-        "the full-size suite at published sizes",
-    )
-    parser.add_argument(
-        "--batch", type=int, default=None, help="batch of the --size full models (default: per model and device)"
-    )
-    parser.add_argument(
-        "--seq",
-        type=int,
-        default=None,
-        help="tokens per sequence of the --size full language models (default: per model and device)",
-    )
-    parser.add_argument(
-        "--partition-memory",
-        choices=HOST_MEMORY_METHODS,
-        default="rss",
-        help="how to measure the partitioner's peak host memory (default rss: free, a lower bound; "
-        "tracemalloc: exact for Python and numpy, but slows the partition call it times)",
-    )
-    parser.add_argument(
-        "--steps", type=int, default=10, help="interleaved timing rounds, one step per variant each (default 10)"
-    )
-    parser.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="cpu or cuda (default: cuda when available)",
-    )
-    parser.add_argument(
-        "--out", default="bench-results", help="folder for results.json and pareto.png (default bench-results)"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch.set_num_threads before anything compiles (default: torch's choice); on a "
-        "shared or loaded machine --threads 1 gives far steadier step times",
-    )
-    parser.add_argument(
-        "--no-warmup",
-        action="store_true",
-        help="skip the warm-up compile (compile times of the "
-        "first variant then include loading the compiler toolchain)",
-    )
-    args = parser.parse_args(argv)
-    full = args.size == bench_models.FULL
-    args.models = args.models or bench_models.default_models(args.size)
-    wrong = [m for m in args.models if (m in bench_models.FULL_SUITE) != full]
-    if wrong:
-        parser.error(f"{' '.join(wrong)}: --size full runs exactly {' '.join(bench_models.FULL_SUITE)}")
-    if args.batch is not None and (not full or args.batch < 1):
-        parser.error("--batch is a positive batch for --size full")
-    if args.seq is not None and (not full or args.seq < 1):
-        parser.error("--seq is a positive sequence length for --size full")
-    variants = args.variants or [parse_variant(v) for v in (FULL_VARIANTS if full else DEFAULT_VARIANTS)]
-    if len({v.name for v in variants}) != len(variants):
-        parser.error("a variant is named twice")
+    args, variants = parse_args(argv, __doc__)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.threads:
@@ -447,11 +407,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     inductor_hooks.inductor_caches_disabled()  # so every variant's partitioner really runs
     warnings.filterwarnings("ignore", message=".*dynamo_pgo force disabled.*")
+    results = _results_header(args, variants)
+    if not args.no_warmup:
+        _say("warming up the compilers ...")
+        _warm_up(args.device)
+    for name in args.models:
+        results["models"].append(_bench_model(name, variants, args))
+        # Rewritten after each model, so an interrupted suite keeps the models it finished.
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+    _write_results(results, out)
+    return results
 
-    def say(line):
-        return print(line, flush=True)
 
-    results: dict[str, Any] = {
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _results_header(args: argparse.Namespace, variants: list[Variant]) -> dict[str, Any]:
+    """results.json before any model has run: the machine and the configuration, ``models`` empty."""
+    return {
         "schema": SCHEMA,
         "machine": machine(),
         "device": args.device,
@@ -470,31 +444,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "models": [],
     }
-    if not args.no_warmup:
-        say("warming up the compilers ...")
-        _warm_up(args.device)
-    for name in args.models:
-        bench = bench_models.build(name, args.size, args.seed, device=args.device, batch=args.batch, seq=args.seq)
-        say(f"== {name}: {bench.description}, {bench.num_params / 1e6:.2f} M parameters")
-        model = run_model(
-            bench,
-            variants,
-            device=args.device,
-            steps=args.steps,
-            seed=args.seed,
-            say=say,
-            partition_memory=args.partition_memory,
-        )
-        results["models"].append(model)
-        say("\n" + "\n".join([table(model), *targets(model)]) + "\n")
-        (out / "results.json").write_text(json.dumps(results, indent=1))
+
+
+def _bench_model(name: str, variants: list[Variant], args: argparse.Namespace) -> dict[str, Any]:
+    """Build one model, run all variants on it and print its table."""
+    bench = bench_models.build(name, args.size, args.seed, device=args.device, batch=args.batch, seq=args.seq)
+    _say(f"== {name}: {bench.description}, {bench.num_params / 1e6:.2f} M parameters")
+    model = run_model(
+        bench,
+        variants,
+        device=args.device,
+        steps=args.steps,
+        seed=args.seed,
+        say=_say,
+        partition_memory=args.partition_memory,
+    )
+    _say("\n" + "\n".join([table(model), *targets(model)]) + "\n")
+    return model
+
+
+def _write_results(results: dict[str, Any], out: pathlib.Path) -> None:
+    """The final results.json (with the load average at the end), results.md and pareto.png."""
     with contextlib.suppress(Exception):
         results["machine"]["load_average_end"] = os.getloadavg()
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "results.md").write_text(markdown(results))
-    say(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    _say(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     if plot(results, out / "pareto.png"):
-        say(f"wrote {out / 'pareto.png'}")
+        _say(f"wrote {out / 'pareto.png'}")
     else:
-        say("no plot: matplotlib is not installed (pip install 'rematpass[plot]') or no step times were measured")
-    return results
+        _say("no plot: matplotlib is not installed (pip install 'rematpass[plot]') or no step times were measured")

@@ -201,6 +201,12 @@ def summary_lines(plan: dict[str, Any], scheduled: dict[str, Any] | None = None)
         peak_line(t),
         f"{budget_text(plan, scheduled)}; lambda {t['lambda']:.3g} (default {t['lambda_default']:.3g}); "
         f"{t['num_solves']} max-flow solves in {fmt_seconds(t['solve_seconds'])}",
+        *[
+            f"region:     region_activation_memory_budget({r['fraction']:g}) over {r['num_nodes']} ops: saves "
+            f"{fmt_bytes(r['saved_bytes'])} (target {fmt_bytes(r['target_bytes'])}, default "
+            f"{fmt_bytes(r['default_bytes'])}, least {fmt_bytes(r['least_bytes'])})"
+            for r in t.get("region_budgets") or ()
+        ],
         f"graph:      {g.get('candidates', '?')} candidates; joint {g.get('joint_nodes', '?')}, "
         f"forward {g.get('forward_nodes', '?')}, backward {g.get('backward_nodes', '?')} nodes; "
         f"torch {plan.get('torch_version', '?')}",
@@ -247,7 +253,7 @@ def show(path: str, top: int = 15, out=None) -> int:
     return 0
 
 
-def frontier(path: str, out=None) -> int:
+def show_frontier(path: str, out=None) -> int:
     out = out or sys.stdout
     status = 0
     for folder in find_graphs(path):
@@ -472,7 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ..calibrate import calibrate_and_report
 
             return calibrate_and_report(args.device, args.seconds, write=not args.no_write)
-        return frontier(args.dir)
+        return show_frontier(args.dir)
     except (DumpError, ValueError) as exc:
         print(f"rematpass: error: {exc}", file=sys.stderr)
         return 2

@@ -34,7 +34,6 @@ import os
 import pathlib
 import re
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,14 +43,14 @@ import torch.fx as fx
 
 from ..cost import CostTable
 from ..inductor_hooks import aot_autograd_cache_hits, current_compile_id, trace_artifact
-from ..passes.hull import walk_hull
-from ..passes.mincut import CutNetwork
 from ..passes.plan import CutProblem, Plan
+from .frontier import frontier_points, write_frontier_png
+from .json_values import SCHEMA_VERSION
+from .json_values import jsonable as _jsonable
 from .report import PartitionReport
 
 log = logging.getLogger("rematpass")
 
-SCHEMA_VERSION = 1
 PLAN_FILE = "plan.json"
 FRONTIER_FILE = "frontier.json"
 FRONTIER_PNG = "frontier.png"
@@ -60,12 +59,6 @@ SCHEDULED_FILE = "scheduled.json"
 CACHE_HIT_FILE = "CACHE_HIT.txt"
 NOT_PARTITIONED_FILE = "NOT_PARTITIONED.txt"
 MARKER_FILES = (CACHE_HIT_FILE, NOT_PARTITIONED_FILE)
-
-# The frontier walk stops after this many max-flow solves or seconds, whichever first.
-FRONTIER_MAX_SOLVES = 40
-FRONTIER_MAX_SECONDS = 10.0
-# The frontier's ends, as multiples of the default lambda.
-FRONTIER_LOW, FRONTIER_HIGH = 1e-7, 1e4
 
 FORCE_FRESH = (
     "To force a fresh partition (and a full dump), disable the caches for that run:\n"
@@ -115,21 +108,6 @@ def claim_graph_dir(root: str | os.PathLike, compile_id: str | None) -> pathlib.
 # ---------------------------------------------------------------------------- plan.json
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return value if np.isfinite(value) else str(value)
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    return str(value)
-
-
 def graph_statistics(
     summary, joint: fx.GraphModule | None, forward: fx.GraphModule | None, backward: fx.GraphModule | None
 ) -> dict[str, Any]:
@@ -167,7 +145,8 @@ def plan_dict(report: PartitionReport, graph: dict[str, Any] | None = None) -> d
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch_version": torch.__version__,
         "rematpass_version": __version__,
-        "knobs": _jsonable(dataclasses.asdict(report.knobs)),
+        "knobs": _jsonable({k: v for k, v in dataclasses.asdict(report.knobs).items() if k != "budget"}),
+        "budget": report.knobs.budget.to_json(),
         "machine": {
             "device": report.device,
             "flops_per_second": report.flops_per_second,
@@ -195,6 +174,7 @@ def plan_dict(report: PartitionReport, graph: dict[str, Any] | None = None) -> d
                 "target_peak_bytes": report.target_peak_bytes,
                 "aim_peak_bytes": report.aim_peak_bytes,
                 "inductor_saved_bytes": report.inductor_saved_bytes,
+                "region_budgets": [dataclasses.asdict(r) for r in report.region_budgets],
             }
         ),
         "peak_plans": [
@@ -208,117 +188,6 @@ def plan_dict(report: PartitionReport, graph: dict[str, Any] | None = None) -> d
         "summary": report.one_line(),
         "nodes": [_jsonable(dataclasses.asdict(n)) for n in report.nodes],
     }
-
-
-# ---------------------------------------------------------------------------- frontier
-
-
-def frontier(
-    problem: CutProblem,
-    plan: Plan,
-    flops: np.ndarray | None = None,
-    *,
-    max_solves: int = FRONTIER_MAX_SOLVES,
-    max_seconds: float = FRONTIER_MAX_SECONDS,
-) -> dict[str, Any]:
-    """The memory/recompute frontier: the min-cut plans along the lower convex hull.
-
-    The hull walk (passes.hull) from lambda = default * 1e-7 through the default
-    to default * 1e4, within a solve and a time limit. Every vertex is the plan
-    minimising ``saved bytes + lambda * recompute seconds`` for the lambda it
-    was found at.
-    """
-    from ..passes.analysis import INPUT
-
-    started = time.perf_counter()
-    flops = np.zeros(problem.summary.num_nodes) if flops is None else flops
-    lam0 = plan.lam_default
-    walk = walk_hull(
-        CutNetwork(problem),
-        [lam0 * FRONTIER_LOW, lam0, lam0 * FRONTIER_HIGH],
-        max_solves=max_solves,
-        max_seconds=max_seconds,
-    )
-    cuts = list(walk.solved)
-    on_hull = list(cuts)
-    if not any(c.same_plan(plan.cut) for c in cuts):
-        cuts = cuts + [plan.cut]  # e.g. an ILP plan, or one filled in between vertices: shown, not a vertex
-    points: dict[tuple[float, float], dict[str, Any]] = {}
-    for cut in sorted(cuts, key=lambda c: c.lam):
-        key = (round(cut.saved_bytes, 3), round(cut.time_cost, 15))
-        point = points.setdefault(
-            key,
-            {
-                "lam": cut.lam,
-                "saved_bytes": cut.saved_bytes,
-                "recompute_seconds": cut.time_cost,
-                "recompute_flops": int(flops[cut.recomputed].sum()),
-                "saved_tensors": int(np.sum(cut.saved & (problem.summary.kind != INPUT))),
-                "recomputed_ops": int(np.sum(cut.recomputed)),
-                "default": False,
-                "chosen": False,
-                "hull": False,
-            },
-        )
-        point["hull"] |= any(cut is c for c in on_hull)
-        point["default"] |= cut.lam == lam0
-        point["chosen"] |= cut.same_plan(plan.cut)
-    ordered = sorted(points.values(), key=lambda p: (p["saved_bytes"], -p["recompute_seconds"]))
-    return _jsonable(
-        {
-            "schema": "rematpass.frontier",
-            "schema_version": SCHEMA_VERSION,
-            "x": "saved_bytes",
-            "y": "recompute_seconds",
-            "lambda_default": lam0,
-            "lambda_chosen": plan.cut.lam,
-            "target_bytes": plan.target_bytes,
-            "num_solves": len(walk.solved),
-            "complete": walk.complete,
-            "seconds": time.perf_counter() - started,
-            "points": ordered,
-            "budget_search": [
-                {"lam": h.lam, "saved_bytes": h.saved_bytes, "recompute_seconds": h.time_cost} for h in plan.hull
-            ],
-        }
-    )
-
-
-def write_frontier_png(data: dict[str, Any], path: pathlib.Path) -> bool:
-    """frontier.png with matplotlib when it is installed; False when it is not."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except Exception:
-        return False
-    from .html_report import BYTE_UNITS, TIME_UNITS, pick_unit
-
-    points = data["points"]
-    x_unit, x_scale = pick_unit(max([p["saved_bytes"] for p in points] + [data.get("target_bytes") or 0]), BYTE_UNITS)
-    y_unit, y_scale = pick_unit(max(p["recompute_seconds"] for p in points), TIME_UNITS)
-    xs = [p["saved_bytes"] / x_scale for p in points]
-    ys = [p["recompute_seconds"] / y_scale for p in points]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    try:
-        ax.plot(xs, ys, "o-", color="#3465a4", label="min-cut plans (hull)")
-        for key, color, label in (("default", "#73d216", "default plan"), ("chosen", "#cc0000", "chosen plan")):
-            sel = [(x, y) for x, y, p in zip(xs, ys, points) if p[key]]
-            if sel:
-                ax.plot(*zip(*sel), "s" if key == "default" else "*", color=color, markersize=11, label=label)
-        if data.get("target_bytes") is not None:
-            ax.axvline(data["target_bytes"] / x_scale, color="#888", linestyle="--", label="budget")
-        ax.set_xlabel(f"saved activation memory ({x_unit})")
-        ax.set_ylabel(f"estimated recompute time ({y_unit})")
-        ax.set_title("memory / recompute frontier")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
-    return True
 
 
 # ---------------------------------------------------------------------------- writing
@@ -377,7 +246,7 @@ def write_dump(
     backward_header = f"# rematpass backward graph {report.compile_id or ''}"
     _write(folder / "backward.py", graph_code(backward, backward_header, backward=True))
     plan_data = plan_dict(report, graph_statistics(problem.summary, joint, forward, backward))
-    frontier_data = frontier(problem, plan, flops)
+    frontier_data = frontier_points(problem, plan, flops)
     _write(folder / PLAN_FILE, json.dumps(plan_data, indent=1))
     _write(folder / FRONTIER_FILE, json.dumps(frontier_data, indent=1))
     write_frontier_png(frontier_data, folder / FRONTIER_PNG)

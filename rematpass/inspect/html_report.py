@@ -8,10 +8,12 @@ module that produced it, biggest saved tensors first.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import html
 import math
 from typing import Any
 
+from ..budget import Fraction, PeakCap, budget_from_json
 from .report import RECOMPUTED, SAVED, budget_text, fmt_bytes, fmt_count, fmt_measured_peak, fmt_seconds
 
 _CSS = """
@@ -81,12 +83,31 @@ def pick_unit(largest: float, units) -> tuple[str, float]:
     return units[-1]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Frame:
+    """The chart's pixel box and the data range it shows; ``sx``/``sy`` map data to pixels (y grows downwards)."""
+
+    width: int
+    height: int
+    x_hi: float
+    y_hi: float
+    left: int = 70
+    right: int = 20
+    top: int = 20
+    bottom: int = 50
+
+    def sx(self, x: float) -> float:
+        return self.left + (self.width - self.left - self.right) * x / self.x_hi
+
+    def sy(self, y: float) -> float:
+        return self.height - self.bottom - (self.height - self.top - self.bottom) * y / self.y_hi
+
+
 def frontier_svg(frontier: dict[str, Any], width: int = 720, height: int = 360) -> str:
     """The frontier as an inline SVG: saved MiB (x) against estimated recompute µs (y)."""
     points = frontier.get("points") or []
     if not points:
         return "<p>No frontier points.</p>"
-    left, right, top, bottom = 70, 20, 20, 50
     target = frontier.get("target_bytes")
     target = target if isinstance(target, (int, float)) else None
     x_unit, x_scale = pick_unit(max([p["saved_bytes"] for p in points] + [target or 0]), BYTE_UNITS)
@@ -95,61 +116,82 @@ def frontier_svg(frontier: dict[str, Any], width: int = 720, height: int = 360) 
     ys = [p["recompute_seconds"] / y_scale for p in points]
     x_hi = max(xs + ([target / x_scale] if target is not None else [])) or 1.0
     y_hi = max(ys) or 1.0
-    x_hi, y_hi = x_hi * 1.05, y_hi * 1.08
-
-    def sx(x):
-        return left + (width - left - right) * x / x_hi
-
-    def sy(y):
-        return height - bottom - (height - top - bottom) * y / y_hi
-
+    # Headroom, so the largest point and its markers are not cut by the frame.
+    frame = _Frame(width, height, x_hi * 1.05, y_hi * 1.08)
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-        'role="img" aria-label="memory recompute frontier" style="background:#fff;border:1px solid #ddd;border-radius:6px">'
+        'role="img" aria-label="memory recompute frontier" style="background:#fff;border:1px solid #ddd;border-radius:6px">',
+        _svg_grid(frame),
+        _svg_axes(frame, x_unit, y_unit),
     ]
-    for t in _ticks(0, x_hi):
+    if target is not None:
+        out.append(_svg_budget_line(frame, target / x_scale))
+    out.append(_svg_points(frame, xs, ys, points))
+    out.append(_svg_legend(frame))
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _svg_grid(f: _Frame) -> str:
+    """Light grid lines at round values of both axes, each labelled with its value."""
+    out = []
+    for t in _ticks(0, f.x_hi):
         out.append(
-            f'<line x1="{sx(t):.1f}" y1="{top}" x2="{sx(t):.1f}" y2="{height - bottom}" stroke="#eee"/>'
-            f'<text x="{sx(t):.1f}" y="{height - bottom + 16}" text-anchor="middle">{t:g}</text>'
+            f'<line x1="{f.sx(t):.1f}" y1="{f.top}" x2="{f.sx(t):.1f}" y2="{f.height - f.bottom}" stroke="#eee"/>'
+            f'<text x="{f.sx(t):.1f}" y="{f.height - f.bottom + 16}" text-anchor="middle">{t:g}</text>'
         )
-    for t in _ticks(0, y_hi):
+    for t in _ticks(0, f.y_hi):
         out.append(
-            f'<line x1="{left}" y1="{sy(t):.1f}" x2="{width - right}" y2="{sy(t):.1f}" stroke="#eee"/>'
-            f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:g}</text>'
+            f'<line x1="{f.left}" y1="{f.sy(t):.1f}" x2="{f.width - f.right}" y2="{f.sy(t):.1f}" stroke="#eee"/>'
+            f'<text x="{f.left - 6}" y="{f.sy(t) + 4:.1f}" text-anchor="end">{t:g}</text>'
         )
-    out.append(
-        f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="#555"/>'
-        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#555"/>'
-    )
-    out.append(
-        f'<text x="{(left + width - right) / 2}" y="{height - 10}" text-anchor="middle">saved activation memory ({x_unit})</text>'
-        f'<text transform="translate(16 {(top + height - bottom) / 2}) rotate(-90)" text-anchor="middle">'
+    return "".join(out)
+
+
+def _svg_axes(f: _Frame, x_unit: str, y_unit: str) -> str:
+    return (
+        f'<line x1="{f.left}" y1="{f.height - f.bottom}" x2="{f.width - f.right}" y2="{f.height - f.bottom}" stroke="#555"/>'
+        f'<line x1="{f.left}" y1="{f.top}" x2="{f.left}" y2="{f.height - f.bottom}" stroke="#555"/>'
+        f'<text x="{(f.left + f.width - f.right) / 2}" y="{f.height - 10}" text-anchor="middle">'
+        f"saved activation memory ({x_unit})</text>"
+        f'<text transform="translate(16 {(f.top + f.height - f.bottom) / 2}) rotate(-90)" text-anchor="middle">'
         f"estimated recompute time ({y_unit})</text>"
     )
-    if target is not None:
-        tx = sx(target / x_scale)
-        out.append(
-            f'<line x1="{tx:.1f}" y1="{top}" x2="{tx:.1f}" y2="{height - bottom}" '
-            f'stroke="#888" stroke-dasharray="5 4"/><text x="{tx + 4:.1f}" y="{top + 12}">budget</text>'
-        )
-    line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y, p in zip(xs, ys, points) if p.get("hull", True))
-    out.append(f'<polyline points="{line}" fill="none" stroke="#3465a4" stroke-width="2"/>')
+
+
+def _svg_budget_line(f: _Frame, x: float) -> str:
+    """A dashed vertical line at the budget's target bytes (``x`` in the x axis' unit)."""
+    tx = f.sx(x)
+    return (
+        f'<line x1="{tx:.1f}" y1="{f.top}" x2="{tx:.1f}" y2="{f.height - f.bottom}" '
+        f'stroke="#888" stroke-dasharray="5 4"/><text x="{tx + 4:.1f}" y="{f.top + 12}">budget</text>'
+    )
+
+
+def _svg_points(f: _Frame, xs: list[float], ys: list[float], points: list[dict[str, Any]]) -> str:
+    """The hull as a line through its points, every point as a dot with a tooltip, the default and chosen marked."""
+    line = " ".join(f"{f.sx(x):.1f},{f.sy(y):.1f}" for x, y, p in zip(xs, ys, points) if p.get("hull", True))
+    out = [f'<polyline points="{line}" fill="none" stroke="#3465a4" stroke-width="2"/>']
     for x, y, p in zip(xs, ys, points):
+        cx, cy = f.sx(x), f.sy(y)
         tip = (
             f"lambda {p['lam']:.3g}: saves {fmt_bytes(p['saved_bytes'])} in {p['saved_tensors']} tensors, "
             f"recomputes {p['recomputed_ops']} ops ({fmt_seconds(p['recompute_seconds'])})"
         )
-        out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4" fill="#3465a4"><title>{_e(tip)}</title></circle>')
+        out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="4" fill="#3465a4"><title>{_e(tip)}</title></circle>')
         if p.get("default"):
             out.append(
-                f'<rect x="{sx(x) - 7:.1f}" y="{sy(y) - 7:.1f}" width="14" height="14" fill="none" stroke="#4e9a06" stroke-width="2.5"/>'
+                f'<rect x="{cx - 7:.1f}" y="{cy - 7:.1f}" width="14" height="14" fill="none" stroke="#4e9a06" stroke-width="2.5"/>'
             )
         if p.get("chosen"):
-            out.append(
-                f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="10" fill="none" stroke="#cc0000" stroke-width="2.5"/>'
-            )
-    lx, ly = width - right - 170, top + 8
-    out.append(
+            out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="10" fill="none" stroke="#cc0000" stroke-width="2.5"/>')
+    return "".join(out)
+
+
+def _svg_legend(f: _Frame) -> str:
+    """A key in the top right corner, drawing each marker as the chart does."""
+    lx, ly = f.width - f.right - 170, f.top + 8
+    return (
         f'<rect x="{lx - 8}" y="{ly - 4}" width="172" height="62" fill="#fff" stroke="#ddd"/>'
         f'<circle cx="{lx + 6}" cy="{ly + 8}" r="4" fill="#3465a4"/><text x="{lx + 18}" y="{ly + 12}">min-cut plan (hull)</text>'
         f'<rect x="{lx - 1}" y="{ly + 20}" width="14" height="14" fill="none" stroke="#4e9a06" stroke-width="2.5"/>'
@@ -157,8 +199,6 @@ def frontier_svg(frontier: dict[str, Any], width: int = 720, height: int = 360) 
         f'<circle cx="{lx + 6}" cy="{ly + 46}" r="7" fill="none" stroke="#cc0000" stroke-width="2.5"/>'
         f'<text x="{lx + 18}" y="{ly + 50}">chosen plan</text>'
     )
-    out.append("</svg>")
-    return "".join(out)
 
 
 def _node_row(n: dict[str, Any], with_module: bool) -> str:
@@ -217,36 +257,47 @@ def _groups(nodes: list[dict[str, Any]]) -> str:
 
 
 def _budget_value(budget: Any) -> str:
-    if budget is None:
-        return "none"
-    return fmt_bytes(budget) if isinstance(budget, int) else str(budget)
+    """The card's headline for ``plan.json``'s ``budget`` (rematpass.budget)."""
+    if isinstance(budget, PeakCap):
+        return fmt_bytes(budget.bytes)
+    if isinstance(budget, Fraction):
+        return f"{budget.value:g}"
+    return "none"
 
 
 def render_html(
     plan: dict[str, Any], frontier: dict[str, Any] | None = None, top: int = 15, scheduled: dict[str, Any] | None = None
 ) -> str:
     """The page for one graph's plan.json (and frontier.json, scheduled.json) data."""
-    totals, graph, knobs = plan["totals"], plan.get("graph", {}), plan.get("knobs", {})
-    nodes = plan["nodes"]
     gid = plan.get("compile_id") or "(no compile id)"
-    budget = knobs.get("memory_budget")
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>rematpass plan, graph {_e(gid)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>rematpass plan &mdash; graph {_e(gid)}</h1>"
+        f'<div class="sub">{_e(plan.get("summary", ""))}</div>{_budget_warning(plan["totals"])}'
+        f'<div class="cards">{"".join(_summary_cards(plan, scheduled))}</div>'
+        f"<h2>Memory / recompute frontier</h2>{_frontier_section(frontier)}"
+        f"<h2>Largest saved tensors</h2>{_largest_saved(plan['nodes'], top)}"
+        f"<h2>Saved and recomputed, by module</h2>{_groups(plan['nodes'])}"
+        f'<h2>Knobs and machine</h2><table class="kn">{_knob_rows(plan)}</table>'
+        "</body></html>\n"
+    )
+
+
+def _summary_cards(plan: dict[str, Any], scheduled: dict[str, Any] | None) -> list[str]:
+    """The row of cards at the top: what is saved and recomputed, the peak, the budget, lambda, solver and graph."""
+    totals, graph = plan["totals"], plan.get("graph", {})
+    # budget_text reads "memory_budget <value>: <detail>"; the card's title and headline already give the value.
     budget_detail = budget_text(plan, scheduled).split(": ", 1)[-1]
-    default_bytes, inductor_bytes = totals.get("default_saved_bytes"), totals.get("inductor_saved_bytes")
-    cards = [
-        _card(
-            "saved",
-            fmt_bytes(totals["saved_bytes"]),
-            f"{totals['saved_tensors']} tensors"
-            + (f" (default plan: {fmt_bytes(default_bytes)})" if default_bytes is not None else "")
-            + (f" (torch.compile's partitioner: {fmt_bytes(inductor_bytes)})" if inductor_bytes is not None else ""),
-        ),
+    return [
+        _card("saved", fmt_bytes(totals["saved_bytes"]), _saved_detail(totals)),
         _card(
             "recomputed",
             f"{totals['recomputed_ops']} ops",
             f"{fmt_count(totals['recompute_flops'], 'FLOP')}, est. {fmt_seconds(totals['recompute_seconds'])}",
         ),
         _card("peak", fmt_bytes(totals.get("predicted_peak_bytes")) + " predicted", _peak_detail(totals)),
-        _card("memory budget", _budget_value(budget), budget_detail),
+        _card("memory budget", _budget_value(budget_from_json(plan.get("budget"))), budget_detail),
         _card(
             "lambda",
             f"{totals['lambda']:.3g}",
@@ -264,46 +315,56 @@ def render_html(
             f"backward {graph.get('backward_nodes', '?')} nodes",
         ),
     ]
-    warn = ""
+
+
+def _saved_detail(totals: dict[str, Any]) -> str:
+    """The saved card's detail: the tensor count, and what the default plan and torch.compile's partitioner save."""
+    default_bytes, inductor_bytes = totals.get("default_saved_bytes"), totals.get("inductor_saved_bytes")
+    return (
+        f"{totals['saved_tensors']} tensors"
+        + (f" (default plan: {fmt_bytes(default_bytes)})" if default_bytes is not None else "")
+        + (f" (torch.compile's partitioner: {fmt_bytes(inductor_bytes)})" if inductor_bytes is not None else "")
+    )
+
+
+def _budget_warning(totals: dict[str, Any]) -> str:
     if totals.get("budget_met") is False:
-        warn = (
+        return (
             '<div class="warn">The memory budget cannot be met on this graph: this is the least-memory plan '
             "the min-cut finds.</div>"
         )
-    saved = sorted((n for n in nodes if n["decision"] == SAVED), key=_by_size)
-    machine = plan.get("machine", {})
-    knob_rows = "".join(f"<tr><td>{_e(k)}</td><td><code>{_e(v)}</code></td></tr>" for k, v in knobs.items())
-    knob_rows += "".join(
-        f"<tr><td>{_e(k)}</td><td><code>{_e(v)}</code></td></tr>"
-        for k, v in (
-            ("device", machine.get("device")),
-            ("flops_per_second (used)", machine.get("flops_per_second")),
-            ("bytes_per_second (used)", machine.get("bytes_per_second")),
-            ("torch", plan.get("torch_version")),
-            ("rematpass", plan.get("rematpass_version")),
-            ("written", plan.get("created")),
-        )
-    )
-    frontier_html = "<p>No frontier.json.</p>"
-    if frontier:
-        note = "" if frontier.get("complete", True) else " (walk stopped early: solve or time limit)"
-        frontier_html = (
-            f"<p>Each point is the plan minimising <i>saved bytes + lambda &times; recompute time</i> for some lambda; "
-            f"{len(frontier['points'])} plans from {frontier['num_solves']} max-flow solves{_e(note)}. "
-            "Green square: the default plan (lambda = bytes per second). Red ring: the plan used.</p>"
-            + frontier_svg(frontier)
-        )
+    return ""
+
+
+def _frontier_section(frontier: dict[str, Any] | None) -> str:
+    """A sentence on how to read the chart, then the chart."""
+    if not frontier:
+        return "<p>No frontier.json.</p>"
+    note = "" if frontier.get("complete", True) else " (walk stopped early: solve or time limit)"
     return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>rematpass plan, graph {_e(gid)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>rematpass plan &mdash; graph {_e(gid)}</h1>"
-        f'<div class="sub">{_e(plan.get("summary", ""))}</div>{warn}'
-        f'<div class="cards">{"".join(cards)}</div>'
-        f"<h2>Memory / recompute frontier</h2>{frontier_html}"
-        f"<h2>Largest saved tensors</h2>"
-        + (_table(saved[:top], with_module=True) if saved else "<p>Nothing saved.</p>")
-        + (f'<p class="more">{len(saved) - top} more below, by module.</p>' if len(saved) > top else "")
-        + f"<h2>Saved and recomputed, by module</h2>{_groups(nodes)}"
-        f'<h2>Knobs and machine</h2><table class="kn">{knob_rows}</table>'
-        "</body></html>\n"
+        f"<p>Each point is the plan minimising <i>saved bytes + lambda &times; recompute time</i> for some lambda; "
+        f"{len(frontier['points'])} plans from {frontier['num_solves']} max-flow solves{_e(note)}. "
+        "Green square: the default plan (lambda = bytes per second). Red ring: the plan used.</p>"
+        + frontier_svg(frontier)
     )
+
+
+def _largest_saved(nodes: list[dict[str, Any]], top: int) -> str:
+    """The ``top`` largest saved tensors in one table; the rest appear only in the per-module sections."""
+    saved = sorted((n for n in nodes if n["decision"] == SAVED), key=_by_size)
+    more = f'<p class="more">{len(saved) - top} more below, by module.</p>' if len(saved) > top else ""
+    return (_table(saved[:top], with_module=True) if saved else "<p>Nothing saved.</p>") + more
+
+
+def _knob_rows(plan: dict[str, Any]) -> str:
+    """The knobs the plan was made with, then the machine figures and versions it was made on."""
+    machine = plan.get("machine", {})
+    rows = list(plan.get("knobs", {}).items()) + [
+        ("device", machine.get("device")),
+        ("flops_per_second (used)", machine.get("flops_per_second")),
+        ("bytes_per_second (used)", machine.get("bytes_per_second")),
+        ("torch", plan.get("torch_version")),
+        ("rematpass", plan.get("rematpass_version")),
+        ("written", plan.get("created")),
+    ]
+    return "".join(f"<tr><td>{_e(k)}</td><td><code>{_e(v)}</code></td></tr>" for k, v in rows)

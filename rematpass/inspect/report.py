@@ -10,17 +10,23 @@ from __future__ import annotations
 import collections
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch.fx as fx
 
+from ..budget import DefaultPlan, Fastest, Fraction, PeakCap, budget_from_json
 from ..config import Knobs
 from ..cost import CostTable
 from ..inductor_hooks import register_torch_log
 from ..passes.analysis import BACKWARD_ONLY, FORWARD, INPUT, GraphSummary, ReasonKind
-from ..passes.op_facts import op_name, replays_a_saved_seed
+from ..passes.liveness import PeakEstimate
+from ..passes.op_facts import is_random, op_name, replays_a_saved_seed
 from ..passes.peak import ScoredPlan
 from ..passes.plan import HullPoint, Plan
+
+if TYPE_CHECKING:
+    from ..planner import PlanResult
 
 SAVED = "saved"
 RECOMPUTED = "recomputed"
@@ -34,6 +40,7 @@ USER_POLICY = "user_policy"  # never_recompute / always_recompute knobs
 CHECKPOINT_POLICY = "checkpoint_policy"  # a torch.utils.checkpoint region asks to recompute
 CHEAPER_TO_SAVE = "cheaper_to_save"
 CHEAPER_TO_RECOMPUTE = "cheaper_to_recompute"
+REGION_BUDGET = "region_budget"  # inside a region_activation_memory_budget region below 1
 REPLAYED = "replayed_random"  # a random op recomputed from its saved seed: the same numbers again
 FORCED_BY_BUDGET = "forced_by_budget"  # the default plan saves it; the memory budget does not allow it
 FOR_LOWER_PEAK = "for_lower_peak"  # the fastest plan saves it; recomputing it lowers the peak within time_tolerance
@@ -89,7 +96,7 @@ class PartitionReport:
     default_saved_bytes: float | None = None  # the default plan's, when a budget moved away from it
     hull: tuple[HullPoint, ...] = field(default=(), repr=False)
     solver: str = "mincut"  # which solver chose the plan
-    # Peak memory the step allocates, as passes.liveness predicts it for this plan.
+    # Peak memory the step allocates, as passes.joint_liveness predicts it for this plan.
     predicted_peak_bytes: int | None = None
     predicted_peak_at: str = ""  # "forward:<node>" or "backward:<node>"
     target_peak_bytes: float | None = None  # an absolute memory_budget caps the predicted peak
@@ -98,6 +105,7 @@ class PartitionReport:
     # The step's peak in the kernels Inductor scheduled for this plan (rematpass.scheduled_peak);
     # None until the backend has read both compiled graphs, or when it could not.
     scheduled_peak_bytes: int | None = None
+    schedule_note: str = ""  # why the schedule was not read, when the backend knows
     # Under a byte memory_budget: every plan compiled for this graph, in order (rematpass.verify).
     verification: tuple = ()
     # Set on a plan rematpass.verify recompiled: the predicted peak it was aimed at, in bytes
@@ -106,6 +114,8 @@ class PartitionReport:
     # What torch.compile's default partitioner saves on the same joint graph (same counting as
     # ``saved_bytes``); computed when the dump_dir knob is set (it costs one more partition).
     inductor_saved_bytes: int | None = None
+    # One per torch.autograd.graph.region_activation_memory_budget value in the graph (passes.regions).
+    region_budgets: tuple = ()
     # Recorded on an AOTAutograd cache hit: the report stored when the cached entry was made
     # (rematpass.report_cache); the partitioner did not run for this compile.
     from_cache: bool = False
@@ -143,6 +153,9 @@ def _reason(
         if summary.kind[i] == INPUT:
             text = "forward input, kept for the backward" + (" (parameter: free)" if summary.is_static[i] else "")
             return INPUT_DECISION, INPUT_KIND, text
+        region = summary.region_budget[i] if summary.region_budget is not None else np.nan
+        if no_recompute is None and not np.isnan(region):
+            return SAVED, REGION_BUDGET, f"saved by its region_activation_memory_budget({region:g})"
         if no_recompute is not None:
             if no_recompute.kind is ReasonKind.USER_POLICY:
                 return SAVED, USER_POLICY, no_recompute.text
@@ -178,6 +191,15 @@ def _reason(
                 REPLAYED,
                 "replayed from the saved seed: the backward draws the same random numbers again, never new ones",
             )
+        if summary.must_recompute[i] and is_random(summary.nodes[i]):
+            return (
+                RECOMPUTED,
+                REPLAYED,
+                "replayed: a checkpoint region recomputes it with the RNG state the forward saved (the same numbers)",
+            )
+        region = summary.region_budget[i] if summary.region_budget is not None else np.nan
+        if not np.isnan(region) and not summary.must_recompute[i]:
+            return RECOMPUTED, REGION_BUDGET, f"recomputed by its region_activation_memory_budget({region:g})"
         if summary.must_recompute[i]:
             return RECOMPUTED, CHECKPOINT_POLICY, "checkpoint policy asks to recompute"
         if no_save is not None:
@@ -240,17 +262,21 @@ def build_report(
     knobs: Knobs,
     summary: GraphSummary,
     costs: CostTable,
-    plan: Plan,
+    chosen: PlanResult,
+    estimate: PeakEstimate,
     *,
     solve_seconds: float,
     total_seconds: float,
-    default_saved: np.ndarray | None = None,
     compile_id: str | None = None,
+    aim_peak_bytes: int | None = None,
+    inductor_saved_bytes: int | None = None,
 ) -> PartitionReport:
-    """Decisions and reasons for every candidate. ``default_saved`` (the default plan's
-    saved set, ``Plan.default_saved``) lets a budgeted plan say what the budget forced."""
-    budget = knobs.memory_budget
-    budgeted = budget is not None and not (isinstance(budget, float) and budget == 1.0)
+    """The partition's report, whole: decisions and reasons for every candidate, the plan's
+    totals, its predicted peak (``estimate``), every plan scored. The fastest plan's saved set
+    (``Plan.default_saved``) lets a budgeted plan say what the budget forced."""
+    plan = chosen.plan
+    default_saved = plan.default_saved
+    budgeted = isinstance(knobs.budget, (Fraction, PeakCap))
     nodes = []
     for i, node in enumerate(summary.nodes):
         val = node.meta.get("val")
@@ -303,29 +329,41 @@ def build_report(
         ),
         hull=tuple(plan.hull),
         solver=str(getattr(plan, "solver", "mincut")),
+        predicted_peak_bytes=estimate.peak_bytes,
+        predicted_peak_at=f"{estimate.peak_phase}:{estimate.peak_node}",
+        target_peak_bytes=chosen.target_peak,
+        peak_plans=chosen.scored,
+        aim_peak_bytes=aim_peak_bytes,
+        inductor_saved_bytes=inductor_saved_bytes,
+        region_budgets=chosen.regions,
     )
 
 
 def budget_text(plan: dict, scheduled: dict | None = None) -> str:
-    """What the user's memory_budget asked for, and whether this plan meets it (on Inductor's
-    scheduled peak when ``scheduled.json`` gives it, else on the predicted peak)."""
-    t, budget = plan["totals"], plan.get("knobs", {}).get("memory_budget")
+    """What the user's memory_budget asked for (``plan.json``'s ``budget``, rematpass.budget), and
+    whether this plan meets it: a peak cap on Inductor's scheduled peak when ``scheduled.json``
+    gives it, else on the predicted peak."""
+    t, budget = plan["totals"], budget_from_json(plan.get("budget"))
     aim = t.get("aim_peak_bytes")
     aimed = f"; this attempt aimed the predicted peak at {fmt_bytes(aim)}" if aim is not None else ""
-    if budget is None or budget == 1.0:
-        return f"memory_budget {budget}: default plan"
-    if isinstance(budget, float) and t.get("solver") != "ilp":
+    if budget is None:
+        return "memory_budget: not recorded in this dump"
+    if isinstance(budget, Fastest):
+        return "memory_budget None, time_tolerance 0: the fastest plan"
+    if isinstance(budget, DefaultPlan):
+        return f"memory_budget None: default plan (time_tolerance {budget.tolerance:g})"
+    if isinstance(budget, Fraction):
         return (
-            f"memory_budget {budget}: least predicted peak within the recompute that saving "
+            f"memory_budget {budget.value:g}: least predicted peak within the recompute that saving "
             f"{fmt_bytes(t.get('target_bytes'))} costs{aimed}"
         )
     scheduled_peak = (scheduled or {}).get("scheduled_peak_bytes")
     if scheduled_peak is not None:
-        verdict = "met" if scheduled_peak <= budget else "NOT met"
+        verdict = "met" if scheduled_peak <= budget.bytes else "NOT met"
         met = f"{verdict} by Inductor's scheduled peak {fmt_bytes(scheduled_peak)}"
     else:
         met = "met by the predicted peak" if t.get("budget_met") else "NOT met (least-memory plan)"
-    return f"memory_budget {fmt_bytes(budget)} (peak cap): {met}{aimed}"
+    return f"memory_budget {fmt_bytes(budget.bytes)} (peak cap): {met}{aimed}"
 
 
 def fmt_measured_peak(totals: dict) -> str:
@@ -383,19 +421,6 @@ def record(report: PartitionReport) -> None:
 def recent_reports() -> list[PartitionReport]:
     """Reports of the most recent partitions in this process, oldest first."""
     return list(_RECENT)
-
-
-def replace_report(old: PartitionReport, new: PartitionReport | None) -> None:
-    """Put ``new`` where ``old`` was among the recent reports (None: forget ``old``)."""
-    for i, report in enumerate(_RECENT):
-        if report is old:
-            if new is None:
-                del _RECENT[i]
-            else:
-                _RECENT[i] = new
-            return
-    if new is not None:
-        _RECENT.append(new)
 
 
 def clear_reports() -> None:
