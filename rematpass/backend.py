@@ -47,6 +47,7 @@ from .inspect.report import record
 from .partitioner import RematPartitioner, source_hash
 from .passes import gather_pool_grad, hoist_matmul
 from .scheduled_peak import step_peak
+from .user_warnings import RematBudgetWarning, warn_at_user_code
 from .verify import CompileOutcome, compile_within
 
 
@@ -120,17 +121,64 @@ def remat(
         _note_scheduled([outcome], outcome)
         _remember_report(key, outcome)
         return outcome.compiled
+    cap = budget.bytes if isinstance(budget, PeakCap) else None
     attempts: list[CompileOutcome] = []
 
     def compile_once(aim: int | None):
-        outcome = _compile_once(gm, example_inputs, knobs, mode, verifying=True, aim=aim)
+        outcome = _compile_attempt(gm, example_inputs, knobs, mode, key, aim)
         attempts.append(outcome)
         return outcome
 
-    final = compile_within(budget.bytes if isinstance(budget, PeakCap) else None, compile_once)
+    found, kept_aim = report_cache.load_kept_aim(key)
+    final = compile_once(kept_aim) if found else None
+    if final is None or not _remembered_plan_holds(final, cap):
+        final = compile_within(cap, compile_once)
+        report_cache.store_kept_aim(key, final.aim)
+    if final.report is not None:
+        final.report = dataclasses.replace(final.report, compiles=len(attempts))
     _note_scheduled(attempts, final)
     _remember_report(key, final)
     return final.compiled
+
+
+def _remembered_plan_holds(outcome: CompileOutcome, cap: int | None) -> bool:
+    """Whether the plan a previous run's check kept can be kept again without a new check: it
+    came from Inductor's cache with the report it was checked with, or it was compiled and its
+    schedule fits the cap (a fraction's kept plan is kept as it is)."""
+    if outcome.report is None or outcome.scheduled_peak_bytes is None:
+        return False
+    if cap is None or outcome.scheduled_peak_bytes <= cap:
+        return True
+    if outcome.cache_hit:  # the check that kept it found nothing lower: say so again
+        warn_at_user_code(
+            f"rematpass: memory_budget={cap:,} bytes cannot be met on this graph: the plan an earlier check "
+            f"kept peaks at {outcome.scheduled_peak_bytes:,} bytes in Inductor's schedule; keeping that one",
+            RematBudgetWarning,
+        )
+        return True
+    return False
+
+
+def _compile_attempt(gm, example_inputs, knobs, mode, key: str, aim: int | None) -> CompileOutcome:
+    """One attempt of a budget's check, through Inductor's caches. A cache hit runs no
+    partitioner and no codegen, so it is judged by the report stored when the attempt was first
+    compiled; with none stored, the attempt is compiled again with the caches bypassed."""
+    attempt = report_cache.attempt_key(key, aim)
+    outcome = _compile_once(gm, example_inputs, knobs, mode, verifying=True, aim=aim, caches=True)
+    unreadable = outcome.report is not None and outcome.report.schedule_note  # backward hooks: never readable
+    if outcome.scheduled_peak_bytes is None and not unreadable:
+        stored = report_cache.load(attempt) if outcome.cache_hit and outcome.report is None else None
+        if stored is not None and stored.scheduled_peak_bytes is not None:
+            outcome.report = dataclasses.replace(stored, from_cache=True, compile_id=current_compile_id())
+            outcome.scheduled_peak_bytes = stored.scheduled_peak_bytes
+        else:  # a cache skipped the partitioner or the codegen the check reads: compile it fresh
+            outcome = _compile_once(gm, example_inputs, knobs, mode, verifying=True, aim=aim, caches=False)
+    if outcome.report is not None and outcome.scheduled_peak_bytes is not None and not outcome.report.from_cache:
+        report_cache.store(
+            attempt, dataclasses.replace(outcome.report, scheduled_peak_bytes=outcome.scheduled_peak_bytes)
+        )
+    outcome.aim = aim
+    return outcome
 
 
 def _remember_report(key: str, outcome: CompileOutcome) -> None:
@@ -162,11 +210,13 @@ def _note_scheduled(attempts: list[CompileOutcome], kept: CompileOutcome) -> Non
             warnings.warn(f"rematpass could not write scheduled.json: {exc}", RematDumpWarning, stacklevel=3)
 
 
-def _compile_once(gm, example_inputs, knobs, mode, *, verifying: bool, aim: int | None = None) -> CompileOutcome:
-    """One Inductor compile with our partitioner. ``verifying``: one attempt of rematpass.verify,
-    so Inductor's caches are bypassed (a cached graph would skip the partitioner and the codegen
-    the check reads) and the budget warning is left to the check; ``aim``: that attempt's
-    predicted-peak aim in bytes (None: the plan the knobs ask for)."""
+def _compile_once(
+    gm, example_inputs, knobs, mode, *, verifying: bool, aim: int | None = None, caches: bool = True
+) -> CompileOutcome:
+    """One Inductor compile with our partitioner. ``verifying``: one attempt of rematpass.verify
+    (the budget warning is left to the check); ``aim``: that attempt's predicted-peak aim in
+    bytes (None: the plan the knobs ask for); ``caches=False`` bypasses Inductor's caches (a
+    cached graph would skip the partitioner and the codegen the check reads)."""
     patches: dict[str, Any] = {}
     if mode is not None and mode != "default":
         patches.update(mode_options(mode))
@@ -175,7 +225,7 @@ def _compile_once(gm, example_inputs, knobs, mode, *, verifying: bool, aim: int 
     patches["joint_custom_post_pass"] = _after_user_passes("joint_custom_post_pass", GatherMaxPoolBackward())
     patches["post_grad_custom_post_pass"] = _after_user_passes("post_grad_custom_post_pass", HoistLateMatmuls())
     patches["allow_buffer_reuse"] = knobs.buffer_reuse
-    if verifying:
+    if not caches:
         patches["force_disable_caches"] = True
     graphs: list = []
     hits_before = aot_autograd_cache_hits()

@@ -53,6 +53,7 @@ class CompileOutcome:
     scheduled_peak_bytes: int | None = None
     dump_folder: Any = None  # the partition's dump folder, when the dump_dir knob is set
     cache_hit: bool = False  # served from AOTAutograd's cache (the partitioner did not run)
+    aim: int | None = None  # the predicted-peak aim it was planned for (None: the knobs' own plan)
 
 
 def least_predicted_peak(report) -> int:

@@ -104,3 +104,45 @@ def test_dump_compares_with_torch_compiles_own_partitioner(tmp_path):
     assert report.saved_bytes <= report.inductor_saved_bytes
     totals = json.loads((tmp_path / "0_0" / "plan.json").read_text())["totals"]
     assert totals["inductor_saved_bytes"] == report.inductor_saved_bytes
+
+
+@pytest.mark.inductor
+@pytest.mark.parametrize("budget", [0.0, "1KiB"], ids=["fraction", "unmeetable_byte_cap"])
+def test_a_budget_checked_once_is_compiled_once_from_the_cache_on_the_next_run(tmp_path, monkeypatch, budget):
+    """The first run checks the budget on Inductor's schedule (one or more compiles); it remembers
+    the kept plan, so the next run of the same graph compiles just that plan, from the cache."""
+    import rematpass.partitioner as partitioner
+
+    partitions = []
+    original = partitioner.RematPartitioner.partition
+
+    def counting(self, *args, **kwargs):
+        partitions.append(self.aim_peak_bytes)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(partitioner.RematPartitioner, "partition", counting)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(64, 64, bias=False) for _ in range(4)])
+    x = torch.randn(256, 64)
+    reports = []
+    with (
+        torch._inductor.config.patch(force_disable_caches=False, fx_graph_cache=True),
+        torch._functorch.config.patch(enable_autograd_cache=True),
+    ):
+        for _ in range(2):
+            torch._dynamo.reset()
+            rematpass.clear_reports()
+            compiled = torch.compile(model, backend="remat", options={"memory_budget": budget, "strict": True})
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                compiled(x).sum().backward()
+            unmet = [w for w in caught if issubclass(w.category, rematpass.RematBudgetWarning)]
+            assert bool(unmet) == (budget == "1KiB"), [str(w.message) for w in unmet]
+            (report,) = rematpass.recent_reports()
+            reports.append(report)
+    first, second = reports
+    assert len(partitions) == first.compiles >= 1 and not first.from_cache
+    assert second.compiles == 1 and second.from_cache, "the second run should take the kept plan from the cache"
+    assert [n.name for n in second.saved_nodes()] == [n.name for n in first.saved_nodes()]
+    assert second.scheduled_peak_bytes == first.scheduled_peak_bytes

@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 
+import rematpass
 from rematpass.passes.peak import ScoredPlan
 from rematpass.scheduled_peak import GraphMemory, ScheduledBuffer, graph_memory, step_peak
 from rematpass.verify import MAX_RECOMPILES, CompileOutcome, RematBudgetWarning, compile_within, next_aim
@@ -62,6 +63,10 @@ class _Report:
     target_peak_bytes: float | None = None
     scheduled_peak_bytes: int | None = None
     verification: tuple = ()
+    schedule_note: str = ""
+    from_cache: bool = False
+    compile_id: str | None = None
+    compiles: int = 1
 
 
 class _Compiler:
@@ -153,3 +158,36 @@ def test_a_fraction_scheduled_as_predicted_compiles_once():
     outcome = compile_within(None, compiler)
     assert len(compiler.aims) == 1
     assert len(outcome.report.verification) == 1
+
+
+def test_the_next_run_compiles_the_kept_plan_once_from_the_cache(tmp_path, monkeypatch):
+    """rematpass.backend under a byte cap, with Inductor replaced by ``_Compiler`` and a cache of
+    what was compiled: the first run needs two compiles (the first plan schedules over the cap),
+    the next run of the same graph compiles only the kept plan, as a cache hit."""
+    import torch
+
+    import rematpass.backend as backend
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    compiler = _Compiler([10 * MiB, 16 * MiB, 20 * MiB, 30 * MiB], error=lambda p: 1.25 * p, knob_aim=22 * MiB)
+    cached: set = set()
+    calls = []
+
+    def fake_compile_once(gm, example_inputs, knobs, mode, *, verifying, aim=None, caches=True):
+        calls.append((aim, caches))
+        if caches and aim in cached:
+            return CompileOutcome(object(), cache_hit=True)  # Inductor's cache: no partition, no codegen
+        cached.add(aim)
+        return compiler(aim)
+
+    monkeypatch.setattr(backend, "_compile_once", fake_compile_once)
+    gm = torch.fx.symbolic_trace(torch.nn.Linear(2, 2))
+    options = {"memory_budget": 22 * MiB}
+    backend.remat(gm, [torch.randn(1, 2)], options=options)
+    first = rematpass.recent_reports()[-1]
+    assert [aim for aim, _ in calls] == [None, int(22 * MiB * 20 / 25)] and first.compiles == 2
+    calls.clear()
+    backend.remat(gm, [torch.randn(1, 2)], options=options)
+    second = rematpass.recent_reports()[-1]
+    assert calls == [(int(22 * MiB * 20 / 25), True)], "only the kept plan, through the cache"
+    assert second.compiles == 1 and second.from_cache and second.scheduled_peak_bytes == 20 * MiB

@@ -106,6 +106,8 @@ class PartitionReport:
     # None until the backend has read both compiled graphs, or when it could not.
     scheduled_peak_bytes: int | None = None
     schedule_note: str = ""  # why the schedule was not read, when the backend knows
+    # Inductor compiles this graph took under a budget's check (cache hits included); 1 otherwise.
+    compiles: int = 1
     # Under a byte memory_budget: every plan compiled for this graph, in order (rematpass.verify).
     verification: tuple = ()
     # Set on a plan rematpass.verify recompiled: the predicted peak it was aimed at, in bytes
