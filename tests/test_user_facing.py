@@ -62,22 +62,32 @@ def test_with_no_budget_no_reason_mentions_a_budget():
     assert not [r for r in reasons if "budget" in r], reasons
 
 
-def _compile_twice_with_caches_on(tmp_path, monkeypatch, options):
-    """A matmul-only model (no C++ kernels: fast) through real Inductor, twice, caches on."""
+def _runs_with_caches_on(tmp_path, monkeypatch, step, runs: int = 2):
+    """``step()`` in ``runs`` fresh Dynamo sessions sharing one private Inductor cache folder, as
+    a script run again finds its caches; the recent reports after each run."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
-    model = torch.nn.Sequential(torch.nn.Linear(8, 8, bias=False), torch.nn.Linear(8, 8, bias=False))
     reports = []
     with (
         torch._inductor.config.patch(force_disable_caches=False, fx_graph_cache=True),
         torch._functorch.config.patch(enable_autograd_cache=True),
     ):
-        for _ in range(2):
+        for _ in range(runs):
             torch._dynamo.reset()
             rematpass.clear_reports()
-            out = torch.compile(model, backend="remat", options=options)(torch.randn(4, 8))
-            out.backward(torch.ones_like(out))
+            step()
             reports.append(rematpass.recent_reports())
     return reports
+
+
+def _compile_twice_with_caches_on(tmp_path, monkeypatch, options):
+    """A matmul-only model (no C++ kernels: fast) through real Inductor, twice, caches on."""
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8, bias=False), torch.nn.Linear(8, 8, bias=False))
+
+    def step():
+        out = torch.compile(model, backend="remat", options=options)(torch.randn(4, 8))
+        out.backward(torch.ones_like(out))
+
+    return _runs_with_caches_on(tmp_path, monkeypatch, step)
 
 
 @pytest.mark.inductor
@@ -121,26 +131,19 @@ def test_a_budget_checked_once_is_compiled_once_from_the_cache_on_the_next_run(t
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(partitioner.RematPartitioner, "partition", counting)
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
     torch.manual_seed(0)
     model = torch.nn.Sequential(*[torch.nn.Linear(64, 64, bias=False) for _ in range(4)])
     x = torch.randn(256, 64)
-    reports = []
-    with (
-        torch._inductor.config.patch(force_disable_caches=False, fx_graph_cache=True),
-        torch._functorch.config.patch(enable_autograd_cache=True),
-    ):
-        for _ in range(2):
-            torch._dynamo.reset()
-            rematpass.clear_reports()
-            compiled = torch.compile(model, backend="remat", options={"memory_budget": budget, "strict": True})
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                compiled(x).sum().backward()
-            unmet = [w for w in caught if issubclass(w.category, rematpass.RematBudgetWarning)]
-            assert bool(unmet) == (budget == "1KiB"), [str(w.message) for w in unmet]
-            (report,) = rematpass.recent_reports()
-            reports.append(report)
+
+    def step():
+        compiled = torch.compile(model, backend="remat", options={"memory_budget": budget, "strict": True})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            compiled(x).sum().backward()
+        unmet = [w for w in caught if issubclass(w.category, rematpass.RematBudgetWarning)]
+        assert bool(unmet) == (budget == "1KiB"), [str(w.message) for w in unmet]
+
+    reports = [report for (report,) in _runs_with_caches_on(tmp_path, monkeypatch, step)]
     first, second = reports
     assert len(partitions) == first.compiles >= 1 and not first.from_cache
     assert second.compiles == 1 and second.from_cache, "the second run should take the kept plan from the cache"
