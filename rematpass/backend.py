@@ -45,7 +45,7 @@ from .inductor_hooks import (
 from .inspect.dump import RematDumpWarning, watch_compile, write_scheduled
 from .inspect.report import record
 from .partitioner import RematPartitioner, source_hash
-from .passes import gather_pool_grad, hoist_matmul
+from .passes import gather_pool_grad, hoist_matmul, loss_head
 from .scheduled_peak import step_peak
 from .user_warnings import RematBudgetWarning, warn_at_user_code
 from .verify import CompileOutcome, compile_within
@@ -116,8 +116,12 @@ def remat(
         raise_to_user(error)
     budget = knobs.budget
     key = report_cache.graph_key(gm, example_inputs, knobs_repr=f"{knobs!r} {mode}", sources=source_hash().hex())
+    heads = ()
+    if knobs.loss_chunks != 0:  # 0: the knob leaves the head whole
+        heads = tuple(loss_head.chunk_loss_heads(gm, None if knobs.loss_chunks == "auto" else knobs.loss_chunks))
     if not (knobs.verify_peak and isinstance(budget, (Fraction, PeakCap))):
         outcome = _compile_once(gm, example_inputs, knobs, mode, verifying=False)
+        _with_loss_heads(outcome, heads)
         _note_scheduled([outcome], outcome)
         _remember_report(key, outcome)
         return outcome.compiled
@@ -136,9 +140,16 @@ def remat(
         report_cache.store_kept_aim(key, final.aim)
     if final.report is not None:
         final.report = dataclasses.replace(final.report, compiles=len(attempts))
+    _with_loss_heads(final, heads)
     _note_scheduled(attempts, final)
     _remember_report(key, final)
     return final.compiled
+
+
+def _with_loss_heads(outcome: CompileOutcome, heads: tuple) -> None:
+    """The report says what happened to the graph's loss heads (chunked before tracing)."""
+    if outcome.report is not None and heads:
+        outcome.report = dataclasses.replace(outcome.report, loss_heads=heads)
 
 
 def _remembered_plan_holds(outcome: CompileOutcome, cap: int | None) -> bool:

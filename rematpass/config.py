@@ -82,6 +82,9 @@ class Knobs:
     # smaller plan (at most MAX_RECOMPILES times); under a fraction below 1, try shallower plans when
     # the schedule is well over the prediction. Compiles under a budget skip Inductor's caches.
     verify_peak: bool = True
+    # The LM head and its cross-entropy in chunks of tokens (passes.loss_head): "auto" (the head's
+    # vocabulary over its hidden size), a number of chunks, or 0 (off).
+    loss_chunks: str | int = "auto"
     # memory_budget and time_tolerance parsed once (rematpass.budget): what every later stage reads.
     budget: Budget = dataclasses.field(init=False, repr=False, compare=False)
 
@@ -103,6 +106,7 @@ KNOB_HELP = {
     "buffer_reuse": "True or False",
     "time_tolerance": "a fraction of the step's estimated time in [0, 1), e.g. 0.01 (0: the fastest plan)",
     "verify_peak": "True or False",
+    "loss_chunks": "'auto', a number of chunks (int >= 1), or 0 to leave the loss head whole",
 }
 
 _UNITS = {
@@ -248,6 +252,16 @@ def _time_tolerance(value: Any) -> float:
     return number
 
 
+def _loss_chunks(value: Any) -> str | int:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise _fail("loss_chunks", value)
+
+
 def _time_limit(value: Any) -> float:
     rate = _rate("ilp_time_limit", value)
     if rate is None:
@@ -269,6 +283,7 @@ _VALIDATORS = {
     "buffer_reuse": functools.partial(_bool, "buffer_reuse"),
     "time_tolerance": _time_tolerance,
     "verify_peak": functools.partial(_bool, "verify_peak"),
+    "loss_chunks": _loss_chunks,
 }
 KNOB_NAMES = tuple(f.name for f in dataclasses.fields(Knobs) if f.init)
 assert set(KNOB_NAMES) == set(_VALIDATORS) == set(KNOB_HELP)

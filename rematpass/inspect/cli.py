@@ -186,6 +186,17 @@ def record_measured_peak(path: str | pathlib.Path, peak_bytes: int) -> int:
     return len(folders)
 
 
+def loss_head_line(head: dict[str, Any]) -> str:
+    """One line per cross-entropy: chunked (into how many chunks, what no longer lives whole), or why not."""
+    if not head.get("chunked"):
+        return f"loss head: left whole ({head.get('reason')})"
+    logits = fmt_bytes(head["tokens"] * head["vocab"] * 4)
+    return (
+        f"loss head: chunked, {head['chunks']} chunks of {head['chunk_tokens']} tokens; no [tokens, vocab] "
+        f"tensor ({head['tokens']} x {head['vocab']}, {logits} in fp32) is alive whole; same FLOPs, none recomputed"
+    )
+
+
 def summary_lines(plan: dict[str, Any], scheduled: dict[str, Any] | None = None) -> list[str]:
     t, g = plan["totals"], plan.get("graph", {})
     default, inductor = t.get("default_saved_bytes"), t.get("inductor_saved_bytes")
@@ -207,6 +218,7 @@ def summary_lines(plan: dict[str, Any], scheduled: dict[str, Any] | None = None)
             f"{fmt_bytes(r['default_bytes'])}, least {fmt_bytes(r['least_bytes'])})"
             for r in t.get("region_budgets") or ()
         ],
+        *[loss_head_line(head) for head in t.get("loss_heads") or ()],
         f"graph:      {g.get('candidates', '?')} candidates; joint {g.get('joint_nodes', '?')}, "
         f"forward {g.get('forward_nodes', '?')}, backward {g.get('backward_nodes', '?')} nodes; "
         f"torch {plan.get('torch_version', '?')}",

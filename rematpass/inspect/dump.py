@@ -175,6 +175,7 @@ def plan_dict(report: PartitionReport, graph: dict[str, Any] | None = None) -> d
                 "aim_peak_bytes": report.aim_peak_bytes,
                 "inductor_saved_bytes": report.inductor_saved_bytes,
                 "region_budgets": [dataclasses.asdict(r) for r in report.region_budgets],
+                "loss_heads": [dataclasses.asdict(h) for h in report.loss_heads],
             }
         ),
         "peak_plans": [

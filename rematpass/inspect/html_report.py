@@ -314,7 +314,20 @@ def _summary_cards(plan: dict[str, Any], scheduled: dict[str, Any] | None) -> li
             f"joint {graph.get('joint_nodes', '?')}, forward {graph.get('forward_nodes', '?')}, "
             f"backward {graph.get('backward_nodes', '?')} nodes",
         ),
+        *[_loss_head_card(head) for head in totals.get("loss_heads") or ()],
     ]
+
+
+def _loss_head_card(head: dict[str, Any]) -> str:
+    """A cross-entropy over an LM head: chunked (how, and the whole tensor it no longer holds), or why not."""
+    if not head.get("chunked"):
+        return _card("loss head", "left whole", head.get("reason", ""))
+    whole = fmt_bytes(head["tokens"] * head["vocab"] * 4)
+    return _card(
+        "loss head",
+        f"{head['chunks']} chunks of {head['chunk_tokens']} tokens",
+        f"no [tokens, vocab] tensor ({whole} in fp32) alive whole; loss and gradients formed per chunk, none recomputed",
+    )
 
 
 def _saved_detail(totals: dict[str, Any]) -> str:

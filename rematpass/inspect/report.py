@@ -118,6 +118,8 @@ class PartitionReport:
     inductor_saved_bytes: int | None = None
     # One per torch.autograd.graph.region_activation_memory_budget value in the graph (passes.regions).
     region_budgets: tuple = ()
+    # What happened to each cross-entropy over an LM head: chunked, or why not (passes.loss_head).
+    loss_heads: tuple = ()
     # Recorded on an AOTAutograd cache hit: the report stored when the cached entry was made
     # (rematpass.report_cache); the partitioner did not run for this compile.
     from_cache: bool = False

@@ -1,0 +1,243 @@
+"""The loss head in chunks: no ``[tokens, vocab]`` tensor is ever alive whole.
+
+A language model's last linear (the LM head) and its cross-entropy make the largest tensors of a
+training step: the logits, their fp32 upcast, the log-softmax and their gradient, each
+``[tokens, vocab]``. No save-or-recompute cut reaches them: either way one of them is alive whole
+in the backward. ``chunk_loss_heads`` finds ``cross_entropy(linear(h, W, b)[.float()].view(-1, V),
+labels)`` in the graph Dynamo captured (before AOTAutograd traces it) and replaces it with
+``chunked_linear_cross_entropy``, an autograd function that walks the tokens in chunks and forms,
+per chunk, the loss and the gradients of ``h``, ``W`` and ``b`` in the forward (as Liger's fused
+linear cross-entropy does); the backward only scales them by the incoming gradient. A chunk's
+logits are about the size of the hidden states (``ceil(vocab / hidden)`` chunks), the head's
+FLOPs are those of the unchunked head (nothing is recomputed), and the weight's gradient is
+accumulated chunk by chunk. The traced forward then saves ``[tokens, hidden]`` and ``[vocab,
+hidden]`` gradients for the backward instead of ``[tokens, vocab]`` values.
+
+Matched: ``F.cross_entropy`` with ``reduction`` mean or sum (a ``/ num_items_in_batch`` after it
+stays as it is), any ``ignore_index``, ``label_smoothing``, no class weights; the head with or
+without bias, tied or not, with or without an upcast to fp32 between head and loss, over any
+leading token dimensions; the logits used by nothing else. Left as they are, with the reason
+recorded: a dynamic number of tokens, logits the graph also returns or reads elsewhere, class
+weights, a vocabulary no larger than the hidden size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+_LINEARS = (torch._C._nn.linear, F.linear)
+_PASS_THROUGH_METHODS = ("view", "reshape", "float", "contiguous", "to")
+
+
+@dataclass(frozen=True)
+class LossHeadRewrite:
+    """What happened to one cross-entropy of the graph: chunked (into ``chunks`` of ``chunk_tokens``)
+    or left as it is, and why."""
+
+    chunked: bool
+    reason: str
+    tokens: int = 0
+    vocab: int = 0
+    hidden: int = 0
+    chunks: int = 0
+    chunk_tokens: int = 0
+
+    def logits_bytes(self) -> int:
+        """Bytes of one fp32 ``[tokens, vocab]`` tensor: what each chunked one no longer holds whole."""
+        return self.tokens * self.vocab * 4
+
+
+class ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """``cross_entropy(linear(h, weight, bias), labels)`` with the loss and the gradients formed
+    chunk by chunk in the forward. ``h``: ``[tokens, hidden]``; ``labels``: ``[tokens]``."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, labels, ignore_index, reduction, label_smoothing, upcast, chunk_tokens):
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        valid = labels != ignore_index
+        count = valid.sum()
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
+        for start in range(0, h.shape[0], chunk_tokens):
+            stop = min(start + chunk_tokens, h.shape[0])
+            loss, grad_logits = _chunk(
+                h[start:stop], weight, bias, labels[start:stop], valid[start:stop], label_smoothing, upcast
+            )
+            total = total + loss
+            if grad_logits is not None and (need_h or need_w or need_b):
+                grad_logits = grad_logits.to(h.dtype)
+                if need_h:
+                    grad_h[start:stop] = grad_logits @ weight
+                if need_w:
+                    grad_w += (grad_logits.t() @ h[start:stop]).float()
+                if need_b:
+                    grad_b += grad_logits.float().sum(0)
+        if reduction == "mean":
+            loss = total / count  # NaN when every token is ignored, as eager's
+            scale = torch.where(count > 0, 1.0 / count.clamp(min=1), 0.0)  # and zero gradients, as eager's
+        else:
+            loss, scale = total, torch.ones((), dtype=torch.float32, device=h.device)
+        ctx.save_for_backward(
+            scale,
+            grad_h if need_h else None,
+            grad_w.to(weight.dtype) if need_w else None,
+            grad_b.to(bias.dtype) if need_b else None,
+        )
+        return loss if upcast else loss.to(h.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        scale, grad_h, grad_w, grad_b = ctx.saved_tensors
+        factor = grad_loss.float() * scale
+        grads = [None if g is None else g * factor.to(g.dtype) for g in (grad_h, grad_w, grad_b)]
+        return (*grads, None, None, None, None, None, None)
+
+
+def _chunk(h, weight, bias, labels, valid, label_smoothing: float, upcast: bool):
+    """One chunk's summed loss and the gradient of that sum by its logits (masked rows zero)."""
+    logits = F.linear(h, weight, bias)
+    if upcast:
+        logits = logits.float()
+    log_norm = torch.logsumexp(logits.float(), dim=-1)
+    safe = torch.where(valid, labels, torch.zeros_like(labels))
+    target_logit = logits.float().gather(1, safe[:, None]).squeeze(1)
+    per_token = log_norm - target_logit
+    if label_smoothing:
+        smooth = log_norm - logits.float().mean(dim=-1)
+        per_token = (1.0 - label_smoothing) * per_token + label_smoothing * smooth
+    loss = (per_token * valid).sum()
+    grad = torch.softmax(logits.float(), dim=-1)
+    grad.scatter_add_(1, safe[:, None], torch.full_like(target_logit[:, None], -(1.0 - label_smoothing)))
+    if label_smoothing:
+        grad = grad - label_smoothing / logits.shape[-1]
+    return loss, grad * valid[:, None]
+
+
+def chunked_linear_cross_entropy(
+    h, weight, bias, labels, *, ignore_index=-100, reduction="mean", label_smoothing=0.0, upcast=False, chunk_tokens
+):
+    """The loss ``cross_entropy(linear(h, weight, bias)[.float()], labels)`` in chunks of tokens."""
+    return ChunkedLinearCrossEntropy.apply(
+        h, weight, bias, labels, ignore_index, reduction, float(label_smoothing), upcast, int(chunk_tokens)
+    )
+
+
+# ---------------------------------------------------------------------------- matching
+
+
+def _value(node: object):
+    return node.meta.get("example_value") if isinstance(node, fx.Node) else None
+
+
+def _argument(node: fx.Node, position: int, name: str, default=None):
+    if len(node.args) > position:
+        return node.args[position]
+    return node.kwargs.get(name, default)
+
+
+def _head_of(logits: fx.Node) -> tuple[fx.Node | None, bool, str]:
+    """The linear that made ``logits`` through views, reshapes and an upcast, whether it was
+    upcast, or None and why not."""
+    node, upcast = logits, False
+    while not (node.op == "call_function" and node.target in _LINEARS):
+        if node.op != "call_method" or node.target not in _PASS_THROUGH_METHODS:
+            return None, False, f"the logits come from {node.op} {node.target}, not a linear head"
+        if node.target in ("float", "to"):
+            value = _value(node)
+            if value is None or value.dtype != torch.float32:
+                return None, False, "a conversion other than an fp32 upcast between head and loss"
+            upcast = True
+        if len(node.users) != 1:
+            return None, False, "the logits are used by more than the loss"
+        node = node.args[0]
+        if not isinstance(node, fx.Node):
+            return None, False, "the logits are not a graph value"
+    if len(node.users) != 1:
+        return None, False, "the logits are used by more than the loss (returned, or a second loss term)"
+    return node, upcast, ""
+
+
+# Each chunk is unrolled into the compiled graph (three matmuls and a softmax): more chunks cost
+# compile time and kernel launches for ever smaller savings. 8 chunks take 7/8 of a whole logits
+# tensor off the peak.
+MAX_AUTO_CHUNKS = 8
+
+
+def chunk_count(tokens: int, vocab: int, hidden: int, forced: int | None) -> int:
+    """How many chunks: ``forced`` when given, else enough that a chunk's logits are about the
+    size of the hidden states, ``ceil(vocab / hidden)`` (Liger's rule), at most ``MAX_AUTO_CHUNKS``;
+    never more than one per token."""
+    chunks = forced if forced is not None else min(math.ceil(vocab / max(hidden, 1)), MAX_AUTO_CHUNKS)
+    return max(1, min(chunks, tokens))
+
+
+def chunk_loss_heads(gm: fx.GraphModule, forced_chunks: int | None = None) -> list[LossHeadRewrite]:
+    """Rewrite every matched head + cross-entropy of ``gm`` (a Dynamo graph) in place; returns
+    what happened to each cross-entropy. ``forced_chunks``: the knob's count (None: automatic)."""
+    outcomes = []
+    for loss in list(gm.graph.find_nodes(op="call_function", target=F.cross_entropy)):
+        outcomes.append(_rewrite(gm, loss, forced_chunks))
+    if any(o.chunked for o in outcomes):
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+    return outcomes
+
+
+def _rewrite(gm: fx.GraphModule, loss: fx.Node, forced_chunks: int | None) -> LossHeadRewrite:
+    logits, labels = _argument(loss, 0, "input"), _argument(loss, 1, "target")
+    if _argument(loss, 2, "weight") is not None:
+        return LossHeadRewrite(False, "class weights are not chunked")
+    if _argument(loss, 3, "size_average") is not None or _argument(loss, 5, "reduce") is not None:
+        return LossHeadRewrite(False, "the deprecated size_average / reduce arguments")
+    reduction = _argument(loss, 6, "reduction", "mean")
+    ignore_index = _argument(loss, 4, "ignore_index", -100)
+    smoothing = _argument(loss, 7, "label_smoothing", 0.0)
+    if reduction not in ("mean", "sum") or not isinstance(ignore_index, int) or not isinstance(smoothing, float | int):
+        return LossHeadRewrite(False, f"reduction={reduction!r} or a non-constant argument")
+    if not isinstance(logits, fx.Node) or not isinstance(labels, fx.Node):
+        return LossHeadRewrite(False, "the logits or labels are not graph values")
+    head, upcast, why = _head_of(logits)
+    if head is None:
+        return LossHeadRewrite(False, why)
+    h, weight = _argument(head, 0, "input"), _argument(head, 1, "weight")
+    bias = _argument(head, 2, "bias")
+    h_value, w_value, logits_value = _value(h), _value(weight), _value(logits)
+    if h_value is None or w_value is None or logits_value is None or logits_value.dim() != 2:
+        return LossHeadRewrite(False, "the head's shapes are unknown, or the loss does not read [tokens, vocab]")
+    shape = (*h_value.shape, *w_value.shape)
+    if not all(isinstance(s, int) for s in shape):
+        return LossHeadRewrite(False, "a dynamic number of tokens or a dynamic vocabulary")
+    vocab, hidden = w_value.shape
+    tokens = math.prod(h_value.shape[:-1])
+    if vocab <= hidden:
+        return LossHeadRewrite(False, "the vocabulary is no larger than the hidden size: nothing to gain")
+    chunks = chunk_count(tokens, vocab, hidden, forced_chunks)
+    chunk_tokens = math.ceil(tokens / chunks)
+    with gm.graph.inserting_before(loss):
+        flat_h = gm.graph.call_method("reshape", (h, -1, hidden))
+        flat_labels = gm.graph.call_method("reshape", (labels, -1))
+        chunked = gm.graph.call_function(
+            chunked_linear_cross_entropy,
+            (flat_h, weight, bias, flat_labels),
+            {
+                "ignore_index": ignore_index,
+                "reduction": reduction,
+                "label_smoothing": float(smoothing),
+                "upcast": upcast,
+                "chunk_tokens": chunk_tokens,
+            },
+        )
+    chunked.meta.update({k: v for k, v in loss.meta.items() if k != "example_value"})
+    loss.replace_all_uses_with(chunked)
+    gm.graph.erase_node(loss)
+    return LossHeadRewrite(True, "chunked", tokens, vocab, hidden, math.ceil(tokens / chunk_tokens), chunk_tokens)
+
+
+__all__ = ["ChunkedLinearCrossEntropy", "LossHeadRewrite", "chunk_loss_heads", "chunked_linear_cross_entropy"]

@@ -1,0 +1,163 @@
+"""The loss head in chunks (passes.loss_head): exactly the unchunked loss and gradients, on the
+heads people train, and left whole, with the reason, where the pattern does not hold."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import assert_close_grads, cheap_backend, train_step
+
+import rematpass
+from rematpass import zoo
+from rematpass.passes.loss_head import chunk_loss_heads
+from rematpass.zoo import LossOf
+
+VOCAB, HIDDEN = 200, 16
+
+
+def chunking_backend(outcomes: list, chunks=None, **knobs):
+    """What the remat backend does to a Dynamo graph before Inductor, then the tests' cheap backend."""
+    inner = cheap_backend(**knobs)
+
+    def backend(gm, example_inputs):
+        outcomes.extend(chunk_loss_heads(gm, chunks))
+        return inner(gm, example_inputs)
+
+    return backend
+
+
+class Head(torch.nn.Module):
+    def __init__(self, bias=True, upcast=False, smoothing=0.0, reduction="mean", also_return_logits=False):
+        super().__init__()
+        self.body, self.head = torch.nn.Linear(HIDDEN, HIDDEN), torch.nn.Linear(HIDDEN, VOCAB, bias=bias)
+        self.upcast, self.smoothing, self.reduction = upcast, smoothing, reduction
+        self.also_return_logits = also_return_logits
+
+    def forward(self, x, labels):
+        logits = self.head(torch.tanh(self.body(x)))
+        scored = logits.float() if self.upcast else logits
+        loss = F.cross_entropy(
+            scored.view(-1, VOCAB),
+            labels.view(-1),
+            label_smoothing=self.smoothing,
+            reduction=self.reduction,
+        )
+        return (loss, logits) if self.also_return_logits else loss
+
+
+def _batch(ignored=slice(0, 5)):
+    torch.manual_seed(1)
+    x, labels = torch.randn(2, 24, HIDDEN), torch.randint(0, VOCAB, (2, 24))
+    labels[0, ignored] = -100
+    return x, labels
+
+
+def _compiled_step(model, inputs, backend):
+    torch._dynamo.reset()
+    return train_step(torch.compile(copy.deepcopy(model), backend=backend, fullgraph=True), inputs)
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("upcast", [False, True], ids=["same_dtype", "fp32_upcast"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1], ids=["plain", "label_smoothing"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_chunked_head_equals_the_unchunked_one(bias, upcast, smoothing, reduction):
+    torch.manual_seed(0)
+    model = Head(bias, upcast, smoothing, reduction)
+    outcomes = []
+    got = _compiled_step(model, _batch(), chunking_backend(outcomes, strict=True))
+    assert_close_grads(train_step(copy.deepcopy(model), _batch()), got)
+    (head,) = outcomes
+    assert head.chunked and head.chunks == 8 and head.tokens == 48 and head.chunk_tokens == 6, head
+
+
+def test_a_batch_with_every_token_ignored_gives_what_eager_gives():
+    torch.manual_seed(0)
+    model = Head()
+    batch = _batch(ignored=slice(None))
+    batch[1][:] = -100
+    loss, grads = _compiled_step(model, batch, chunking_backend([], strict=True))
+    expected_loss, expected = train_step(copy.deepcopy(model), batch)
+    assert torch.isnan(loss) and torch.isnan(expected_loss)
+    for name, grad in expected.items():
+        torch.testing.assert_close(grads[name], grad)
+
+
+def test_logits_the_graph_also_returns_are_left_whole_with_the_reason():
+    torch.manual_seed(0)
+    model = Head(also_return_logits=True)
+    outcomes = []
+    torch._dynamo.reset()
+    loss, _ = torch.compile(model, backend=chunking_backend(outcomes), fullgraph=True)(*_batch())
+    loss.backward()
+    (head,) = outcomes
+    assert not head.chunked and "used by more than the loss" in head.reason
+
+
+def test_a_custom_loss_term_on_the_logits_leaves_the_head_whole():
+    class ZLoss(Head):
+        def forward(self, x, labels):
+            logits = self.head(torch.tanh(self.body(x)))
+            flat = logits.view(-1, VOCAB)
+            return F.cross_entropy(flat, labels.view(-1)) + 1e-4 * torch.logsumexp(flat, -1).pow(2).mean()
+
+    torch.manual_seed(0)
+    model = ZLoss()
+    outcomes = []
+    got = _compiled_step(model, _batch(), chunking_backend(outcomes, strict=True))
+    assert_close_grads(train_step(copy.deepcopy(model), _batch()), got)
+    (head,) = outcomes
+    assert not head.chunked and "more than the loss" in head.reason
+
+
+def test_a_dynamic_number_of_tokens_leaves_the_head_whole():
+    torch.manual_seed(0)
+    model = Head()
+    outcomes = []
+    x, labels = _batch()
+    torch._dynamo.mark_dynamic(x, 1)
+    torch._dynamo.mark_dynamic(labels, 1)
+    torch._dynamo.reset()
+    torch.compile(model, backend=chunking_backend(outcomes), fullgraph=True)(x, labels).backward()
+    (head,) = outcomes
+    assert not head.chunked and "dynamic" in head.reason
+
+
+ARCHITECTURES = {
+    "gpt2_tied": lambda: zoo.gpt2_lm(vocab=VOCAB, dim=32, layers=1, positions=64, use_cache=False),
+    "llama_untied": lambda: zoo.llama_lm(vocab=VOCAB, dim=32, hidden=64, layers=1, positions=64, use_cache=False),
+    "bert_masked_lm": lambda: zoo.bert_mlm(vocab=VOCAB, dim=32, hidden=64, layers=1, positions=64),
+}
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_transformers_heads_are_chunked_and_train_to_eager_gradients(name):
+    pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = LossOf(ARCHITECTURES[name](), "input_ids", "labels")
+    ids = torch.randint(1, VOCAB, (2, 16))
+    labels = ids.clone()
+    labels[:, ::3] = -100  # a masked LM scores few positions
+    outcomes = []
+    got = _compiled_step(model, (ids, labels), chunking_backend(outcomes, strict=True))
+    assert_close_grads(train_step(copy.deepcopy(model), (ids, labels)), got)
+    assert [h.chunked for h in outcomes] == [True], outcomes
+
+
+def test_loss_chunks_is_a_validated_knob():
+    assert rematpass.config.resolve({"loss_chunks": "4"}).loss_chunks == 4
+    assert rematpass.config.resolve({}).loss_chunks == "auto"
+    with pytest.raises(rematpass.KnobError, match="loss_chunks"):
+        rematpass.config.resolve({"loss_chunks": -1})
+
+
+def test_a_forced_chunk_count_is_used():
+    torch.manual_seed(0)
+    model = Head()
+    outcomes = []
+    got = _compiled_step(model, _batch(), chunking_backend(outcomes, chunks=3, strict=True))
+    assert_close_grads(train_step(copy.deepcopy(model), _batch()), got)
+    assert outcomes[0].chunks == 3 and outcomes[0].chunk_tokens == 16
