@@ -178,19 +178,22 @@ def chunk_count(tokens: int, vocab: int, hidden: int, forced: int | None) -> int
     return max(1, min(chunks, tokens))
 
 
-def chunk_loss_heads(gm: fx.GraphModule, forced_chunks: int | None = None) -> list[LossHeadRewrite]:
+def chunk_loss_heads(
+    gm: fx.GraphModule, forced_chunks: int | None = None, *, dry_run: bool = False
+) -> list[LossHeadRewrite]:
     """Rewrite every matched head + cross-entropy of ``gm`` (a Dynamo graph) in place; returns
-    what happened to each cross-entropy. ``forced_chunks``: the knob's count (None: automatic)."""
+    what happened to each cross-entropy. ``forced_chunks``: the knob's count (None: automatic);
+    ``dry_run``: say what would be chunked, change nothing."""
     outcomes = []
     for loss in list(gm.graph.find_nodes(op="call_function", target=F.cross_entropy)):
-        outcomes.append(_rewrite(gm, loss, forced_chunks))
+        outcomes.append(_rewrite(gm, loss, forced_chunks, dry_run))
     if any(o.chunked for o in outcomes):
         gm.graph.eliminate_dead_code()
         gm.recompile()
     return outcomes
 
 
-def _rewrite(gm: fx.GraphModule, loss: fx.Node, forced_chunks: int | None) -> LossHeadRewrite:
+def _rewrite(gm: fx.GraphModule, loss: fx.Node, forced_chunks: int | None, dry_run: bool) -> LossHeadRewrite:
     logits, labels = _argument(loss, 0, "input"), _argument(loss, 1, "target")
     if _argument(loss, 2, "weight") is not None:
         return LossHeadRewrite(False, "class weights are not chunked")
@@ -220,6 +223,10 @@ def _rewrite(gm: fx.GraphModule, loss: fx.Node, forced_chunks: int | None) -> Lo
         return LossHeadRewrite(False, "the vocabulary is no larger than the hidden size: nothing to gain")
     chunks = chunk_count(tokens, vocab, hidden, forced_chunks)
     chunk_tokens = math.ceil(tokens / chunks)
+    if dry_run:
+        return LossHeadRewrite(
+            True, "would chunk", tokens, vocab, hidden, math.ceil(tokens / chunk_tokens), chunk_tokens
+        )
     with gm.graph.inserting_before(loss):
         flat_h = gm.graph.call_method("reshape", (h, -1, hidden))
         flat_labels = gm.graph.call_method("reshape", (labels, -1))

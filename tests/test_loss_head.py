@@ -161,3 +161,17 @@ def test_a_forced_chunk_count_is_used():
     got = _compiled_step(model, _batch(), chunking_backend(outcomes, chunks=3, strict=True))
     assert_close_grads(train_step(copy.deepcopy(model), _batch()), got)
     assert outcomes[0].chunks == 3 and outcomes[0].chunk_tokens == 16
+
+
+@pytest.mark.inductor
+def test_the_backend_chunks_under_a_budget_and_says_why_not_without_one():
+    torch.manual_seed(0)
+    model = Head()
+    for options, chunked in (({}, False), ({"memory_budget": 0.3}, True)):
+        torch._dynamo.reset()
+        rematpass.clear_reports()
+        got = train_step(torch.compile(copy.deepcopy(model), backend="remat", options=options), _batch())
+        assert_close_grads(train_step(copy.deepcopy(model), _batch()), got)
+        (head,) = rematpass.recent_reports()[-1].loss_heads
+        assert head.chunked is chunked, head
+        assert chunked or "no memory_budget" in head.reason
