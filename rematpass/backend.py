@@ -118,8 +118,7 @@ def remat(
     key = report_cache.graph_key(gm, example_inputs, knobs_repr=f"{knobs!r} {mode}", sources=source_hash().hex())
     heads = _chunk_loss_heads(gm, knobs)
     if not (knobs.verify_peak and isinstance(budget, (Fraction, PeakCap))):
-        outcome = _compile_once(gm, example_inputs, knobs, mode, verifying=False)
-        _with_loss_heads(outcome, heads)
+        outcome = _compile_once(gm, example_inputs, knobs, mode, verifying=False, loss_heads=heads)
         _note_scheduled([outcome], outcome)
         _remember_report(key, outcome)
         return outcome.compiled
@@ -127,7 +126,7 @@ def remat(
     attempts: list[CompileOutcome] = []
 
     def compile_once(aim: int | None):
-        outcome = _compile_attempt(gm, example_inputs, knobs, mode, key, aim)
+        outcome = _compile_attempt(gm, example_inputs, knobs, mode, key, aim, heads)
         attempts.append(outcome)
         return outcome
 
@@ -138,7 +137,6 @@ def remat(
         report_cache.store_kept_aim(key, final.aim)
     if final.report is not None:
         final.report = dataclasses.replace(final.report, compiles=len(attempts))
-    _with_loss_heads(final, heads)
     _note_scheduled(attempts, final)
     _remember_report(key, final)
     return final.compiled
@@ -159,12 +157,6 @@ def _chunk_loss_heads(gm: torch.fx.GraphModule, knobs: config.Knobs) -> tuple:
     return tuple(loss_head.chunk_loss_heads(gm, None if knobs.loss_chunks == "auto" else knobs.loss_chunks))
 
 
-def _with_loss_heads(outcome: CompileOutcome, heads: tuple) -> None:
-    """The report says what happened to the graph's loss heads (chunked before tracing)."""
-    if outcome.report is not None and heads:
-        outcome.report = dataclasses.replace(outcome.report, loss_heads=heads)
-
-
 def _remembered_plan_holds(outcome: CompileOutcome, cap: int | None) -> bool:
     """Whether the plan a previous run's check kept can be kept again without a new check: it
     came from Inductor's cache with the report it was checked with, or it was compiled and its
@@ -183,12 +175,12 @@ def _remembered_plan_holds(outcome: CompileOutcome, cap: int | None) -> bool:
     return False
 
 
-def _compile_attempt(gm, example_inputs, knobs, mode, key: str, aim: int | None) -> CompileOutcome:
+def _compile_attempt(gm, example_inputs, knobs, mode, key: str, aim: int | None, heads: tuple) -> CompileOutcome:
     """One attempt of a budget's check, through Inductor's caches. A cache hit runs no
     partitioner and no codegen, so it is judged by the report stored when the attempt was first
     compiled; with none stored, the attempt is compiled again with the caches bypassed."""
     attempt = report_cache.attempt_key(key, aim)
-    outcome = _compile_once(gm, example_inputs, knobs, mode, verifying=True, aim=aim, caches=True)
+    outcome = _compile_once(gm, example_inputs, knobs, mode, verifying=True, aim=aim, caches=True, loss_heads=heads)
     unreadable = outcome.report is not None and outcome.report.schedule_note  # backward hooks: never readable
     if outcome.scheduled_peak_bytes is None and not unreadable:
         stored = report_cache.load(attempt) if outcome.cache_hit and outcome.report is None else None
@@ -196,7 +188,9 @@ def _compile_attempt(gm, example_inputs, knobs, mode, key: str, aim: int | None)
             outcome.report = dataclasses.replace(stored, from_cache=True, compile_id=current_compile_id())
             outcome.scheduled_peak_bytes = stored.scheduled_peak_bytes
         else:  # a cache skipped the partitioner or the codegen the check reads: compile it fresh
-            outcome = _compile_once(gm, example_inputs, knobs, mode, verifying=True, aim=aim, caches=False)
+            outcome = _compile_once(
+                gm, example_inputs, knobs, mode, verifying=True, aim=aim, caches=False, loss_heads=heads
+            )
     if outcome.report is not None and outcome.scheduled_peak_bytes is not None and not outcome.report.from_cache:
         report_cache.store(
             attempt, dataclasses.replace(outcome.report, scheduled_peak_bytes=outcome.scheduled_peak_bytes)
@@ -235,7 +229,7 @@ def _note_scheduled(attempts: list[CompileOutcome], kept: CompileOutcome) -> Non
 
 
 def _compile_once(
-    gm, example_inputs, knobs, mode, *, verifying: bool, aim: int | None = None, caches: bool = True
+    gm, example_inputs, knobs, mode, *, verifying: bool, aim: int | None = None, caches: bool = True, loss_heads=()
 ) -> CompileOutcome:
     """One Inductor compile with our partitioner. ``verifying``: one attempt of rematpass.verify
     (the budget warning is left to the check); ``aim``: that attempt's predicted-peak aim in
@@ -244,7 +238,9 @@ def _compile_once(
     patches: dict[str, Any] = {}
     if mode is not None and mode != "default":
         patches.update(mode_options(mode))
-    partitioner = RematPartitioner(knobs, verified_after=verifying, aim_peak_bytes=aim, records_reports=False)
+    partitioner = RematPartitioner(
+        knobs, verified_after=verifying, aim_peak_bytes=aim, records_reports=False, loss_heads=loss_heads
+    )
     patches["custom_partitioner_fn"] = partitioner
     patches["joint_custom_post_pass"] = _after_user_passes("joint_custom_post_pass", GatherMaxPoolBackward())
     patches["post_grad_custom_post_pass"] = _after_user_passes("post_grad_custom_post_pass", HoistLateMatmuls())

@@ -97,8 +97,11 @@ class RematPartitioner(CustomPartitionerFn):
         verified_after: bool = False,
         aim_peak_bytes: int | None = None,
         records_reports: bool = True,
+        loss_heads: tuple = (),
     ):
         self.knobs = knobs or Knobs()
+        # What the backend did to the graph's loss heads before tracing (passes.loss_head), for the report.
+        self.loss_heads = tuple(loss_heads)
         # Used alone (a backend of the user's, the tests), each partition's report goes straight
         # to recent_reports(); the remat backend completes it first (scheduled peak, attempts)
         # and records the one it keeps itself.
@@ -118,6 +121,7 @@ class RematPartitioner(CustomPartitionerFn):
             "verified_after": self.verified_after,
             "aim_peak_bytes": self.aim_peak_bytes,
             "records_reports": self.records_reports,
+            "loss_heads": self.loss_heads,
             "reports": [],
             "dump_folders": [],
         }
@@ -201,6 +205,7 @@ class RematPartitioner(CustomPartitionerFn):
                 if untouched is None
                 else inductor_saved_bytes(untouched, joint_inputs, num_fwd_outputs, static_lifetime_input_indices)
             ),
+            loss_heads=self.loss_heads,
         )
         if self.records_reports:
             record(report)

@@ -164,10 +164,12 @@ def test_a_forced_chunk_count_is_used():
 
 
 @pytest.mark.inductor
-def test_the_backend_chunks_under_a_budget_and_says_why_not_without_one():
+def test_the_backend_chunks_under_a_budget_and_says_why_not_without_one(tmp_path):
+    from rematpass.inspect import cli
+
     torch.manual_seed(0)
     model = Head()
-    for options, chunked in (({}, False), ({"memory_budget": 0.3}, True)):
+    for options, chunked in (({}, False), ({"memory_budget": 0.3, "dump_dir": str(tmp_path)}, True)):
         torch._dynamo.reset()
         rematpass.clear_reports()
         got = train_step(torch.compile(copy.deepcopy(model), backend="remat", options=options), _batch())
@@ -175,3 +177,5 @@ def test_the_backend_chunks_under_a_budget_and_says_why_not_without_one():
         (head,) = rematpass.recent_reports()[-1].loss_heads
         assert head.chunked is chunked, head
         assert chunked or "no memory_budget" in head.reason
+    shown = "\n".join(cli.summary_lines(cli.load_plan(cli.find_graphs(tmp_path)[0])))
+    assert "loss head: chunked, 8 chunks of 6 tokens" in shown, shown

@@ -173,7 +173,7 @@ def test_the_next_run_compiles_the_kept_plan_once_from_the_cache(tmp_path, monke
     cached: set = set()
     calls = []
 
-    def fake_compile_once(gm, example_inputs, knobs, mode, *, verifying, aim=None, caches=True):
+    def fake_compile_once(gm, example_inputs, knobs, mode, *, verifying, aim=None, caches=True, loss_heads=()):
         calls.append((aim, caches))
         if caches and aim in cached:
             return CompileOutcome(object(), cache_hit=True)  # Inductor's cache: no partition, no codegen

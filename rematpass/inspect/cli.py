@@ -20,7 +20,16 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .dump import FRONTIER_FILE, HTML_FILE, MARKER_FILES, PLAN_FILE, SCHEDULED_FILE
-from .report import RECOMPUTED, SAVED, budget_text, fmt_bytes, fmt_count, fmt_measured_peak, fmt_seconds
+from .report import (
+    RECOMPUTED,
+    SAVED,
+    budget_text,
+    fmt_bytes,
+    fmt_count,
+    fmt_measured_peak,
+    fmt_seconds,
+    loss_head_line,
+)
 
 
 class DumpError(Exception):
@@ -184,17 +193,6 @@ def record_measured_peak(path: str | pathlib.Path, peak_bytes: int) -> int:
             page = render_html(plan, load_frontier(folder), scheduled=load_scheduled(folder))
             (folder / HTML_FILE).write_text(page, encoding="utf-8")
     return len(folders)
-
-
-def loss_head_line(head: dict[str, Any]) -> str:
-    """One line per cross-entropy: chunked (into how many chunks, what no longer lives whole), or why not."""
-    if not head.get("chunked"):
-        return f"loss head: left whole ({head.get('reason')})"
-    logits = fmt_bytes(head["tokens"] * head["vocab"] * 4)
-    return (
-        f"loss head: chunked, {head['chunks']} chunks of {head['chunk_tokens']} tokens; no [tokens, vocab] "
-        f"tensor ({head['tokens']} x {head['vocab']}, {logits} in fp32) is alive whole; same FLOPs, none recomputed"
-    )
 
 
 def summary_lines(plan: dict[str, Any], scheduled: dict[str, Any] | None = None) -> list[str]:

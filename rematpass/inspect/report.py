@@ -274,6 +274,7 @@ def build_report(
     compile_id: str | None = None,
     aim_peak_bytes: int | None = None,
     inductor_saved_bytes: int | None = None,
+    loss_heads: tuple = (),
 ) -> PartitionReport:
     """The partition's report, whole: decisions and reasons for every candidate, the plan's
     totals, its predicted peak (``estimate``), every plan scored. The fastest plan's saved set
@@ -340,6 +341,7 @@ def build_report(
         aim_peak_bytes=aim_peak_bytes,
         inductor_saved_bytes=inductor_saved_bytes,
         region_budgets=chosen.regions,
+        loss_heads=loss_heads,
     )
 
 
@@ -368,6 +370,17 @@ def budget_text(plan: dict, scheduled: dict | None = None) -> str:
     else:
         met = "met by the predicted peak" if t.get("budget_met") else "NOT met (least-memory plan)"
     return f"memory_budget {fmt_bytes(budget.bytes)} (peak cap): {met}{aimed}"
+
+
+def loss_head_line(head: dict) -> str:
+    """One line per cross-entropy: chunked (into how many chunks, what no longer lives whole), or why not."""
+    if not head.get("chunked"):
+        return f"loss head: left whole ({head.get('reason')})"
+    logits = fmt_bytes(head["tokens"] * head["vocab"] * 4)
+    return (
+        f"loss head: chunked, {head['chunks']} chunks of {head['chunk_tokens']} tokens; no [tokens, vocab] "
+        f"tensor ({head['tokens']} x {head['vocab']}, {logits} in fp32) is alive whole; same FLOPs, none recomputed"
+    )
 
 
 def fmt_measured_peak(totals: dict) -> str:
