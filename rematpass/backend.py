@@ -134,12 +134,20 @@ def remat(
     final = compile_once(kept_aim) if found else None
     if final is None or not _remembered_plan_holds(final, cap):
         final = compile_within(cap, compile_once)
-        report_cache.store_kept_aim(key, final.aim)
-    if final.report is not None:
+        _store_quietly(report_cache.store_kept_aim, key, final.aim)
+    if final.report is not None:  # each attempt's report is stored already, under its own key
         final.report = dataclasses.replace(final.report, compiles=len(attempts))
+        record(final.report)
     _note_scheduled(attempts, final)
-    _remember_report(key, final)
     return final.compiled
+
+
+def _store_quietly(store, *args) -> None:
+    """Write to the report store; a store that cannot be written must never stop training."""
+    try:
+        store(*args)
+    except Exception as exc:
+        warnings.warn(f"rematpass could not use its report store: {exc}", RematDumpWarning, stacklevel=3)
 
 
 def _chunk_loss_heads(gm: torch.fx.GraphModule, knobs: config.Knobs) -> tuple:
@@ -192,28 +200,23 @@ def _compile_attempt(gm, example_inputs, knobs, mode, key: str, aim: int | None,
                 gm, example_inputs, knobs, mode, verifying=True, aim=aim, caches=False, loss_heads=heads
             )
     if outcome.report is not None and outcome.scheduled_peak_bytes is not None and not outcome.report.from_cache:
-        report_cache.store(
-            attempt, dataclasses.replace(outcome.report, scheduled_peak_bytes=outcome.scheduled_peak_bytes)
-        )
+        completed = dataclasses.replace(outcome.report, scheduled_peak_bytes=outcome.scheduled_peak_bytes)
+        _store_quietly(report_cache.store, attempt, completed)
     outcome.aim = aim
     return outcome
 
 
 def _remember_report(key: str, outcome: CompileOutcome) -> None:
-    """The graph's one report, recorded once: the kept plan's, completed with what Inductor
-    scheduled; on a cache hit, the report stored when the cached entry was made, so that
-    ``recent_reports()`` answers for every compile. A fresh report is stored for such hits."""
+    """A compile without a budget's check: the graph's one report, recorded once and stored for
+    the cache hits of later runs; on a cache hit, the report stored when the cached entry was
+    made, so that ``recent_reports()`` answers for every compile."""
     if outcome.report is not None:
         record(outcome.report)
-    try:
-        if outcome.report is not None:
-            report_cache.store(key, outcome.report)
-        elif outcome.cache_hit:
-            stored = report_cache.load(key)
-            if stored is not None:
-                record(dataclasses.replace(stored, from_cache=True, compile_id=current_compile_id()))
-    except Exception as exc:  # the report store must never stop training
-        warnings.warn(f"rematpass could not use its report store: {exc}", RematDumpWarning, stacklevel=3)
+        _store_quietly(report_cache.store, key, outcome.report)
+    elif outcome.cache_hit:
+        stored = report_cache.load(key)  # never raises: an unreadable entry reads as none
+        if stored is not None:
+            record(dataclasses.replace(stored, from_cache=True, compile_id=current_compile_id()))
 
 
 def _note_scheduled(attempts: list[CompileOutcome], kept: CompileOutcome) -> None:

@@ -71,7 +71,7 @@ def load_kept_aim(key: str) -> tuple[bool, int | None]:
     try:
         text = _path(key, "aim").read_text().strip()
         return True, None if text == "None" else int(text)
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError):  # never stored, or unreadable: check again
         return False, None
 
 
