@@ -1,14 +1,18 @@
 """First-call compile time, cold and warm, and compiles per graph: torch.compile against remat.
 
-    python benchmarks/compile_time.py                       # TinyGPT, the default variants
-    python benchmarks/compile_time.py --variants inductor remat remat@0.3 remat@cap
+    python benchmarks/compile_time.py                                  # TinyGPT, every variant
+    python benchmarks/compile_time.py --models gpt2 llama whisper clip --variants inductor remat remat@0.3
 
 Each variant runs in a fresh process twice with one private Inductor cache folder: the first
 process finds the cache empty (cold), the second finds what the first stored (warm), as the
 second run of a user's script does. A run times the first call, forward and backward of one
-training step, which is where torch.compile compiles, and counts the partitions rematpass ran
-and the compiles its reports say each graph took. ``remat@cap`` is a byte cap halfway between the
-least-peak plan's and the default plan's predicted peaks. This is a program that prints a table.
+training step, which is where torch.compile compiles, and counts the partitions rematpass ran,
+the compiles its reports say each graph took and the schedule probes of the budget's check
+(rematpass.schedule_probe). Models: ``tinygpt``, the benchmark suite's names at size 1
+(``python -m rematpass.bench --help``) and the held-out transformers models of
+benchmarks/heldout.py. ``remat@cap`` is a byte cap halfway between the scheduled peaks of the
+least-peak plan (``remat@0.0``) and the default plan, on the graph where the default's is
+largest. This is a program that prints a table.
 """
 
 from __future__ import annotations
@@ -23,9 +27,8 @@ import tempfile
 CHILD = r"""
 import json, sys, time, torch
 import rematpass, rematpass.partitioner as partitioner
-from rematpass.zoo import TinyGPT
 
-variant, cap = sys.argv[1], sys.argv[2]
+name, variant, cap = sys.argv[1], sys.argv[2], sys.argv[3]
 partitions = []
 original = partitioner.RematPartitioner.partition
 def counting(self, *args, **kwargs):
@@ -33,66 +36,100 @@ def counting(self, *args, **kwargs):
     return original(self, *args, **kwargs)
 partitioner.RematPartitioner.partition = counting
 torch.manual_seed(0)
-model = TinyGPT(layers=2, dim=128, seq=64)
-x = model.example()
+if name == "tinygpt":
+    from rematpass.zoo import TinyGPT
+    model = TinyGPT(layers=2, dim=128, seq=64)
+    inputs = (model.example(),)
+else:
+    import heldout
+    from rematpass.bench import models
+    bench = heldout.BUILDERS[name]() if name in heldout.BUILDERS else models.build(name, 1.0)
+    model, inputs = bench.module, bench.inputs
 if variant == "inductor":
     compiled = torch.compile(model)
 else:
-    budget = {"remat": None, "remat@0.3": 0.3, "remat@0.0": 0.0, "remat@cap": int(cap)}[variant]
+    budget = {"remat": None, "remat@0.5": 0.5, "remat@0.3": 0.3, "remat@0.0": 0.0, "remat@cap": int(cap)}[variant]
     compiled = torch.compile(model, backend="remat", options={} if budget is None else {"memory_budget": budget})
 started = time.perf_counter()
-compiled(x).backward()
+compiled(*inputs).backward()
 seconds = time.perf_counter() - started
 reports = rematpass.recent_reports()
 print(json.dumps({
     "seconds": seconds,
     "partitions": len(partitions),
     "compiles": [r.compiles for r in reports],
+    "probes": [r.schedule_probes for r in reports],
+    "probe_seconds": sum(r.schedule_probe_seconds for r in reports),
     "from_cache": [r.from_cache for r in reports],
-    "predicted": [r.predicted_peak_bytes for r in reports],
+    "scheduled": [r.scheduled_peak_bytes for r in reports],
+    "probe_agrees": [
+        not r.verification or r.scheduled_peak_bytes is None
+        or r.scheduled_peak_bytes in {a.scheduled_peak_bytes for a in r.verification}
+        for r in reports
+    ],
 }))
 """
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 
-def run(variant: str, cache: str, cap: int) -> dict:
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+
+def run(name: str, variant: str, cache: str, cap: int) -> dict:
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "PYTHONPATH": HERE}
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, variant, str(cap)], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", CHILD, name, variant, str(cap)], env=env, capture_output=True, text=True
     )
+    if out.returncode:
+        raise RuntimeError(f"{name} {variant} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def cap_between_plans() -> int:
-    """Halfway between the least-peak plan's predicted peak and the default plan's, from cold runs."""
-    with tempfile.TemporaryDirectory() as cache:
-        least = run("remat@0.0", cache, 0)["predicted"][0]
-    with tempfile.TemporaryDirectory() as cache:
-        default = run("remat", cache, 0)["predicted"][0]
-    return (least + default) // 2
+def largest_graph_cap(default: dict, least: dict) -> int:
+    """Halfway between the least-peak and the default plans' scheduled peaks, on the graph where
+    the default's is largest."""
+    peaks = [(d or 0, l or 0) for d, l in zip(default["scheduled"], least["scheduled"])]
+    top_default, top_least = max(peaks)
+    return (top_default + top_least) // 2
+
+
+def _ratio(seconds: float, base: float) -> str:
+    return f"{seconds:.1f} s ({seconds / base:.2f}x)"
+
+
+def _compiles(result: dict) -> str:
+    return ",".join(str(c) for c in result["compiles"]) or "-"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", nargs="+", default=["inductor", "remat", "remat@0.3", "remat@cap"])
-    args = parser.parse_args(argv)
-    cap = cap_between_plans() if "remat@cap" in args.variants else 0
-    rows = []
-    for variant in args.variants:
-        with tempfile.TemporaryDirectory() as cache:
-            cold, warm = run(variant, cache, cap), run(variant, cache, cap)
-        rows.append((variant, cold, warm))
-    base_cold, base_warm = rows[0][1]["seconds"], rows[0][2]["seconds"]
-    print(
-        f"TinyGPT (2 layers, dim 128, 64 tokens), first call = compile + one step; byte cap {cap:,} B; ratios against {rows[0][0]}"
+    parser.add_argument("--models", nargs="+", default=["tinygpt"])
+    parser.add_argument(
+        "--variants", nargs="+", default=["inductor", "remat", "remat@0.5", "remat@0.3", "remat@0.0", "remat@cap"]
     )
-    print("| variant | cold first call | warm first call | partitions cold / warm | compiles per graph cold / warm |")
-    print("|---|---|---|---|---|")
-    for variant, cold, warm in rows:
-        print(
-            f"| {variant} | {cold['seconds']:.1f} s ({cold['seconds'] / base_cold:.2f}x) "
-            f"| {warm['seconds']:.1f} s ({warm['seconds'] / base_warm:.2f}x) "
-            f"| {cold['partitions']} / {warm['partitions']} | {cold['compiles'] or '-'} / {warm['compiles'] or '-'} |"
-        )
+    args = parser.parse_args(argv)
+    print("first call = compile + one training step; each variant cold (empty cache) then warm (a second process)")
+    print("| model | variant | cold first call | warm first call | compiles per graph cold / warm | probes | probe time | probe = compiled |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in args.models:
+        results: dict[str, tuple[dict, dict]] = {}
+        order = sorted(args.variants, key=lambda v: v == "remat@cap")  # the cap needs the other plans' peaks
+        cap = 0
+        for variant in order:
+            if variant == "remat@cap":
+                default = results.get("remat") or (run(name, "remat", tempfile.mkdtemp(), 0), None)
+                least = results.get("remat@0.0") or (run(name, "remat@0.0", tempfile.mkdtemp(), 0), None)
+                cap = largest_graph_cap(default[0], least[0])
+            with tempfile.TemporaryDirectory() as cache:
+                results[variant] = run(name, variant, cache, cap), run(name, variant, cache, cap)
+        base_cold, base_warm = (r["seconds"] for r in results[args.variants[0]])
+        for variant in args.variants:
+            cold, warm = results[variant]
+            label = f"{variant} ({cap:,} B)" if variant == "remat@cap" else variant
+            print(
+                f"| {name} | {label} | {_ratio(cold['seconds'], base_cold)} | {_ratio(warm['seconds'], base_warm)} "
+                f"| {_compiles(cold)} / {_compiles(warm)} | {','.join(map(str, cold['probes'])) or '-'} "
+                f"| {cold['probe_seconds']:.1f} s | {'yes' if all(cold['probe_agrees']) else 'NO'} |",
+                flush=True,
+            )
     return 0
 
 

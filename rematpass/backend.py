@@ -48,7 +48,7 @@ from .partitioner import RematPartitioner, source_hash
 from .passes import gather_pool_grad, hoist_matmul, loss_head
 from .scheduled_peak import step_peak
 from .user_warnings import RematBudgetWarning, warn_at_user_code
-from .verify import CompileOutcome, compile_within
+from .verify import CompileOutcome, compile_within, kept_index
 
 
 class HoistLateMatmuls(CustomGraphPass):
@@ -106,9 +106,12 @@ def remat(
     """Compile ``gm`` with Inductor, partitioned by rematpass. Knobs come from ``options``.
 
     The backward is compiled with the forward, so that each plan's report carries the peak of
-    the kernels Inductor scheduled for it. Under a byte ``memory_budget`` that figure is checked
-    against the budget and the graph recompiled with a smaller plan when over; under a fraction
-    below 1, shallower plans are compiled while they schedule a lower peak (rematpass.verify).
+    the kernels Inductor scheduled for it. Under a ``memory_budget`` the partitioner checks its
+    plans on that peak before Inductor compiles (a byte budget: smaller plans while over; a
+    fraction below 1: shallower plans while they schedule a lower peak; rematpass.verify), probing
+    Inductor's schedule without compiling (rematpass.schedule_probe), so a budget costs one
+    compile, cached like any other. Where the schedule cannot be probed, plans are compiled
+    and checked one by one instead.
     """
     try:
         knobs = config.resolve(options)
@@ -123,10 +126,23 @@ def remat(
         _remember_report(key, outcome)
         return outcome.compiled
     cap = budget.bytes if isinstance(budget, PeakCap) else None
+    probed = _compile_once(gm, example_inputs, knobs, mode, verifying=True, probe=True, loss_heads=heads)
+    if _probed_plan_kept(probed, cap, key):
+        _note_scheduled([probed], probed)
+        return probed.compiled
+    # The schedule could not be probed, or the compiled schedule broke what the probe promised:
+    # check by compiling, as before the probe existed.
     attempts: list[CompileOutcome] = []
+    compiled_already = [probed] if probed.report is not None and probed.scheduled_peak_bytes is not None else []
+    compiles = [1]
 
     def compile_once(aim: int | None):
-        outcome = _compile_attempt(gm, example_inputs, knobs, mode, key, aim, heads)
+        if aim is None and compiled_already:  # the knobs' plan, compiled above
+            outcome = compiled_already.pop()
+            _store_quietly(report_cache.store, report_cache.attempt_key(key, None), outcome.report)
+        else:
+            outcome = _compile_attempt(gm, example_inputs, knobs, mode, key, aim, heads)
+            compiles.append(1)
         attempts.append(outcome)
         return outcome
 
@@ -136,10 +152,38 @@ def remat(
         final = compile_within(cap, compile_once)
         _store_quietly(report_cache.store_kept_aim, key, final.aim)
     if final.report is not None:  # each attempt's report is stored already, under its own key
-        final.report = dataclasses.replace(final.report, compiles=len(attempts))
+        final.report = dataclasses.replace(final.report, compiles=len(compiles))
         record(final.report)
     _note_scheduled(attempts, final)
     return final.compiled
+
+
+def _probed_plan_kept(outcome: CompileOutcome, cap: int | None, key: str) -> bool:
+    """Whether the one compile of a budget, checked on probes of Inductor's schedule inside the
+    partitioner (rematpass.schedule_probe), keeps the budget's promise; its report is then recorded
+    (and stored for the cache hits of later runs). A cache hit is trusted when the report stored
+    with it says it was checked: the artifact it serves is the one checked."""
+    report = outcome.report
+    if report is None:
+        stored = report_cache.load(key) if outcome.cache_hit else None
+        if stored is None or not stored.verification:
+            return False
+        record(dataclasses.replace(stored, from_cache=True, compile_id=current_compile_id()))
+        if cap is not None and stored.scheduled_peak_bytes is not None and stored.scheduled_peak_bytes > cap:
+            warn_at_user_code(
+                f"rematpass: memory_budget={cap:,} bytes cannot be met on this graph: the plan an earlier check "
+                f"kept peaks at {stored.scheduled_peak_bytes:,} bytes in Inductor's schedule; keeping that one",
+                RematBudgetWarning,
+            )
+        return True
+    if not report.verification:  # the probe could not read the schedule
+        return False
+    probed_peak = report.verification[kept_index(report.verification)].scheduled_peak_bytes
+    compiled_peak = outcome.scheduled_peak_bytes
+    if cap is not None and compiled_peak is not None and compiled_peak > cap >= probed_peak:
+        return False  # the probe said the plan fits and the compiled schedule says it does not
+    _remember_report(key, outcome)
+    return True
 
 
 def _store_quietly(store, *args) -> None:
@@ -232,17 +276,32 @@ def _note_scheduled(attempts: list[CompileOutcome], kept: CompileOutcome) -> Non
 
 
 def _compile_once(
-    gm, example_inputs, knobs, mode, *, verifying: bool, aim: int | None = None, caches: bool = True, loss_heads=()
+    gm,
+    example_inputs,
+    knobs,
+    mode,
+    *,
+    verifying: bool,
+    aim: int | None = None,
+    caches: bool = True,
+    loss_heads=(),
+    probe: bool = False,
 ) -> CompileOutcome:
     """One Inductor compile with our partitioner. ``verifying``: one attempt of rematpass.verify
     (the budget warning is left to the check); ``aim``: that attempt's predicted-peak aim in
     bytes (None: the plan the knobs ask for); ``caches=False`` bypasses Inductor's caches (a
-    cached graph would skip the partitioner and the codegen the check reads)."""
+    cached graph would skip the partitioner and the codegen the check reads); ``probe``: the
+    partitioner checks a budget's plans on probes of Inductor's schedule and returns the one kept."""
     patches: dict[str, Any] = {}
     if mode is not None and mode != "default":
         patches.update(mode_options(mode))
     partitioner = RematPartitioner(
-        knobs, verified_after=verifying, aim_peak_bytes=aim, records_reports=False, loss_heads=loss_heads
+        knobs,
+        verified_after=verifying,
+        aim_peak_bytes=aim,
+        records_reports=False,
+        loss_heads=loss_heads,
+        probe_schedule=probe,
     )
     patches["custom_partitioner_fn"] = partitioner
     patches["joint_custom_post_pass"] = _after_user_passes("joint_custom_post_pass", GatherMaxPoolBackward())

@@ -1,7 +1,8 @@
 """Where rematpass touches Inductor, Dynamo and torch's logging (graph-level private APIs live in
 ``passes/torch_internals.py`` and ``passes/torch_extract.py``).
 
-Every private import of the package outside those two files goes through here, so that a torch
+Every private import of the package outside those two files goes through here (Inductor's
+scheduler internals that ``predicted_codegen_effects`` reads included), so that a torch
 release that moves one breaks this file and the tests that pin it (tests/test_backend.py,
 tests/test_dump.py), not the backend, the dumps and the benchmark one by one.
 """
@@ -30,11 +31,14 @@ __all__ = [
     "inductor_cache_dir",
     "inductor_caches_disabled",
     "installed_pass",
+    "lower_and_schedule",
     "mode_options",
     "raise_to_user",
     "register_torch_log",
     "reset_dynamo",
+    "schedule_memory",
     "scheduled_memory",
+    "scheduling_stopped_by",
     "trace_artifact",
     "wrapped_partition_fn",
 ]
@@ -179,6 +183,41 @@ def backward_compiled_eagerly():
     return torch._functorch.config.patch(force_non_lazy_backward_lowering=True)
 
 
+def lower_and_schedule(module: torch.fx.GraphModule, example_inputs, *, backward: bool) -> None:
+    """Run Inductor's compile of one AOTAutograd graph (post-grad passes, lowering, scheduling,
+    and on to codegen unless a ``scheduling_stopped_by`` hook stops it), with its FX graph cache
+    bypassed: a cache hit would skip the schedule that is to be read. (Not ``force_disable_caches``:
+    that compiles in a fresh cache folder, which Inductor keeps, with a warning, when the compile
+    is stopped.)"""
+    from torch._inductor.compile_fx import compile_fx_inner
+
+    bypassed = {"force_disable_caches": False, "fx_graph_cache": False, "fx_graph_remote_cache": False}
+    with torch._inductor.config.patch(bypassed):
+        compile_fx_inner(module, example_inputs, is_backward=backward)
+
+
+@contextlib.contextmanager
+def scheduling_stopped_by(stop: Callable[[Any], None]) -> Iterator[None]:
+    """Inside, each graph Inductor would generate code for is scheduled (fused and ordered) and
+    handed to ``stop(graph)`` instead; ``stop`` is expected to raise, and codegen never runs."""
+    from torch._inductor.graph import GraphLowering
+
+    originals = (GraphLowering.codegen, GraphLowering.codegen_with_cpp_wrapper)
+
+    def scheduled_then_stopped(graph, *args, **kwargs):
+        graph.init_wrapper_code()
+        graph._update_scheduler()
+        stop(graph)
+        raise RuntimeError("scheduling_stopped_by: the hook returned instead of raising")
+
+    GraphLowering.codegen = scheduled_then_stopped
+    GraphLowering.codegen_with_cpp_wrapper = scheduled_then_stopped
+    try:
+        yield
+    finally:
+        GraphLowering.codegen, GraphLowering.codegen_with_cpp_wrapper = originals
+
+
 @contextlib.contextmanager
 def scheduled_memory(sink: list) -> Iterator[None]:
     """Append, for each graph Inductor generates code for inside, its memory figures
@@ -193,7 +232,7 @@ def scheduled_memory(sink: list) -> Iterator[None]:
     def codegen(graph, *args, **kwargs):
         result = original(graph, *args, **kwargs)
         try:
-            sink.append(_graph_memory(graph))
+            sink.append(schedule_memory(graph))
         except Exception as exc:
             logging.getLogger("rematpass").warning("could not read Inductor's schedule: %s", exc, exc_info=True)
             sink.append(None)
@@ -206,7 +245,10 @@ def scheduled_memory(sink: list) -> Iterator[None]:
         GraphLowering.codegen = original
 
 
-def _graph_memory(graph):
+def schedule_memory(graph, *, predict_codegen: bool = False):
+    """The memory figures (``scheduled_peak.GraphMemory``) of ``graph``'s final schedule. After
+    codegen, the buffers it removed and the in-place writes it made are read off the graph; with
+    ``predict_codegen``, before codegen, they are predicted by ``predicted_codegen_effects``."""
     from torch._inductor import memory
     from torch.utils._ordered_set import OrderedSet
 
@@ -232,13 +274,107 @@ def _graph_memory(graph):
         for info in timeline
     ]
     buffers += _kernel_workspace(nodes)
-    return graph_memory(
-        buffers,
-        len(nodes),
-        backward=bool(graph.is_backward),
-        reuses=dict(graph.wrapper_code.reuses),
-        removed=set(graph.removed_buffers),
-    )
+    if predict_codegen:
+        removed, reuses = predicted_codegen_effects(graph)
+    else:
+        removed, reuses = set(graph.removed_buffers), dict(graph.wrapper_code.reuses)
+    return graph_memory(buffers, len(nodes), backward=bool(graph.is_backward), reuses=reuses, removed=removed)
+
+
+def predicted_codegen_effects(graph) -> tuple[set[str], dict[str, str]]:
+    """What Inductor's codegen would do to the buffers of ``graph``'s schedule, decided by the
+    rules codegen applies, before it runs: the buffers that live only inside one fused kernel
+    (``Kernel.remove_kernel_local_buffers``) and the outputs written in place over an input
+    that dies at that kernel (``SchedulerNode.decide_inplace_update``). Returns (removed, reuses:
+    output name -> the input whose memory it takes)."""
+    from torch._inductor import config as inductor_config
+    from torch._inductor.scheduler import NopKernelSchedulerNode
+
+    scheduler = graph.scheduler
+    outputs = set(graph.get_output_names())
+    position = {snode.get_name(): i for i, fused in enumerate(scheduler.nodes) for snode in fused.get_nodes()}
+    removed: set[str] = set()
+    for fused in scheduler.nodes:
+        if fused.is_extern() or fused.is_template() or isinstance(fused, NopKernelSchedulerNode):
+            continue
+        names = fused.get_operation_names()
+        # The CPU backend's outer-loop fusion keeps a reduction's result that a later loop nest
+        # of the kernel reads (seen on LayerNorm's statistics; codegen writes it, or writes
+        # over it in place).
+        outer_loops = type(fused).__name__ == "OuterLoopFusedSchedulerNode"
+        for snode in fused.get_nodes():
+            if outer_loops and snode.is_reduction():
+                continue
+            for buf in snode.get_outputs():
+                name = buf.get_name()
+                if name not in outputs and scheduler.can_buffer_be_removed_through_fusion(name, names):
+                    removed.add(name)
+    reuses: dict[str, str] = {}
+    if inductor_config.inplace_buffers:
+        taken: set[str] = set()
+        for index, fused in enumerate(scheduler.nodes):
+            for snode in fused.get_nodes():
+                for buf in _inplace_candidates(snode, removed):
+                    source = _dying_input_to_take(graph, snode, buf, index, position, removed | taken)
+                    if source is not None:
+                        reuses[buf.get_name()] = source
+                        taken.add(source)
+    return removed, reuses
+
+
+def _inplace_candidates(snode, removed: set[str]) -> list:
+    from torch._inductor.scheduler import SchedulerNode
+
+    if not isinstance(snode, SchedulerNode):  # extern kernels and no-ops write nothing in place
+        return []
+    return [
+        buf
+        for buf in snode.get_outputs()
+        if buf.node.should_allocate()
+        and not buf.node.get_inputs_that_alias_output()
+        and not buf.node.get_mutation_names()
+        and buf.get_name() not in removed
+    ]
+
+
+def _dying_input_to_take(graph, snode, buf, index: int, position: dict, unavailable: set[str]) -> str | None:
+    """The input of ``snode`` whose memory Inductor's codegen would give to output ``buf``: one
+    it reads for the last time, of the same size, dtype and device, not a graph input."""
+    from torch._inductor import ir
+    from torch._inductor.codegen.wrapper import can_match_buffer_size
+    from torch._inductor.scheduler import NopKernelSchedulerNode
+
+    scheduler = graph.scheduler
+    for read in snode.read_writes.reads:
+        name = read.name
+        source = scheduler.name_to_buf.get(name)
+        if (
+            source is None
+            or source.node is None
+            or name in unavailable
+            or name in graph.graph_inputs
+            or name in graph.constants
+            or name in graph.never_reuse_buffers
+            or isinstance(source.defining_op, NopKernelSchedulerNode)
+            or isinstance(source.node.get_output_spec(), (ir.NoneLayout, ir.MultiOutputLayout))
+        ):
+            continue
+        if isinstance(getattr(source.defining_op, "node", None), (ir.FallbackKernel, ir.MultiOutput)) and (
+            source.node.get_inputs_that_alias_output()
+        ):
+            continue
+        remaining = [
+            use
+            for use in source.users
+            if not use.is_weak
+            and use.get_name() not in snode.ancestors
+            and position.get(use.get_name(), len(position)) >= index
+        ]
+        if len(remaining) != 1 or not remaining[0].can_inplace or remaining[0].node is not snode:
+            continue
+        if can_match_buffer_size(source.node, buf.node):
+            return name
+    return None
 
 
 def _kernel_workspace(nodes) -> list:

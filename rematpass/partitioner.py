@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import gc
 import logging
@@ -30,9 +31,12 @@ from .inductor_hooks import CustomPartitionerFn, current_compile_id, get_hash_fo
 from .inspect.report import build_report, record
 from .passes import torch_extract
 from .passes import torch_internals as ti
+from .budget import Fraction, PeakCap
 from .planner import PeakPredictor, plan
 from .priced_graph import price_joint_graph
+from .schedule_probe import probe_step_peak
 from .user_warnings import RematBudgetWarning, RematFallbackWarning, warn_at_user_code
+from .verify import CompileOutcome, compile_within
 
 log = logging.getLogger("rematpass")
 
@@ -98,6 +102,7 @@ class RematPartitioner(CustomPartitionerFn):
         aim_peak_bytes: int | None = None,
         records_reports: bool = True,
         loss_heads: tuple = (),
+        probe_schedule: bool = False,
     ):
         self.knobs = knobs or Knobs()
         # What the backend did to the graph's loss heads before tracing (passes.loss_head), for the report.
@@ -112,6 +117,9 @@ class RematPartitioner(CustomPartitionerFn):
         # Set by that check when it recompiles: plan for this predicted peak instead of the knob's
         # budget (the knobs, and so the report, keep what the user asked for).
         self.aim_peak_bytes = aim_peak_bytes
+        # Under a memory budget, check the plans against Inductor's schedule, probed without
+        # compiling (rematpass.schedule_probe), and return the one the check keeps.
+        self.probes_schedule = probe_schedule and isinstance(self.knobs.budget, (Fraction, PeakCap))
         self.reports: list = []  # this instance's partitions, for the backend to complete
         self.dump_folders: list = []  # and the dump folder of each (None: no dump)
 
@@ -122,13 +130,14 @@ class RematPartitioner(CustomPartitionerFn):
             "aim_peak_bytes": self.aim_peak_bytes,
             "records_reports": self.records_reports,
             "loss_heads": self.loss_heads,
+            "probes_schedule": self.probes_schedule,
             "reports": [],
             "dump_folders": [],
         }
 
     def uuid(self) -> Any:
         # The calibrated rates file prices every plan whose rates are not set by knobs.
-        return (repr(self.knobs), self.aim_peak_bytes, source_hash().hex(), rates_file_key())
+        return (repr(self.knobs), self.aim_peak_bytes, self.probes_schedule, source_hash().hex(), rates_file_key())
 
     def __call__(self, gm: fx.GraphModule, joint_inputs: Sequence[object], **kwargs: Any):
         num_fwd_outputs = kwargs["num_fwd_outputs"]
@@ -177,41 +186,51 @@ class RematPartitioner(CustomPartitionerFn):
         solve_started = time.perf_counter()
         problem = costs.problem(summary)
         predictor = PeakPredictor(gm, summary, roles, num_fwd_outputs, self.knobs.peak_model)
-        chosen = plan(
-            problem,
-            costs.default_lambda,
-            self.knobs.budget,
-            predictor,
-            step_seconds=costs.step_seconds(summary),
-            aim=self.aim_peak_bytes,
-            solver=self.knobs.solver,
-            ilp_time_limit=self.knobs.ilp_time_limit,
-        )
-        solve_seconds = time.perf_counter() - solve_started
-        saved = [node for node, keep in zip(summary.nodes, chosen.plan.saved) if keep]
+
+        def planned(aim: int | None):
+            chosen = plan(
+                problem,
+                costs.default_lambda,
+                self.knobs.budget,
+                predictor,
+                step_seconds=costs.step_seconds(summary),
+                aim=aim,
+                solver=self.knobs.solver,
+                ilp_time_limit=self.knobs.ilp_time_limit,
+            )
+            saved = [node for node, keep in zip(summary.nodes, chosen.plan.saved) if keep]
+            report = build_report(
+                self.knobs,
+                summary,
+                costs,
+                chosen,
+                predictor.joint_estimate(chosen.plan.cut),
+                solve_seconds=time.perf_counter() - solve_started,
+                total_seconds=time.perf_counter() - started,
+                compile_id=current_compile_id(),
+                aim_peak_bytes=aim,
+                loss_heads=self.loss_heads,
+            )
+            return chosen, saved, report
+
+        if self.probes_schedule:
+            chosen, saved, report = self._probed_plan(gm, roles, num_fwd_outputs, planned)
+        else:
+            chosen, saved, report = planned(self.aim_peak_bytes)
         fw_module, bw_module = torch_extract.extract_forward_backward(gm, saved, roles, num_fwd_outputs)
-        report = build_report(
-            self.knobs,
-            summary,
-            costs,
-            chosen,
-            predictor.joint_estimate(chosen.plan.cut),
-            solve_seconds=solve_seconds,
-            total_seconds=time.perf_counter() - started,
-            compile_id=current_compile_id(),
-            aim_peak_bytes=self.aim_peak_bytes,
-            inductor_saved_bytes=(
-                None
-                if untouched is None
-                else inductor_saved_bytes(untouched, joint_inputs, num_fwd_outputs, static_lifetime_input_indices)
-            ),
-            loss_heads=self.loss_heads,
-        )
+        if untouched is not None:
+            report = dataclasses.replace(
+                report,
+                inductor_saved_bytes=inductor_saved_bytes(
+                    untouched, joint_inputs, num_fwd_outputs, static_lifetime_input_indices
+                ),
+            )
+        report = dataclasses.replace(report, total_seconds=time.perf_counter() - started)
         if self.records_reports:
             record(report)
         self.reports.append(report)
         self.dump_folders.append(self._publish(report, gm, fw_module, bw_module, problem, chosen.plan, costs))
-        if not chosen.plan.budget_met and not self.verified_after:
+        if not chosen.plan.budget_met and not (self.verified_after or report.verification):
             warn_at_user_code(
                 f"rematpass: memory_budget={self.knobs.memory_budget!r} cannot be met on this graph; "
                 f"the least-memory plan saves {report.saved_bytes:,} bytes "
@@ -220,6 +239,35 @@ class RematPartitioner(CustomPartitionerFn):
             )
         log.info("%s", report.one_line())
         return fw_module, bw_module
+
+    def _probed_plan(self, gm, roles, num_fwd_outputs: int, planned):
+        """The budget's check (rematpass.verify) run on probes of Inductor's schedule
+        (rematpass.schedule_probe) instead of compiles: the plans it tries are lowered and scheduled,
+        never compiled, and the one it keeps is returned as (chosen, saved, report). When the
+        schedule cannot be probed, the knobs' plan, unchecked (the backend then checks it by
+        compiling)."""
+        cap = self.knobs.budget.bytes if isinstance(self.knobs.budget, PeakCap) else None
+        by_aim: dict = {}  # the check asks for the knobs' plan twice
+        by_plan: dict = {}  # and an aim can pick a plan already probed
+        seconds = []
+
+        def probe_once(aim: int | None) -> CompileOutcome:
+            if aim not in by_aim:
+                chosen, saved, report = planned(aim)
+                if (plan_key := chosen.plan.saved.tobytes()) not in by_plan:
+                    modules = torch_extract.extract_forward_backward(gm, saved, roles, num_fwd_outputs)
+                    probe = probe_step_peak(*modules)
+                    by_plan[plan_key] = None if probe is None else probe.scheduled_peak_bytes
+                    seconds.extend([probe.seconds] if probe is not None else [])
+                peak = by_plan[chosen.plan.saved.tobytes()]
+                by_aim[aim] = CompileOutcome((chosen, saved), report=report, scheduled_peak_bytes=peak, aim=aim)
+            return by_aim[aim]
+
+        if probe_once(None).scheduled_peak_bytes is None:
+            return (*by_aim[None].compiled, by_aim[None].report)
+        kept = compile_within(cap, probe_once)
+        report = dataclasses.replace(kept.report, schedule_probes=len(seconds), schedule_probe_seconds=sum(seconds))
+        return (*kept.compiled, report)
 
     def _publish(self, report, joint, forward, backward, problem, cut_plan, costs):
         """The structured-trace artifact and, with ``dump_dir``, the dump folder (returned)."""

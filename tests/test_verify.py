@@ -161,9 +161,10 @@ def test_a_fraction_scheduled_as_predicted_compiles_once():
 
 
 def test_the_next_run_compiles_the_kept_plan_once_from_the_cache(tmp_path, monkeypatch):
-    """rematpass.backend under a byte cap, with Inductor replaced by ``_Compiler`` and a cache of
-    what was compiled: the first run needs two compiles (the first plan schedules over the cap),
-    the next run of the same graph compiles only the kept plan, as a cache hit."""
+    """rematpass.backend under a byte cap where the schedule cannot be probed, with Inductor
+    replaced by ``_Compiler`` and a cache of what was compiled: the first run needs two compiles
+    (the first plan schedules over the cap), the next run of the same graph finds the knobs' plan
+    unchecked in the cache and then takes the kept plan from it, no partition, no codegen."""
     import torch
 
     import rematpass.backend as backend
@@ -173,7 +174,11 @@ def test_the_next_run_compiles_the_kept_plan_once_from_the_cache(tmp_path, monke
     cached: set = set()
     calls = []
 
-    def fake_compile_once(gm, example_inputs, knobs, mode, *, verifying, aim=None, caches=True, loss_heads=()):
+    def fake_compile_once(
+        gm, example_inputs, knobs, mode, *, verifying, aim=None, caches=True, loss_heads=(), probe=False
+    ):
+        # probe=True: the one compile whose partitioner probes the schedule; the fake cannot, so
+        # its report carries no verification and the backend checks by compiling
         calls.append((aim, caches))
         if caches and aim in cached:
             return CompileOutcome(object(), cache_hit=True)  # Inductor's cache: no partition, no codegen
@@ -189,5 +194,5 @@ def test_the_next_run_compiles_the_kept_plan_once_from_the_cache(tmp_path, monke
     calls.clear()
     backend.remat(gm, [torch.randn(1, 2)], options=options)
     second = rematpass.recent_reports()[-1]
-    assert calls == [(int(22 * MiB * 20 / 25), True)], "only the kept plan, through the cache"
-    assert second.compiles == 1 and second.from_cache and second.scheduled_peak_bytes == 20 * MiB
+    assert calls == [(None, True), (int(22 * MiB * 20 / 25), True)], "the kept plan, through the cache"
+    assert second.compiles == 2 and second.from_cache and second.scheduled_peak_bytes == 20 * MiB

@@ -108,8 +108,12 @@ class PartitionReport:
     schedule_note: str = ""  # why the schedule was not read, when the backend knows
     # Inductor compiles this graph took under a budget's check (cache hits included); 1 otherwise.
     compiles: int = 1
-    # Under a byte memory_budget: every plan compiled for this graph, in order (rematpass.verify).
+    # Under a memory budget: every plan checked for this graph, in order (rematpass.verify).
     verification: tuple = ()
+    # How many of those plans' schedules were probed without compiling (rematpass.schedule_probe),
+    # and the seconds the probes took.
+    schedule_probes: int = 0
+    schedule_probe_seconds: float = 0.0
     # Set on a plan rematpass.verify recompiled: the predicted peak it was aimed at, in bytes
     # (``knobs`` still hold the user's memory_budget).
     aim_peak_bytes: int | None = None
