@@ -86,7 +86,7 @@ def run(name: str, variant: str, cache: str, cap: int) -> dict:
 def largest_graph_cap(default: dict, least: dict) -> int:
     """Halfway between the least-peak and the default plans' scheduled peaks, on the graph where
     the default's is largest."""
-    peaks = [(d or 0, l or 0) for d, l in zip(default["scheduled"], least["scheduled"])]
+    peaks = [(most or 0, fewest or 0) for most, fewest in zip(default["scheduled"], least["scheduled"])]
     top_default, top_least = max(peaks)
     return (top_default + top_least) // 2
 
@@ -107,7 +107,9 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     print("first call = compile + one training step; each variant cold (empty cache) then warm (a second process)")
-    print("| model | variant | cold first call | warm first call | compiles per graph cold / warm | probes | probe time | probe = compiled |")
+    print(
+        "| model | variant | cold first call | warm first call | compiles per graph cold / warm | probes | probe time | probe = compiled |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name in args.models:
         results: dict[str, tuple[dict, dict]] = {}

@@ -25,13 +25,13 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from .budget import Fraction, PeakCap
 from .calibrate import rates_file_key
 from .config import Knobs
 from .inductor_hooks import CustomPartitionerFn, current_compile_id, get_hash_for_files
 from .inspect.report import build_report, record
 from .passes import torch_extract
 from .passes import torch_internals as ti
-from .budget import Fraction, PeakCap
 from .planner import PeakPredictor, plan
 from .priced_graph import price_joint_graph
 from .schedule_probe import probe_step_peak
