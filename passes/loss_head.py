@@ -16,7 +16,8 @@ hidden]`` gradients for the backward instead of ``[tokens, vocab]`` values.
 Matched: ``F.cross_entropy`` with ``reduction`` mean or sum (a ``/ num_items_in_batch`` after it
 stays as it is), any ``ignore_index``, ``label_smoothing``, no class weights; the head with or
 without bias, tied or not, with or without an upcast to fp32 between head and loss, over any
-leading token dimensions; the logits used by nothing else. Left as they are, with the reason
+leading token dimensions, with or without Gemma 2's final logit soft-capping (``c * tanh(logits /
+c)``) before the upcast; the logits used by nothing else. Left as they are, with the reason
 recorded: a dynamic number of tokens, logits the graph also returns or reads elsewhere, class
 weights, a vocabulary no larger than the hidden size.
 """
@@ -24,6 +25,7 @@ weights, a vocabulary no larger than the hidden size.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -57,7 +59,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     chunk by chunk in the forward. ``h``: ``[tokens, hidden]``; ``labels``: ``[tokens]``."""
 
     @staticmethod
-    def forward(ctx, h, weight, bias, labels, ignore_index, reduction, label_smoothing, upcast, chunk_tokens):
+    def forward(ctx, h, weight, bias, labels, ignore_index, reduction, label_smoothing, upcast, chunk_tokens, softcap):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         valid = labels != ignore_index
         count = valid.sum()
@@ -68,7 +70,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         for start in range(0, h.shape[0], chunk_tokens):
             stop = min(start + chunk_tokens, h.shape[0])
             loss, grad_logits = _chunk(
-                h[start:stop], weight, bias, labels[start:stop], valid[start:stop], label_smoothing, upcast
+                h[start:stop], weight, bias, labels[start:stop], valid[start:stop], label_smoothing, upcast, softcap
             )
             total = total + loss
             if grad_logits is not None and (need_h or need_w or need_b):
@@ -97,12 +99,18 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         scale, grad_h, grad_w, grad_b = ctx.saved_tensors
         factor = grad_loss.float() * scale
         grads = [None if g is None else g * factor.to(g.dtype) for g in (grad_h, grad_w, grad_b)]
-        return (*grads, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None)
 
 
-def _chunk(h, weight, bias, labels, valid, label_smoothing: float, upcast: bool):
-    """One chunk's summed loss and the gradient of that sum by its logits (masked rows zero)."""
+def _chunk(h, weight, bias, labels, valid, label_smoothing: float, upcast: bool, softcap: float | None):
+    """One chunk's summed loss and the gradient of that sum by the head's output (masked rows
+    zero). ``softcap``: the loss reads ``softcap * tanh(logits / softcap)`` (Gemma 2's final logit
+    soft-capping, applied in the head's dtype before the upcast, as transformers does)."""
     logits = F.linear(h, weight, bias)
+    capped = None
+    if softcap is not None:
+        capped = torch.tanh(logits / softcap)
+        logits = capped * softcap
     if upcast:
         logits = logits.float()
     log_norm = torch.logsumexp(logits.float(), dim=-1)
@@ -117,15 +125,28 @@ def _chunk(h, weight, bias, labels, valid, label_smoothing: float, upcast: bool)
     grad.scatter_add_(1, safe[:, None], torch.full_like(target_logit[:, None], -(1.0 - label_smoothing)))
     if label_smoothing:
         grad = grad - label_smoothing / logits.shape[-1]
+    if capped is not None:  # d(c * tanh(z / c)) / dz = 1 - tanh(z / c)^2
+        grad = grad * (1.0 - capped.float().square())
     return loss, grad * valid[:, None]
 
 
 def chunked_linear_cross_entropy(
-    h, weight, bias, labels, *, ignore_index=-100, reduction="mean", label_smoothing=0.0, upcast=False, chunk_tokens
+    h,
+    weight,
+    bias,
+    labels,
+    *,
+    ignore_index=-100,
+    reduction="mean",
+    label_smoothing=0.0,
+    upcast=False,
+    chunk_tokens,
+    softcap=None,
 ):
-    """The loss ``cross_entropy(linear(h, weight, bias)[.float()], labels)`` in chunks of tokens."""
+    """The loss ``cross_entropy(linear(h, weight, bias)[.float()], labels)`` in chunks of tokens
+    (with ``softcap``, of ``softcap * tanh(linear(...) / softcap)``)."""
     return ChunkedLinearCrossEntropy.apply(
-        h, weight, bias, labels, ignore_index, reduction, float(label_smoothing), upcast, int(chunk_tokens)
+        h, weight, bias, labels, ignore_index, reduction, float(label_smoothing), upcast, int(chunk_tokens), softcap
     )
 
 
@@ -142,26 +163,65 @@ def _argument(node: fx.Node, position: int, name: str, default=None):
     return node.kwargs.get(name, default)
 
 
-def _head_of(logits: fx.Node) -> tuple[fx.Node | None, bool, str]:
-    """The linear that made ``logits`` through views, reshapes and an upcast, whether it was
-    upcast, or None and why not."""
-    node, upcast = logits, False
+@dataclass(frozen=True)
+class _Head:
+    """The linear under a loss, and what stands between them."""
+
+    linear: fx.Node | None
+    upcast: bool = False
+    softcap: float | None = None
+    reason: str = ""
+
+
+def _softcap_of(node: fx.Node) -> tuple[fx.Node, float] | None:
+    """``c * tanh(x / c)`` (Gemma 2's final logit soft-capping, operands either way round): ``(x, c)``."""
+    if node.op != "call_function" or node.target not in (operator.mul, torch.mul):
+        return None
+    factors = list(node.args)
+    tanh = next((f for f in factors if isinstance(f, fx.Node) and f.target in (torch.tanh, "tanh")), None)
+    cap = next((f for f in factors if isinstance(f, float | int) and not isinstance(f, bool)), None)
+    if tanh is None or cap is None or len(tanh.users) != 1:
+        return None
+    quotient = tanh.args[0]  # torch.tanh(x) and x.tanh() alike
+    if not (
+        isinstance(quotient, fx.Node)
+        and quotient.op == "call_function"
+        and quotient.target in (operator.truediv, torch.div)
+        and len(quotient.args) == 2
+        and quotient.args[1] == cap
+        and len(quotient.users) == 1
+    ):
+        return None
+    return quotient.args[0], float(cap)
+
+
+def _head_of(logits: fx.Node) -> _Head:
+    """The linear that made ``logits`` through views, reshapes, an upcast and a soft-cap, or why not."""
+    node, upcast, softcap = logits, False, None
     while not (node.op == "call_function" and node.target in _LINEARS):
+        capped = _softcap_of(node) if softcap is None else None
+        if capped is not None:
+            node, softcap = capped
+            if not isinstance(node, fx.Node) or len(node.users) != 1:
+                return _Head(None, reason="the soft-capped logits are used by more than the loss")
+            continue
         if node.op != "call_method" or node.target not in _PASS_THROUGH_METHODS:
-            return None, False, f"the logits come from {node.op} {node.target}, not a linear head"
+            return _Head(None, reason=f"the logits come from {node.op} {node.target}, not a linear head")
         if node.target in ("float", "to"):
+            if softcap is not None:
+                return _Head(None, reason="an upcast before the soft-capping (only after it is chunked)")
             value = _value(node)
             if value is None or value.dtype != torch.float32:
-                return None, False, "a conversion other than an fp32 upcast between head and loss"
+                return _Head(None, reason="a conversion other than an fp32 upcast between head and loss")
             upcast = True
         if len(node.users) != 1:
-            return None, False, "the logits are used by more than the loss"
+            return _Head(None, reason="the logits are used by more than the loss")
         node = node.args[0]
         if not isinstance(node, fx.Node):
-            return None, False, "the logits are not a graph value"
+            return _Head(None, reason="the logits are not a graph value")
     if len(node.users) != 1:
-        return None, False, "the logits are used by more than the loss (returned, or a second loss term)"
-    return node, upcast, ""
+        return _Head(None, reason="the logits are used by more than the loss (returned, or a second loss term)")
+    return _Head(node, upcast, softcap)
 
 
 # Each chunk is unrolled into the compiled graph (three matmuls and a softmax): more chunks cost
@@ -206,9 +266,10 @@ def _rewrite(gm: fx.GraphModule, loss: fx.Node, forced_chunks: int | None, dry_r
         return LossHeadRewrite(False, f"reduction={reduction!r} or a non-constant argument")
     if not isinstance(logits, fx.Node) or not isinstance(labels, fx.Node):
         return LossHeadRewrite(False, "the logits or labels are not graph values")
-    head, upcast, why = _head_of(logits)
-    if head is None:
-        return LossHeadRewrite(False, why)
+    found = _head_of(logits)
+    if found.linear is None:
+        return LossHeadRewrite(False, found.reason)
+    head, upcast = found.linear, found.upcast
     h, weight = _argument(head, 0, "input"), _argument(head, 1, "weight")
     bias = _argument(head, 2, "bias")
     h_value, w_value, logits_value = _value(h), _value(weight), _value(logits)
@@ -239,6 +300,7 @@ def _rewrite(gm: fx.GraphModule, loss: fx.Node, forced_chunks: int | None, dry_r
                 "label_smoothing": float(smoothing),
                 "upcast": upcast,
                 "chunk_tokens": chunk_tokens,
+                "softcap": found.softcap,
             },
         )
     chunked.meta.update({k: v for k, v in loss.meta.items() if k != "example_value"})

@@ -30,14 +30,18 @@ def chunking_backend(outcomes: list, chunks=None, **knobs):
 
 
 class Head(torch.nn.Module):
-    def __init__(self, bias=True, upcast=False, smoothing=0.0, reduction="mean", also_return_logits=False):
+    def __init__(
+        self, bias=True, upcast=False, smoothing=0.0, reduction="mean", also_return_logits=False, softcap=None
+    ):
         super().__init__()
         self.body, self.head = torch.nn.Linear(HIDDEN, HIDDEN), torch.nn.Linear(HIDDEN, VOCAB, bias=bias)
         self.upcast, self.smoothing, self.reduction = upcast, smoothing, reduction
-        self.also_return_logits = also_return_logits
+        self.also_return_logits, self.softcap = also_return_logits, softcap
 
     def forward(self, x, labels):
         logits = self.head(torch.tanh(self.body(x)))
+        if self.softcap is not None:  # Gemma 2's final logit soft-capping
+            logits = torch.tanh(logits / self.softcap) * self.softcap
         scored = logits.float() if self.upcast else logits
         loss = F.cross_entropy(
             scored.view(-1, VOCAB),
@@ -72,6 +76,16 @@ def test_chunked_head_equals_the_unchunked_one(bias, upcast, smoothing, reductio
     assert_close_grads(train_step(copy.deepcopy(model), _batch()), got)
     (head,) = outcomes
     assert head.chunked and head.chunks == 8 and head.tokens == 48 and head.chunk_tokens == 6, head
+
+
+@pytest.mark.parametrize("upcast", [False, True], ids=["same_dtype", "fp32_upcast"])
+def test_a_soft_capped_head_is_chunked_to_the_unchunked_gradients(upcast):
+    torch.manual_seed(0)
+    model = Head(upcast=upcast, softcap=0.5)  # a small cap, so that tanh saturates and the chain rule shows
+    outcomes = []
+    got = _compiled_step(model, _batch(), chunking_backend(outcomes, strict=True))
+    assert_close_grads(train_step(copy.deepcopy(model), _batch()), got)
+    assert [h.chunked for h in outcomes] == [True], outcomes
 
 
 def test_a_batch_with_every_token_ignored_gives_what_eager_gives():
@@ -130,7 +144,19 @@ ARCHITECTURES = {
     "gpt2_tied": lambda: zoo.gpt2_lm(vocab=VOCAB, dim=32, layers=1, positions=64, use_cache=False),
     "llama_untied": lambda: zoo.llama_lm(vocab=VOCAB, dim=32, hidden=64, layers=1, positions=64, use_cache=False),
     "bert_masked_lm": lambda: zoo.bert_mlm(vocab=VOCAB, dim=32, hidden=64, layers=1, positions=64),
+    "gemma2_soft_capped": lambda: _gemma2(),
 }
+
+
+def _gemma2():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    config = Gemma2Config(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, max_position_embeddings=64, final_logit_softcapping=0.5,
+        attn_implementation="eager", use_cache=False, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    return Gemma2ForCausalLM(config)
 
 
 @pytest.mark.parametrize("name", list(ARCHITECTURES))

@@ -3,12 +3,16 @@ the figure a whole compile would, and a budget then costs one compile."""
 
 from __future__ import annotations
 
+import io
+import json
+
 import pytest
 import torch
 
 import rematpass
 import rematpass.inductor_hooks as hooks
 import rematpass.partitioner as partitioner
+from rematpass.inspect.cli import show
 from rematpass.scheduled_peak import step_peak
 
 pytestmark = pytest.mark.inductor
@@ -49,7 +53,7 @@ def test_codegen_effects_are_predicted_before_codegen(monkeypatch):
 
 
 @pytest.mark.parametrize("budget", [0.0, 0.5, "cap"])
-def test_a_budget_compiles_once_and_its_probe_reads_what_the_compile_schedules(monkeypatch, budget):
+def test_a_budget_compiles_once_and_its_probe_reads_what_the_compile_schedules(monkeypatch, tmp_path, budget):
     partitions = []
     original = partitioner.RematPartitioner.partition
 
@@ -70,7 +74,8 @@ def test_a_budget_compiles_once_and_its_probe_reads_what_the_compile_schedules(m
         partitions.clear()
     torch._dynamo.reset()
     rematpass.clear_reports()
-    torch.compile(model, backend="remat", options={"memory_budget": budget, "strict": True})(x).sum().backward()
+    options = {"memory_budget": budget, "strict": True, "dump_dir": str(tmp_path)}
+    torch.compile(model, backend="remat", options=options)(x).sum().backward()
     (report,) = rematpass.recent_reports()
     assert partitions == [None] and report.compiles == 1
     assert report.schedule_probes >= 1 and report.verification
@@ -78,6 +83,15 @@ def test_a_budget_compiles_once_and_its_probe_reads_what_the_compile_schedules(m
     assert kept.scheduled_peak_bytes == report.scheduled_peak_bytes, "the probe and the compile disagree"
     if isinstance(budget, int):
         assert report.scheduled_peak_bytes <= budget
+    # the dump says what the check cost
+    (folder,) = [p.parent for p in tmp_path.glob("*/scheduled.json")]
+    scheduled = json.loads((folder / "scheduled.json").read_text())
+    assert (scheduled["compiles"], scheduled["schedule_probes"]) == (1, report.schedule_probes)
+    assert ">compiles<" in (folder / "report.html").read_text()
+    if len(report.verification) > 1:
+        shown = io.StringIO()
+        show(str(folder), out=shown)
+        assert f"{report.schedule_probes} probed without compiling, 1 compiled" in shown.getvalue()
 
 
 def _kept_index(report):

@@ -138,6 +138,11 @@ def _title(folder: pathlib.Path, plan: dict[str, Any] | None) -> str:
     status = ""
     if not _is_kept(folder):
         status = "  [DISCARDED: compiled to check the budget, not used]"
+    elif attempts > 1 and scheduled.get("schedule_probes"):
+        status = (
+            f"  [KEPT: the plan used, of {attempts} checked on Inductor's schedule for this graph; "
+            f"{scheduled['schedule_probes']} probed without compiling, {scheduled.get('compiles', 1)} compiled]"
+        )
     elif attempts > 1:
         status = f"  [KEPT: the plan used, of {attempts} compiled for this graph]"
     return f"== graph {gid}  ({folder}){status}"

@@ -257,13 +257,17 @@ def write_dump(
 
 def write_scheduled(folder: pathlib.Path, report: PartitionReport, *, kept: bool) -> None:
     """``scheduled.json``: the step's peak in the kernels Inductor scheduled for this plan, next to
-    the predicted one, whether the backend kept the plan, and (under a budget) every plan it compiled
-    for this graph (rematpass.verify)."""
+    the predicted one, whether the backend kept the plan, and (under a budget) every plan it checked
+    for this graph (rematpass.verify), with how many of them were probed without compiling
+    (rematpass.schedule_probe) and how many compiles the graph took."""
     data = {
         "predicted_peak_bytes": report.predicted_peak_bytes,
         "scheduled_peak_bytes": report.scheduled_peak_bytes,
         "kept": kept,
         "attempts": [dataclasses.asdict(a) for a in report.verification],
+        "compiles": report.compiles,
+        "schedule_probes": report.schedule_probes,
+        "schedule_probe_seconds": report.schedule_probe_seconds,
     }
     folder = pathlib.Path(folder)
     _write(folder / SCHEDULED_FILE, json.dumps(data, indent=1))

@@ -315,7 +315,17 @@ def _summary_cards(plan: dict[str, Any], scheduled: dict[str, Any] | None) -> li
             f"backward {graph.get('backward_nodes', '?')} nodes",
         ),
         *[_loss_head_card(head) for head in totals.get("loss_heads") or ()],
+        *([_check_card(scheduled)] if (scheduled or {}).get("attempts") else []),
     ]
+
+
+def _check_card(scheduled: dict[str, Any]) -> str:
+    """The budget's check: how many plans it tried on Inductor's schedule, and what that cost."""
+    probes = scheduled.get("schedule_probes") or 0
+    detail = f"{len(scheduled['attempts'])} plans checked on Inductor's schedule"
+    if probes:
+        detail += f", {probes} probed without compiling ({fmt_seconds(scheduled.get('schedule_probe_seconds') or 0)})"
+    return _card("compiles", str(scheduled.get("compiles", len(scheduled["attempts"]))), detail)
 
 
 def _loss_head_card(head: dict[str, Any]) -> str:
