@@ -16,8 +16,9 @@ hidden]`` gradients for the backward instead of ``[tokens, vocab]`` values.
 Matched: ``F.cross_entropy`` with ``reduction`` mean or sum (a ``/ num_items_in_batch`` after it
 stays as it is), any ``ignore_index``, ``label_smoothing``, no class weights; the head with or
 without bias, tied or not, with or without an upcast to fp32 between head and loss, over any
-leading token dimensions, with or without Gemma 2's final logit soft-capping (``c * tanh(logits /
-c)``) before the upcast; the logits used by nothing else. Left as they are, with the reason
+leading token dimensions, with or without a row of logit biases added after the linear (BART's
+``final_logits_bias``) and Gemma 2's final logit soft-capping (``c * tanh(logits / c)``), both
+before the upcast; the logits used by nothing else. Left as they are, with the reason
 recorded: a dynamic number of tokens, logits the graph also returns or reads elsewhere, class
 weights, a vocabulary no larger than the hidden size.
 """
@@ -171,10 +172,14 @@ class _Head:
     upcast: bool = False
     softcap: float | None = None
     reason: str = ""
+    extra_bias: fx.Node | None = None  # a row added to the logits after the linear
+    # The nodes from the loss's input down to the linear: the rewrite erases them, and nothing else.
+    chain: tuple = ()
 
 
-def _softcap_of(node: fx.Node) -> tuple[fx.Node, float] | None:
-    """``c * tanh(x / c)`` (Gemma 2's final logit soft-capping, operands either way round): ``(x, c)``."""
+def _softcap_of(node: fx.Node) -> tuple[fx.Node, float, tuple] | None:
+    """``c * tanh(x / c)`` (Gemma 2's final logit soft-capping, operands either way round):
+    ``(x, c, the tanh and division nodes)``."""
     if node.op != "call_function" or node.target not in (operator.mul, torch.mul):
         return None
     factors = list(node.args)
@@ -190,38 +195,65 @@ def _softcap_of(node: fx.Node) -> tuple[fx.Node, float] | None:
         and len(quotient.args) == 2
         and quotient.args[1] == cap
         and len(quotient.users) == 1
+        and isinstance(quotient.args[0], fx.Node)
     ):
         return None
-    return quotient.args[0], float(cap)
+    return quotient.args[0], float(cap), (tanh, quotient)
+
+
+def _bias_add_of(node: fx.Node) -> tuple[fx.Node, fx.Node] | None:
+    """``logits + b`` with ``b`` of one row, ``[vocab]`` or ``[1, vocab]`` (BART's
+    ``final_logits_bias``): ``(logits, b)``."""
+    if node.op != "call_function" or node.target not in (operator.add, torch.add) or node.kwargs:
+        return None
+    if len(node.args) != 2 or not all(isinstance(a, fx.Node) for a in node.args):
+        return None
+    values = [_value(a) for a in node.args]
+    if any(v is None for v in values):
+        return None
+    for main, row in ((0, 1), (1, 0)):
+        big, small = values[main], values[row]
+        if small.dim() <= 2 and small.shape[-1] == big.shape[-1] and small.numel() == big.shape[-1] < big.numel():
+            return node.args[main], node.args[row]
+    return None
 
 
 def _head_of(logits: fx.Node) -> _Head:
-    """The linear that made ``logits`` through views, reshapes, an upcast and a soft-cap, or why not."""
-    node, upcast, softcap = logits, False, None
+    """The linear that made ``logits`` through views, reshapes, an upcast, a row of logit biases
+    and a soft-cap, or why not. Each must sit where transformers puts it: the bias added and the
+    soft-cap applied in the head's dtype, before the upcast."""
+    node, upcast, softcap, extra_bias = logits, False, None, None
+    chain: list[fx.Node] = []
     while not (node.op == "call_function" and node.target in _LINEARS):
-        capped = _softcap_of(node) if softcap is None else None
+        chain.append(node)
+        if len(node.users) != 1:
+            return _Head(None, reason="the logits are used by more than the loss (returned, or a second loss term)")
+        capped = _softcap_of(node) if softcap is None and extra_bias is None else None
         if capped is not None:
-            node, softcap = capped
-            if not isinstance(node, fx.Node) or len(node.users) != 1:
-                return _Head(None, reason="the soft-capped logits are used by more than the loss")
+            node, softcap, between = capped
+            chain += between
+            continue
+        added = _bias_add_of(node) if extra_bias is None else None
+        if added is not None:
+            node, extra_bias = added
             continue
         if node.op != "call_method" or node.target not in _PASS_THROUGH_METHODS:
             return _Head(None, reason=f"the logits come from {node.op} {node.target}, not a linear head")
         if node.target in ("float", "to"):
-            if softcap is not None:
-                return _Head(None, reason="an upcast before the soft-capping (only after it is chunked)")
+            if softcap is not None or extra_bias is not None:
+                return _Head(
+                    None, reason="an upcast before the soft-cap or the logit bias (only after them is chunked)"
+                )
             value = _value(node)
             if value is None or value.dtype != torch.float32:
                 return _Head(None, reason="a conversion other than an fp32 upcast between head and loss")
             upcast = True
-        if len(node.users) != 1:
-            return _Head(None, reason="the logits are used by more than the loss")
         node = node.args[0]
         if not isinstance(node, fx.Node):
             return _Head(None, reason="the logits are not a graph value")
     if len(node.users) != 1:
         return _Head(None, reason="the logits are used by more than the loss (returned, or a second loss term)")
-    return _Head(node, upcast, softcap)
+    return _Head(node, upcast, softcap, extra_bias=extra_bias, chain=(*chain, node))
 
 
 # Each chunk is unrolled into the compiled graph (three matmuls and a softmax): more chunks cost
@@ -248,7 +280,6 @@ def chunk_loss_heads(
     for loss in list(gm.graph.find_nodes(op="call_function", target=F.cross_entropy)):
         outcomes.append(_rewrite(gm, loss, forced_chunks, dry_run))
     if any(o.chunked for o in outcomes):
-        gm.graph.eliminate_dead_code()
         gm.recompile()
     return outcomes
 
@@ -291,6 +322,9 @@ def _rewrite(gm: fx.GraphModule, loss: fx.Node, forced_chunks: int | None, dry_r
     with gm.graph.inserting_before(loss):
         flat_h = gm.graph.call_method("reshape", (h, -1, hidden))
         flat_labels = gm.graph.call_method("reshape", (labels, -1))
+        if found.extra_bias is not None:
+            row = gm.graph.call_method("reshape", (found.extra_bias, -1))
+            bias = row if bias is None else gm.graph.call_function(operator.add, (bias, row))
         chunked = gm.graph.call_function(
             chunked_linear_cross_entropy,
             (flat_h, weight, bias, flat_labels),
@@ -306,6 +340,11 @@ def _rewrite(gm: fx.GraphModule, loss: fx.Node, forced_chunks: int | None, dry_r
     chunked.meta.update({k: v for k, v in loss.meta.items() if k != "example_value"})
     loss.replace_all_uses_with(chunked)
     gm.graph.erase_node(loss)
+    # Only the head's own nodes go: a general dead-code pass would also drop in-place ops whose
+    # results nobody reads (T5 masks its decoder ids with masked_fill_).
+    for node in found.chain:
+        if not node.users:
+            gm.graph.erase_node(node)
     return LossHeadRewrite(True, "chunked", tokens, vocab, hidden, math.ceil(tokens / chunk_tokens), chunk_tokens)
 
 

@@ -140,23 +140,99 @@ def test_a_dynamic_number_of_tokens_leaves_the_head_whole():
     assert not head.chunked and "dynamic" in head.reason
 
 
+def _transformers(config: str, model: str, **settings):
+    """A tiny transformers model from a config, random weights."""
+
+    def build():
+        import transformers
+
+        ids = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+        return getattr(transformers, model)(getattr(transformers, config)(vocab_size=VOCAB, **ids, **settings))
+
+    return build
+
+
+_DECODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+_ENCODER = dict(_DECODER, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 ARCHITECTURES = {
+    # causal LMs: the label shift, ignore_index, the fp32 upcast, tied or untied heads
     "gpt2_tied": lambda: zoo.gpt2_lm(vocab=VOCAB, dim=32, layers=1, positions=64, use_cache=False),
     "llama_untied": lambda: zoo.llama_lm(vocab=VOCAB, dim=32, hidden=64, layers=1, positions=64, use_cache=False),
+    "mistral": _transformers("MistralConfig", "MistralForCausalLM", **_DECODER, num_key_value_heads=1),
+    "qwen2": _transformers("Qwen2Config", "Qwen2ForCausalLM", **_DECODER, num_key_value_heads=1),
+    "gemma2_soft_capped": _transformers(
+        "Gemma2Config",
+        "Gemma2ForCausalLM",
+        **_DECODER,
+        num_key_value_heads=1,
+        head_dim=16,
+        final_logit_softcapping=0.5,
+        attn_implementation="eager",
+    ),  # fmt: skip
+    "opt": _transformers(
+        "OPTConfig",
+        "OPTForCausalLM",
+        hidden_size=32,
+        ffn_dim=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        word_embed_proj_dim=32,
+        dropout=0.0,
+    ),  # fmt: skip
+    "gpt_neox": _transformers("GPTNeoXConfig", "GPTNeoXForCausalLM", **_DECODER),
+    "bloom": _transformers("BloomConfig", "BloomForCausalLM", hidden_size=32, n_layer=1, n_head=2),
+    "phi": _transformers("PhiConfig", "PhiForCausalLM", **_DECODER, resid_pdrop=0.0, embd_pdrop=0.0),
+    "falcon": _transformers(
+        "FalconConfig",
+        "FalconForCausalLM",
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+    ),  # fmt: skip
+    # masked LMs: most labels ignored
     "bert_masked_lm": lambda: zoo.bert_mlm(vocab=VOCAB, dim=32, hidden=64, layers=1, positions=64),
-    "gemma2_soft_capped": lambda: _gemma2(),
+    "roberta_masked_lm": _transformers(
+        "RobertaConfig", "RobertaForMaskedLM", **_ENCODER, max_position_embeddings=80
+    ),  # fmt: skip
+    "distilbert_masked_lm": _transformers(
+        "DistilBertConfig",
+        "DistilBertForMaskedLM",
+        dim=32,
+        hidden_dim=64,
+        n_layers=1,
+        n_heads=2,
+        dropout=0.0,
+        attention_dropout=0.0,
+    ),  # fmt: skip
+    # seq2seq: T5's scaled tied embedding (and its in-place masking of the decoder ids), BART's final_logits_bias
+    "t5": _transformers(
+        "T5Config",
+        "T5ForConditionalGeneration",
+        d_model=32,
+        d_kv=16,
+        d_ff=64,
+        num_layers=1,
+        num_heads=2,
+        dropout_rate=0.0,
+        decoder_start_token_id=0,
+    ),  # fmt: skip
+    "bart": _transformers(
+        "BartConfig",
+        "BartForConditionalGeneration",
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=64,
+        dropout=0.0,
+        decoder_start_token_id=2,
+    ),  # fmt: skip
 }
-
-
-def _gemma2():
-    from transformers import Gemma2Config, Gemma2ForCausalLM
-
-    config = Gemma2Config(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=16, max_position_embeddings=64, final_logit_softcapping=0.5,
-        attn_implementation="eager", use_cache=False, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-    )  # fmt: skip
-    return Gemma2ForCausalLM(config)
 
 
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
@@ -164,7 +240,7 @@ def test_transformers_heads_are_chunked_and_train_to_eager_gradients(name):
     pytest.importorskip("transformers")
     torch.manual_seed(0)
     model = LossOf(ARCHITECTURES[name](), "input_ids", "labels")
-    ids = torch.randint(1, VOCAB, (2, 16))
+    ids = torch.randint(3, VOCAB, (2, 16))
     labels = ids.clone()
     labels[:, ::3] = -100  # a masked LM scores few positions
     outcomes = []
