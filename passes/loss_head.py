@@ -25,8 +25,11 @@ weights, a vocabulary no larger than the hidden size.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 import operator
+import pathlib
 from dataclasses import dataclass
 
 import torch
@@ -338,6 +341,9 @@ def _rewrite(gm: fx.GraphModule, loss: fx.Node, forced_chunks: int | None, dry_r
             },
         )
     chunked.meta.update({k: v for k, v in loss.meta.items() if k != "example_value"})
+    # AOTAutograd's cache bypasses a graph that calls a Python function it does not know, unless
+    # the call carries a hash of what it runs (as torch.fx.wrap's do): then it is in the key.
+    chunked.meta.update(is_wrapped=True, user_cache_hash=_source_hash())
     loss.replace_all_uses_with(chunked)
     gm.graph.erase_node(loss)
     # Only the head's own nodes go: a general dead-code pass would also drop in-place ops whose
@@ -346,6 +352,11 @@ def _rewrite(gm: fx.GraphModule, loss: fx.Node, forced_chunks: int | None, dry_r
         if not node.users:
             gm.graph.erase_node(node)
     return LossHeadRewrite(True, "chunked", tokens, vocab, hidden, math.ceil(tokens / chunk_tokens), chunk_tokens)
+
+
+@functools.cache
+def _source_hash() -> str:
+    return hashlib.sha256(pathlib.Path(__file__).read_bytes()).hexdigest()
 
 
 __all__ = ["ChunkedLinearCrossEntropy", "LossHeadRewrite", "chunk_loss_heads", "chunked_linear_cross_entropy"]

@@ -316,7 +316,8 @@ def _compile_once(
     # lazily, as Inductor does, and leave its schedule unread.
     hooks = carries_backward_hooks(example_inputs)
     backward_with_forward = contextlib.nullcontext() if hooks else backward_compiled_eagerly()
-    with watch_compile(knobs.dump_dir), backward_with_forward, scheduled_memory(graphs):
+    with watch_compile(knobs.dump_dir), backward_with_forward, scheduled_memory(graphs) as read_schedules:
+        partitioner.before_partition = read_schedules
         compiled = compile_with_inductor(gm, example_inputs, patches)
     outcome = CompileOutcome(compiled, cache_hit=aot_autograd_cache_hits() > hits_before)
     if not partitioner.reports:

@@ -219,30 +219,42 @@ def scheduling_stopped_by(stop: Callable[[Any], None]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def scheduled_memory(sink: list) -> Iterator[None]:
-    """Append, for each graph Inductor generates code for inside, its memory figures
-    (``scheduled_peak.GraphMemory``) to ``sink``, read off the final schedule after codegen.
+def scheduled_memory(sink: list) -> Iterator[Callable[[], None]]:
+    """Yields ``arm``: once armed, each graph Inductor generates code for inside appends its memory
+    figures (``scheduled_peak.GraphMemory``) to ``sink``, read off the final schedule after codegen.
+    Armed by the partitioner, so a compile served from Inductor's caches (no partition, no
+    codegen) never imports Inductor's lowering (about 2 s of a warm first call).
 
     Reading never breaks a compile: on any error it appends None and logs why.
     """
-    from torch._inductor.graph import GraphLowering
+    originals: list = []
 
-    original = GraphLowering.codegen
+    def arm() -> None:
+        if originals:
+            return
+        from torch._inductor.graph import GraphLowering
 
-    def codegen(graph, *args, **kwargs):
-        result = original(graph, *args, **kwargs)
-        try:
-            sink.append(schedule_memory(graph))
-        except Exception as exc:
-            logging.getLogger("rematpass").warning("could not read Inductor's schedule: %s", exc, exc_info=True)
-            sink.append(None)
-        return result
+        original = GraphLowering.codegen
+        originals.append(original)
 
-    GraphLowering.codegen = codegen
+        def codegen(graph, *args, **kwargs):
+            result = original(graph, *args, **kwargs)
+            try:
+                sink.append(schedule_memory(graph))
+            except Exception as exc:
+                logging.getLogger("rematpass").warning("could not read Inductor's schedule: %s", exc, exc_info=True)
+                sink.append(None)
+            return result
+
+        GraphLowering.codegen = codegen
+
     try:
-        yield
+        yield arm
     finally:
-        GraphLowering.codegen = original
+        if originals:
+            from torch._inductor.graph import GraphLowering
+
+            GraphLowering.codegen = originals[0]
 
 
 def schedule_memory(graph, *, predict_codegen: bool = False):

@@ -120,6 +120,9 @@ class RematPartitioner(CustomPartitionerFn):
         # Under a memory budget, check the plans against Inductor's schedule, probed without
         # compiling (rematpass.schedule_probe), and return the one the check keeps.
         self.probes_schedule = probe_schedule and isinstance(self.knobs.budget, (Fraction, PeakCap))
+        # Called as a partition starts (the backend arms its reading of the schedules there:
+        # a compile served from the cache partitions nothing and generates no code).
+        self.before_partition = None
         self.reports: list = []  # this instance's partitions, for the backend to complete
         self.dump_folders: list = []  # and the dump folder of each (None: no dump)
 
@@ -133,6 +136,7 @@ class RematPartitioner(CustomPartitionerFn):
             "probes_schedule": self.probes_schedule,
             "reports": [],
             "dump_folders": [],
+            "before_partition": None,
         }
 
     def uuid(self) -> Any:
@@ -140,6 +144,8 @@ class RematPartitioner(CustomPartitionerFn):
         return (repr(self.knobs), self.aim_peak_bytes, self.probes_schedule, source_hash().hex(), rates_file_key())
 
     def __call__(self, gm: fx.GraphModule, joint_inputs: Sequence[object], **kwargs: Any):
+        if self.before_partition is not None:
+            self.before_partition()
         num_fwd_outputs = kwargs["num_fwd_outputs"]
         static = list(kwargs.get("static_lifetime_input_indices") or [])
         try:

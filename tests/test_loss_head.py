@@ -12,7 +12,7 @@ from helpers import assert_close_grads, cheap_backend, train_step
 
 import rematpass
 from rematpass import zoo
-from rematpass.passes.loss_head import chunk_loss_heads
+from rematpass.passes.loss_head import chunk_loss_heads, chunked_linear_cross_entropy
 from rematpass.zoo import LossOf
 
 VOCAB, HIDDEN = 200, 16
@@ -281,3 +281,23 @@ def test_the_backend_chunks_under_a_budget_and_says_why_not_without_one(tmp_path
         assert chunked or "no memory_budget" in head.reason
     shown = "\n".join(cli.summary_lines(cli.load_plan(cli.find_graphs(tmp_path)[0])))
     assert "loss head: chunked, 8 chunks of 6 tokens" in shown, shown
+
+
+def test_a_chunked_graph_stays_cacheable():
+    """AOTAutograd's cache must not bypass the rewritten graph: a budget's second run would then
+    trace and plan everything again."""
+    from torch._functorch._aot_autograd.autograd_cache import check_node_safe
+
+    graphs = []
+
+    def keep(gm, example_inputs):
+        chunk_loss_heads(gm, None)
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(Head(), backend=keep, fullgraph=True)(*_batch())
+    (gm,) = graphs
+    assert any(n.target is chunked_linear_cross_entropy for n in gm.graph.nodes)
+    for node in gm.graph.nodes:
+        check_node_safe(node)  # raises BypassAOTAutogradCache on what the cache cannot key
