@@ -68,23 +68,27 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         valid = labels != ignore_index
         count = valid.sum()
         total = torch.zeros((), dtype=torch.float32, device=h.device)
-        grad_h = torch.empty_like(h) if need_h else None
-        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
-        grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
+        grad_h_chunks, grad_w, grad_b = [], None, None
         for start in range(0, h.shape[0], chunk_tokens):
             stop = min(start + chunk_tokens, h.shape[0])
             loss, grad_logits = _chunk(
                 h[start:stop], weight, bias, labels[start:stop], valid[start:stop], label_smoothing, upcast, softcap
             )
             total = total + loss
-            if grad_logits is not None and (need_h or need_w or need_b):
-                grad_logits = grad_logits.to(h.dtype)
-                if need_h:
-                    grad_h[start:stop] = grad_logits @ weight
-                if need_w:
-                    grad_w += (grad_logits.t() @ h[start:stop]).float()
-                if need_b:
-                    grad_b += grad_logits.float().sum(0)
+            if not (need_h or need_w or need_b):
+                continue
+            grad_logits = grad_logits.to(h.dtype)
+            if need_h:
+                grad_h_chunks.append(grad_logits @ weight)
+            if need_w:  # accumulated in place: an out-of-place sum copies [vocab, hidden] once a chunk
+                if grad_w is None:
+                    grad_w = (grad_logits.t() @ h[start:stop]).float()
+                else:
+                    accumulate_matmul_(grad_w, grad_logits.t(), h[start:stop])
+            if need_b:
+                chunk_sum = grad_logits.float().sum(0)
+                grad_b = chunk_sum if grad_b is None else grad_b + chunk_sum
+        grad_h = torch.cat(grad_h_chunks) if need_h else None
         if reduction == "mean":
             loss = total / count  # NaN when every token is ignored, as eager's
             scale = torch.where(count > 0, 1.0 / count.clamp(min=1), 0.0)  # and zero gradients, as eager's
@@ -106,6 +110,21 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         return (*grads, None, None, None, None, None, None, None)
 
 
+@torch.library.custom_op("rematpass::accumulate_matmul_", mutates_args=("total",))
+def accumulate_matmul_(total: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``total += a @ b`` in place. An op of its own, so that functionalization hands it to
+    Inductor as a mutation it re-inplaces (an ``addmm`` would allocate and copy ``total``)."""
+    if total.dtype == a.dtype == b.dtype:
+        total.addmm_(a, b)
+    else:  # a low-precision head accumulates in fp32
+        total.add_(torch.mm(a, b))
+
+
+@accumulate_matmul_.register_fake
+def _(total, a, b) -> None:
+    return None
+
+
 def _chunk(h, weight, bias, labels, valid, label_smoothing: float, upcast: bool, softcap: float | None):
     """One chunk's summed loss and the gradient of that sum by the head's output (masked rows
     zero). ``softcap``: the loss reads ``softcap * tanh(logits / softcap)`` (Gemma 2's final logit
@@ -117,21 +136,29 @@ def _chunk(h, weight, bias, labels, valid, label_smoothing: float, upcast: bool,
         logits = capped * softcap
     if upcast:
         logits = logits.float()
-    log_norm = torch.logsumexp(logits.float(), dim=-1)
+    scores = logits.float()
+    log_norm = torch.logsumexp(scores, dim=-1)
     safe = torch.where(valid, labels, torch.zeros_like(labels))
-    target_logit = logits.float().gather(1, safe[:, None]).squeeze(1)
+    target_logit = scores.gather(1, safe[:, None]).squeeze(1)
     per_token = log_norm - target_logit
     if label_smoothing:
-        smooth = log_norm - logits.float().mean(dim=-1)
+        smooth = log_norm - scores.mean(dim=-1)
         per_token = (1.0 - label_smoothing) * per_token + label_smoothing * smooth
     loss = (per_token * valid).sum()
-    grad = torch.softmax(logits.float(), dim=-1)
-    grad.scatter_add_(1, safe[:, None], torch.full_like(target_logit[:, None], -(1.0 - label_smoothing)))
+    # softmax from the logsumexp, masked, smoothed and through the soft-cap in one pass (Inductor
+    # fuses it into one kernel); then the target's -1, a scatter of one value per row
+    keep = valid[:, None].to(scores.dtype)
+    grad = torch.exp(scores - log_norm[:, None])
     if label_smoothing:
         grad = grad - label_smoothing / logits.shape[-1]
     if capped is not None:  # d(c * tanh(z / c)) / dz = 1 - tanh(z / c)^2
-        grad = grad * (1.0 - capped.float().square())
-    return loss, grad * valid[:, None]
+        slope = 1.0 - capped.float().square()
+        grad = grad * keep * slope
+        target = -(1.0 - label_smoothing) * keep * slope.gather(1, safe[:, None])
+    else:
+        grad = grad * keep
+        target = -(1.0 - label_smoothing) * keep
+    return loss, grad.scatter_add(1, safe[:, None], target)
 
 
 def chunked_linear_cross_entropy(
