@@ -286,10 +286,11 @@ def _head_of(logits: fx.Node) -> _Head:
     return _Head(node, upcast, softcap, extra_bias=extra_bias, chain=(*chain, node))
 
 
-# Each chunk is unrolled into the compiled graph (three matmuls and a softmax): more chunks cost
-# compile time and kernel launches for ever smaller savings. 8 chunks take 7/8 of a whole logits
-# tensor off the peak.
-MAX_AUTO_CHUNKS = 8
+# Each chunk is unrolled into the compiled graph, and smaller chunks make smaller, slower matmuls.
+# Measured (benchmarks/loss_head.py, GPT-2's vocabulary, 2 layers, 4 x 512 tokens, CPU): 4 chunks
+# peaked as low as 8 (0.34x of torch.compile's peak; the step's largest tensor is then elsewhere)
+# at 0.99x of torch.compile's step time, against 1.06x for 8 chunks.
+MAX_AUTO_CHUNKS = 4
 
 
 def chunk_count(tokens: int, vocab: int, hidden: int, forced: int | None) -> int:
