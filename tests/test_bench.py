@@ -78,6 +78,9 @@ def test_bench_writes_results_and_budget_lowers_peak(tmp_path, capsys):
     assert (tmp_path / "results.md").read_text().count("| `remat") == 2
     assert "predicted peak" in (tmp_path / "results.md").read_text()
     assert "partition host peak" in (tmp_path / "results.md").read_text()
+    # a budget's check probes its plans and compiles each graph once; the table says so
+    assert set(low["remat_reports"]["compiles"]) == {1} and min(low["remat_reports"]["schedule_probes"]) >= 1
+    assert "compiles / probes per graph" in (tmp_path / "results.md").read_text()
     assert "step_ratio" not in full  # inductor, the baseline, did not run
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 
 import pytest
 import torch
@@ -52,7 +53,7 @@ def test_codegen_effects_are_predicted_before_codegen(monkeypatch):
     assert step_peak(forward[2], backward[2]) != after
 
 
-@pytest.mark.parametrize("budget", [0.0, 0.5, "cap"])
+@pytest.mark.parametrize("budget", [0.0, 0.5, "cap", "default_peak"])
 def test_a_budget_compiles_once_and_its_probe_reads_what_the_compile_schedules(monkeypatch, tmp_path, budget):
     partitions = []
     original = partitioner.RematPartitioner.partition
@@ -63,19 +64,22 @@ def test_a_budget_compiles_once_and_its_probe_reads_what_the_compile_schedules(m
 
     monkeypatch.setattr(partitioner.RematPartitioner, "partition", counting)
     model, x = _gelu_mlp()
-    if budget == "cap":  # halfway between the least-peak and the default plans' scheduled peaks
+    if budget in ("cap", "default_peak"):  # halfway between the least-peak and default plans', or the default's
         peaks = []
         for fraction in (None, 0.0):
             torch._dynamo.reset()
             options = {} if fraction is None else {"memory_budget": fraction}
             torch.compile(model, backend="remat", options=options)(x).sum().backward()
             peaks.append(rematpass.recent_reports()[-1].scheduled_peak_bytes)
-        budget = (peaks[0] + peaks[1]) // 2
+        budget = (peaks[0] + peaks[1]) // 2 if budget == "cap" else peaks[0]
         partitions.clear()
     torch._dynamo.reset()
     rematpass.clear_reports()
     options = {"memory_budget": budget, "strict": True, "dump_dir": str(tmp_path)}
-    torch.compile(model, backend="remat", options=options)(x).sum().backward()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.compile(model, backend="remat", options=options)(x).sum().backward()
+    assert not [w for w in caught if issubclass(w.category, rematpass.RematBudgetWarning)]
     (report,) = rematpass.recent_reports()
     assert partitions == [None] and report.compiles == 1
     assert report.schedule_probes >= 1 and report.verification

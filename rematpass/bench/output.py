@@ -45,6 +45,13 @@ def _predicted_over_measured(row: dict[str, Any], key: str = "predicted_peak_byt
     return f"{predicted / measured:.3f}" if predicted and measured else "-"
 
 
+def _per_graph(reports: dict[str, Any] | None) -> str:
+    """Inductor compiles and schedule probes of each graph, e.g. ``1/2`` (``1/2, 1/0`` for two graphs)."""
+    if not reports or "compiles" not in reports:
+        return "-"
+    return ", ".join(f"{c}/{p}" for c, p in zip(reports["compiles"], reports["schedule_probes"]))
+
+
 COLUMNS = [
     ("variant", lambda r: r["name"]),
     ("peak", lambda r: _mib(r.get("peak_bytes"))),
@@ -63,6 +70,7 @@ COLUMNS = [
     ("step", lambda r: _seconds(r.get("step_seconds"))),
     ("step vs inductor", lambda r: _ratio(r.get("step_ratio"))),
     ("compile", lambda r: _seconds(r.get("compile_seconds"))),
+    ("compiles / probes per graph", lambda r: _per_graph(r.get("remat_reports"))),
     ("partition", lambda r: _seconds(r.get("partition_seconds"))),
     ("partition host peak", lambda r: _mib(r.get("partition_peak_host_bytes"))),
     ("grads", _grads_cell),

@@ -205,6 +205,9 @@ def _remat_reports_since(count: int) -> dict[str, Any] | None:
         "predicted_peak_bytes": max((r.predicted_peak_bytes or 0 for r in reports), default=0) or None,
         # The same, read off the kernels Inductor scheduled (rematpass.scheduled_peak).
         "scheduled_peak_bytes": max((r.scheduled_peak_bytes or 0 for r in reports), default=0) or None,
+        # Inductor compiles per graph (a budget's check probes its plans and compiles once) and probes.
+        "compiles": [r.compiles for r in reports],
+        "schedule_probes": [r.schedule_probes for r in reports],
     }
 
 
