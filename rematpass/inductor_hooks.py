@@ -353,20 +353,23 @@ def _inplace_candidates(snode, removed: set[str]) -> list:
 
 def _dying_input_to_take(graph, snode, buf, index: int, position: dict, unavailable: set[str]) -> str | None:
     """The input of ``snode`` whose memory Inductor's codegen would give to output ``buf``: one
-    it reads for the last time, of the same size, dtype and device, not a graph input."""
+    it reads for the last time, of the same size, dtype and device, not a graph input unless
+    donated (a backward's saved tensors are: the backward may write over them)."""
     from torch._inductor import ir
     from torch._inductor.codegen.wrapper import can_match_buffer_size
     from torch._inductor.scheduler import NopKernelSchedulerNode
 
     scheduler = graph.scheduler
+    donated = getattr(scheduler, "name_to_donated_buffer", {})  # a backward's saved tensors
+    inputs_original = getattr(graph, "graph_inputs_original", {})
     for read in snode.read_writes.reads:
         name = read.name
-        source = scheduler.name_to_buf.get(name)
+        source = donated[name] if name in donated else scheduler.name_to_buf.get(name)
         if (
             source is None
             or source.node is None
             or name in unavailable
-            or name in graph.graph_inputs
+            or (name in graph.graph_inputs and not isinstance(inputs_original.get(name), ir.DonatedBuffer))
             or name in graph.constants
             or name in graph.never_reuse_buffers
             or isinstance(source.defining_op, NopKernelSchedulerNode)
