@@ -134,15 +134,16 @@ def remat(
     # check by compiling, as before the probe existed.
     attempts: list[CompileOutcome] = []
     compiled_already = [probed] if probed.report is not None and probed.scheduled_peak_bytes is not None else []
-    compiles = [1]
+    compiles = 1
 
     def compile_once(aim: int | None):
+        nonlocal compiles
         if aim is None and compiled_already:  # the knobs' plan, compiled above
             outcome = compiled_already.pop()
             _store_quietly(report_cache.store, report_cache.attempt_key(key, None), outcome.report)
         else:
             outcome = _compile_attempt(gm, example_inputs, knobs, mode, key, aim, heads)
-            compiles.append(1)
+            compiles += 1
         attempts.append(outcome)
         return outcome
 
@@ -152,7 +153,7 @@ def remat(
         final = compile_within(cap, compile_once)
         _store_quietly(report_cache.store_kept_aim, key, final.aim)
     if final.report is not None:  # each attempt's report is stored already, under its own key
-        final.report = dataclasses.replace(final.report, compiles=len(compiles))
+        final.report = dataclasses.replace(final.report, compiles=compiles)
         record(final.report)
     _note_scheduled(attempts, final)
     return final.compiled

@@ -171,3 +171,19 @@ def analysed(captured: dict):
     return SimpleNamespace(
         gm=a.gm, roles=a.roles, summary=a.summary, table=a.costs, kwargs=kwargs, fake=captured["fake"]
     )
+
+
+def count_partitions(monkeypatch) -> list:
+    """A list that gets, for each partition rematpass's partitioner runs, the aim it planned for
+    (None: the knobs' own plan)."""
+    import rematpass.partitioner as partitioner
+
+    partitions = []
+    original = partitioner.RematPartitioner.partition
+
+    def counting(self, *args, **kwargs):
+        partitions.append(self.aim_peak_bytes)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(partitioner.RematPartitioner, "partition", counting)
+    return partitions

@@ -9,10 +9,10 @@ import warnings
 
 import pytest
 import torch
+from helpers import count_partitions
 
 import rematpass
 import rematpass.inductor_hooks as hooks
-import rematpass.partitioner as partitioner
 from rematpass.inspect.cli import show
 from rematpass.scheduled_peak import step_peak
 
@@ -68,14 +68,7 @@ def test_codegen_effects_are_predicted_before_codegen(monkeypatch, build):
 
 @pytest.mark.parametrize("budget", [0.0, 0.5, "cap", "default_peak"])
 def test_a_budget_compiles_once_and_its_probe_reads_what_the_compile_schedules(monkeypatch, tmp_path, budget):
-    partitions = []
-    original = partitioner.RematPartitioner.partition
-
-    def counting(self, *args, **kwargs):
-        partitions.append(self.aim_peak_bytes)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(partitioner.RematPartitioner, "partition", counting)
+    partitions = count_partitions(monkeypatch)
     model, x = _gelu_mlp()
     if budget in ("cap", "default_peak"):  # halfway between the least-peak and default plans', or the default's
         peaks = []
@@ -122,7 +115,6 @@ def test_a_schedule_that_cannot_be_probed_is_checked_by_compiling(monkeypatch):
     import rematpass.schedule_probe as schedule_probe
 
     monkeypatch.setattr(schedule_probe, "_scheduled_memory", _raise)
-    monkeypatch.setattr(partitioner, "probe_step_peak", schedule_probe.probe_step_peak)
     model, x = _gelu_mlp()
     torch._dynamo.reset()
     rematpass.clear_reports()

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import cheap_backend
+from helpers import cheap_backend, count_partitions
 
 import rematpass
 from rematpass.inspect import dump
@@ -121,16 +121,7 @@ def test_dump_compares_with_torch_compiles_own_partitioner(tmp_path):
 def test_a_budget_checked_once_is_compiled_once_from_the_cache_on_the_next_run(tmp_path, monkeypatch, budget):
     """The first run checks the budget on Inductor's schedule (one or more compiles); it remembers
     the kept plan, so the next run of the same graph compiles just that plan, from the cache."""
-    import rematpass.partitioner as partitioner
-
-    partitions = []
-    original = partitioner.RematPartitioner.partition
-
-    def counting(self, *args, **kwargs):
-        partitions.append(self.aim_peak_bytes)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(partitioner.RematPartitioner, "partition", counting)
+    partitions = count_partitions(monkeypatch)
     torch.manual_seed(0)
     model = torch.nn.Sequential(*[torch.nn.Linear(64, 64, bias=False) for _ in range(4)])
     x = torch.randn(256, 64)
