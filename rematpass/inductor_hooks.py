@@ -19,7 +19,7 @@ import torch
 
 # Imported with the backend, as torch.compile imports Inductor when it looks the "inductor" backend
 # up: lazily, the import (about 1.3 s) would land in the user's first call.
-from torch._inductor.compile_fx import compile_fx as _inductor_compile_fx
+import torch._inductor.compile_fx as _inductor_compile_fx
 from torch._inductor.custom_graph_pass import CustomGraphPass, CustomPartitionerFn, get_hash_for_files
 
 __all__ = [
@@ -50,7 +50,7 @@ __all__ = [
 
 def compile_with_inductor(gm: torch.fx.GraphModule, example_inputs, config_patches: dict[str, Any]):
     """``compile_fx`` with Inductor config patches that stay active through the lazy backward compile."""
-    return _inductor_compile_fx(gm, example_inputs, config_patches=config_patches)
+    return _inductor_compile_fx.compile_fx(gm, example_inputs, config_patches=config_patches)
 
 
 @functools.cache
