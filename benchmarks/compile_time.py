@@ -74,7 +74,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def run(name: str, variant: str, cache: str, cap: int) -> dict:
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "PYTHONPATH": HERE}
+    path = os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH")) if p)  # heldout.py, and the caller's
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "PYTHONPATH": path}
     out = subprocess.run(
         [sys.executable, "-c", CHILD, name, variant, str(cap)], env=env, capture_output=True, text=True
     )
