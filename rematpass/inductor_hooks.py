@@ -26,6 +26,7 @@ __all__ = [
     "CustomGraphPass",
     "CustomPartitionerFn",
     "activation_memory_budget",
+    "backward_donations",
     "aot_autograd_cache_hits",
     "backward_compiled_eagerly",
     "carries_backward_hooks",
@@ -196,6 +197,40 @@ def lower_and_schedule(module: torch.fx.GraphModule, example_inputs, *, backward
     bypassed = {"force_disable_caches": False, "fx_graph_cache": False, "fx_graph_remote_cache": False}
     with torch._inductor.config.patch(bypassed):
         compile_fx_inner(module, example_inputs, is_backward=backward)
+
+
+@contextlib.contextmanager
+def backward_donations(forward: torch.fx.GraphModule, backward: torch.fx.GraphModule, num_fwd_outputs: int):
+    """While inside, Inductor lowers ``backward`` knowing which of its saved tensors AOTAutograd
+    will donate to it (Inductor may then write gradients over them in place). AOTAutograd works
+    that out only after the partitioner returns (inside it, the tracing context has no metadata
+    to ask), so it is computed here, as AOTAutograd's ``collect_bw_donated_buffer_idxs`` does,
+    from the two modules, and handed to the lowering in its place."""
+    import torch._inductor.graph as lowering
+
+    if not torch._functorch.config.donated_buffer or not hasattr(lowering, "get_donated_idxs"):
+        yield
+        return
+    from torch._functorch._aot_autograd.graph_compile import collect_fw_donated_buffer_idxs
+
+    def values(nodes):
+        return [n.meta.get("val") if isinstance(n, torch.fx.Node) else None for n in nodes]
+
+    forward_outputs = values(next(reversed(forward.graph.find_nodes(op="output"))).args[0])
+    saved = forward_outputs[num_fwd_outputs:]
+    symints = sum(1 for v in saved if isinstance(v, torch.SymInt | int))
+    donated = collect_fw_donated_buffer_idxs(
+        values(forward.graph.find_nodes(op="placeholder")),
+        forward_outputs[:num_fwd_outputs],
+        values(next(reversed(backward.graph.find_nodes(op="output"))).args[0]),
+        saved[: len(saved) - symints],
+    )
+    original = lowering.get_donated_idxs
+    lowering.get_donated_idxs = lambda: [symints + i for i in donated]  # what GraphLowering asks
+    try:
+        yield
+    finally:
+        lowering.get_donated_idxs = original
 
 
 @contextlib.contextmanager

@@ -262,7 +262,7 @@ class RematPartitioner(CustomPartitionerFn):
                 chosen, saved, report = planned(aim)
                 if (plan_key := chosen.plan.saved.tobytes()) not in by_plan:
                     modules = torch_extract.extract_forward_backward(gm, saved, roles, num_fwd_outputs)
-                    probe = probe_step_peak(*modules)
+                    probe = probe_step_peak(*modules, num_fwd_outputs)
                     by_plan[plan_key] = None if probe is None else probe.scheduled_peak_bytes
                     seconds.extend([probe.seconds] if probe is not None else [])
                 peak = by_plan[chosen.plan.saved.tobytes()]

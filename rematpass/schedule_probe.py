@@ -47,13 +47,16 @@ class _ScheduleRead(Exception):
         self.memory = memory
 
 
-def probe_step_peak(forward: fx.GraphModule, backward: fx.GraphModule) -> Probe | None:
+def probe_step_peak(forward: fx.GraphModule, backward: fx.GraphModule, num_fwd_outputs: int) -> Probe | None:
     """The step peak of Inductor's schedule of ``forward`` and ``backward`` (both consumed: Inductor's
     passes rewrite them), or None when it cannot be read (the reason is logged)."""
+    from .inductor_hooks import backward_donations
+
     started = time.perf_counter()
     try:
-        forward_memory = _scheduled_memory(forward, backward=False)
-        backward_memory = _scheduled_memory(backward, backward=True)
+        with backward_donations(forward, backward, num_fwd_outputs):  # read before the passes rewrite them
+            forward_memory = _scheduled_memory(forward, backward=False)
+            backward_memory = _scheduled_memory(backward, backward=True)
     except Exception as exc:
         log.warning("could not probe Inductor's schedule: %s: %s", type(exc).__name__, exc)
         return None
