@@ -2,10 +2,13 @@
 
     python benchmarks/loss_head.py                          # GPT-2 small's vocabulary, 2 layers, 4 x 512 tokens
     python benchmarks/loss_head.py --layers 12 --rounds 5   # GPT-2 small itself
+    python benchmarks/loss_head.py --return-logits          # the model returns its logits too, as Trainer calls it
 
 Variants: ``torch.compile`` (Inductor's partitioner), ``remat`` with the head whole
 (``loss_chunks=0``) and ``remat``'s default plan (the head in chunks, passes.loss_head);
-``--chunks`` adds forced counts. Peaks are exact (the CPU allocator's
+``--chunks`` adds forced counts. ``--return-logits`` compiles the transformers model itself and
+calls it with labels, as Hugging Face's Trainer does: it returns the logits with the loss, and
+the step drops them before the backward. Peaks are exact (the CPU allocator's
 peak during a step, rematpass.measure); step times are medians of interleaved rounds after one
 warm-up step each, as ratios against ``torch.compile`` in the same process. This is a program
 that prints a table, not a test.
@@ -41,6 +44,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--chunks", type=int, nargs="*", default=[], help="also remat with loss_chunks forced to these")
+    parser.add_argument("--return-logits", action="store_true", help="the model returns its logits with the loss")
     args = parser.parse_args(argv)
     variants = dict(VARIANTS)
     variants.update(
@@ -50,7 +54,8 @@ def main(argv=None) -> int:
     torch._inductor.config.force_disable_caches = True  # every variant's partitioner must run
     torch.manual_seed(0)
     config = {"vocab": args.vocab, "dim": 768, "layers": args.layers, "positions": 1024, "heads": 12}
-    base = LossOf(zoo.gpt2_lm(**config, use_cache=False), "input_ids", "labels")
+    lm = zoo.gpt2_lm(**config, use_cache=False)
+    base = lm if args.return_logits else LossOf(lm, "input_ids", "labels")
     ids = torch.randint(0, args.vocab, (args.batch, args.seq))
     steps, rows = {}, {}
     for name, kwargs in variants.items():
@@ -61,7 +66,10 @@ def main(argv=None) -> int:
         def step(model=model):
             for p in model.parameters():
                 p.grad = None
-            model(ids, ids).backward()
+            if args.return_logits:  # as Trainer's compute_loss: the outputs go before the backward
+                model(input_ids=ids, labels=ids).loss.backward()
+            else:
+                model(ids, ids).backward()
 
         started = time.perf_counter()
         step()
@@ -78,6 +86,7 @@ def main(argv=None) -> int:
     print(
         f"GPT-2 ({args.layers} layers, vocab {args.vocab}), {args.batch} x {args.seq} tokens, CPU, "
         f"{args.threads} thread(s), {args.rounds} interleaved rounds"
+        + (", the logits returned with the loss" if args.return_logits else "")
     )
     print("| variant | peak | vs torch.compile | step (median) | vs torch.compile | first call | loss head |")
     print("|---|---|---|---|---|---|---|")

@@ -18,13 +18,19 @@ stays as it is), any ``ignore_index``, ``label_smoothing``, no class weights; th
 without bias, tied or not, with or without an upcast to fp32 between head and loss, over any
 leading token dimensions, with or without a row of logit biases added after the linear (BART's
 ``final_logits_bias``) and Gemma 2's final logit soft-capping (``c * tanh(logits / c)``), both
-before the upcast; the logits used by nothing else. Left as they are, with the reason
-recorded: a dynamic number of tokens, logits the graph also returns or reads elsewhere, class
-weights, a vocabulary no larger than the hidden size.
+before the upcast; a static or dynamic number of tokens. The logits may also be returned, as a
+transformers model called with labels returns them: the forward then also forms them for the
+user, whole, by one more head matmul and without gradients, and ``with_returned_logits`` makes
+them differentiable outside the compiled graph (``chunked_cross_entropy.LogitsOfHidden``), so
+nothing of ``[tokens, vocab]`` size is kept for the backward or formed in it unless the user's
+loss reads them. Left as they are, with the reason
+recorded: logits read by anything else (a second loss term), class weights, a dynamic vocabulary
+or hidden size, a vocabulary no larger than the hidden size.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import math
@@ -36,14 +42,33 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
+from . import chunked_cross_entropy
+from .chunked_cross_entropy import LogitsOfHidden, chunked_linear_cross_entropy
+from .liveness import hinted_size
+
 _LINEARS = (torch._C._nn.linear, F.linear)
 _PASS_THROUGH_METHODS = ("view", "reshape", "float", "contiguous", "to")
 
 
 @dataclass(frozen=True)
+class ReturnedLogits:
+    """Logits a chunked head also returns: where they are among the graph's outputs, where the
+    head's weight and biases are among its inputs, and what they went through (``stage``:
+    soft-capped, upcast). The rewritten graph returns the head's flat input after its outputs."""
+
+    outputs: tuple[int, ...]
+    weight: int
+    bias: int | None
+    extra_bias: int | None
+    softcap: float | None
+    stage: tuple[bool, bool]
+
+
+@dataclass(frozen=True)
 class LossHeadRewrite:
-    """What happened to one cross-entropy of the graph: chunked (into ``chunks`` of ``chunk_tokens``)
-    or left as it is, and why."""
+    """What happened to one cross-entropy of the graph: chunked (into ``chunks`` of at most
+    ``chunk_tokens``) or left as it is, and why. ``tokens`` is the example's count (the count the
+    graph was captured with when ``dynamic_tokens``: chunks then split whatever count comes)."""
 
     chunked: bool
     reason: str
@@ -52,133 +77,12 @@ class LossHeadRewrite:
     hidden: int = 0
     chunks: int = 0
     chunk_tokens: int = 0
+    dynamic_tokens: bool = False
+    returned: ReturnedLogits | None = None  # the logits are also a graph output
 
     def logits_bytes(self) -> int:
         """Bytes of one fp32 ``[tokens, vocab]`` tensor: what each chunked one no longer holds whole."""
         return self.tokens * self.vocab * 4
-
-
-class ChunkedLinearCrossEntropy(torch.autograd.Function):
-    """``cross_entropy(linear(h, weight, bias), labels)`` with the loss and the gradients formed
-    chunk by chunk in the forward. ``h``: ``[tokens, hidden]``; ``labels``: ``[tokens]``."""
-
-    @staticmethod
-    def forward(ctx, h, weight, bias, labels, ignore_index, reduction, label_smoothing, upcast, chunk_tokens, softcap):
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        valid = labels != ignore_index
-        count = valid.sum()
-        total = torch.zeros((), dtype=torch.float32, device=h.device)
-        grad_h_chunks, grad_w, grad_b = [], None, None
-        for start in range(0, h.shape[0], chunk_tokens):
-            stop = min(start + chunk_tokens, h.shape[0])
-            loss, grad_logits = _chunk(
-                h[start:stop], weight, bias, labels[start:stop], valid[start:stop], label_smoothing, upcast, softcap
-            )
-            total = total + loss
-            if not (need_h or need_w or need_b):
-                continue
-            grad_logits = grad_logits.to(h.dtype)
-            if need_h:
-                grad_h_chunks.append(grad_logits @ weight)
-            if need_w:  # accumulated in place: an out-of-place sum copies [vocab, hidden] once a chunk
-                if grad_w is None:
-                    grad_w = (grad_logits.t() @ h[start:stop]).float()
-                else:
-                    accumulate_matmul_(grad_w, grad_logits.t(), h[start:stop])
-            if need_b:
-                chunk_sum = grad_logits.float().sum(0)
-                grad_b = chunk_sum if grad_b is None else grad_b + chunk_sum
-        grad_h = torch.cat(grad_h_chunks) if need_h else None
-        if reduction == "mean":
-            loss = total / count  # NaN when every token is ignored, as eager's
-            scale = torch.where(count > 0, 1.0 / count.clamp(min=1), 0.0)  # and zero gradients, as eager's
-        else:
-            loss, scale = total, torch.ones((), dtype=torch.float32, device=h.device)
-        ctx.save_for_backward(
-            scale,
-            grad_h if need_h else None,
-            grad_w.to(weight.dtype) if need_w else None,
-            grad_b.to(bias.dtype) if need_b else None,
-        )
-        return loss if upcast else loss.to(h.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        scale, grad_h, grad_w, grad_b = ctx.saved_tensors
-        factor = grad_loss.float() * scale
-        grads = [None if g is None else g * factor.to(g.dtype) for g in (grad_h, grad_w, grad_b)]
-        return (*grads, None, None, None, None, None, None, None)
-
-
-@torch.library.custom_op("rematpass::accumulate_matmul_", mutates_args=("total",))
-def accumulate_matmul_(total: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """``total += a @ b`` in place. An op of its own, so that functionalization hands it to
-    Inductor as a mutation it re-inplaces (an ``addmm`` would allocate and copy ``total``)."""
-    if total.dtype == a.dtype == b.dtype:
-        total.addmm_(a, b)
-    else:  # a low-precision head accumulates in fp32
-        total.add_(torch.mm(a, b))
-
-
-@accumulate_matmul_.register_fake
-def _(total, a, b) -> None:
-    return None
-
-
-def _chunk(h, weight, bias, labels, valid, label_smoothing: float, upcast: bool, softcap: float | None):
-    """One chunk's summed loss and the gradient of that sum by the head's output (masked rows
-    zero). ``softcap``: the loss reads ``softcap * tanh(logits / softcap)`` (Gemma 2's final logit
-    soft-capping, applied in the head's dtype before the upcast, as transformers does)."""
-    logits = F.linear(h, weight, bias)
-    capped = None
-    if softcap is not None:
-        capped = torch.tanh(logits / softcap)
-        logits = capped * softcap
-    if upcast:
-        logits = logits.float()
-    scores = logits.float()
-    log_norm = torch.logsumexp(scores, dim=-1)
-    safe = torch.where(valid, labels, torch.zeros_like(labels))
-    target_logit = scores.gather(1, safe[:, None]).squeeze(1)
-    per_token = log_norm - target_logit
-    if label_smoothing:
-        smooth = log_norm - scores.mean(dim=-1)
-        per_token = (1.0 - label_smoothing) * per_token + label_smoothing * smooth
-    loss = (per_token * valid).sum()
-    # softmax from the logsumexp, masked, smoothed and through the soft-cap in one pass (Inductor
-    # fuses it into one kernel); then the target's -1, a scatter of one value per row
-    keep = valid[:, None].to(scores.dtype)
-    grad = torch.exp(scores - log_norm[:, None])
-    if label_smoothing:
-        grad = grad - label_smoothing / logits.shape[-1]
-    if capped is not None:  # d(c * tanh(z / c)) / dz = 1 - tanh(z / c)^2
-        slope = 1.0 - capped.float().square()
-        grad = grad * keep * slope
-        target = -(1.0 - label_smoothing) * keep * slope.gather(1, safe[:, None])
-    else:
-        grad = grad * keep
-        target = -(1.0 - label_smoothing) * keep
-    return loss, grad.scatter_add(1, safe[:, None], target)
-
-
-def chunked_linear_cross_entropy(
-    h,
-    weight,
-    bias,
-    labels,
-    *,
-    ignore_index=-100,
-    reduction="mean",
-    label_smoothing=0.0,
-    upcast=False,
-    chunk_tokens,
-    softcap=None,
-):
-    """The loss ``cross_entropy(linear(h, weight, bias)[.float()], labels)`` in chunks of tokens
-    (with ``softcap``, of ``softcap * tanh(linear(...) / softcap)``)."""
-    return ChunkedLinearCrossEntropy.apply(
-        h, weight, bias, labels, ignore_index, reduction, float(label_smoothing), upcast, int(chunk_tokens), softcap
-    )
 
 
 # ---------------------------------------------------------------------------- matching
@@ -205,6 +109,8 @@ class _Head:
     extra_bias: fx.Node | None = None  # a row added to the logits after the linear
     # The nodes from the loss's input down to the linear: the rewrite erases them, and nothing else.
     chain: tuple = ()
+    returned: fx.Node | None = None  # the one of them the graph also returns
+    stage: tuple[bool, bool] = (False, False)  # what the returned one went through: soft-capped, upcast
 
 
 def _softcap_of(node: fx.Node) -> tuple[fx.Node, float, tuple] | None:
@@ -248,23 +154,35 @@ def _bias_add_of(node: fx.Node) -> tuple[fx.Node, fx.Node] | None:
     return None
 
 
-def _head_of(logits: fx.Node) -> _Head:
+def _head_of(logits: fx.Node, loss: fx.Node) -> _Head:
     """The linear that made ``logits`` through views, reshapes, an upcast, a row of logit biases
     and a soft-cap, or why not. Each must sit where transformers puts it: the bias added and the
-    soft-cap applied in the head's dtype, before the upcast."""
-    node, upcast, softcap, extra_bias = logits, False, None, None
+    soft-cap applied in the head's dtype, before the upcast. One of these values may also be a
+    graph output (the logits a model returns with its loss)."""
+    node, below = logits, loss
+    upcast, softcap, extra_bias, returned, stage = False, None, None, None, [False, False]
     chain: list[fx.Node] = []
-    while not (node.op == "call_function" and node.target in _LINEARS):
+    while True:
+        others = [user for user in node.users if user is not below]
+        if others:
+            if returned is not None or not all(user.op == "output" for user in others):
+                return _Head(None, reason="the logits are read by more than the loss and the graph's outputs")
+            if extra_bias is not None:
+                return _Head(None, reason="the logits returned are those before the logit bias the loss reads")
+            returned = node
+        if node.op == "call_function" and node.target in _LINEARS:
+            break
         chain.append(node)
-        if len(node.users) != 1:
-            return _Head(None, reason="the logits are used by more than the loss (returned, or a second loss term)")
         capped = _softcap_of(node) if softcap is None and extra_bias is None else None
         if capped is not None:
             node, softcap, between = capped
             chain += between
+            below = between[-1]  # the division reads the logits
+            stage[0] = returned is not None
             continue
         added = _bias_add_of(node) if extra_bias is None else None
         if added is not None:
+            below = node
             node, extra_bias = added
             continue
         if node.op != "call_method" or node.target not in _PASS_THROUGH_METHODS:
@@ -278,12 +196,13 @@ def _head_of(logits: fx.Node) -> _Head:
             if value is None or value.dtype != torch.float32:
                 return _Head(None, reason="a conversion other than an fp32 upcast between head and loss")
             upcast = True
-        node = node.args[0]
+            stage[1] = returned is not None
+        below, node = node, node.args[0]
         if not isinstance(node, fx.Node):
             return _Head(None, reason="the logits are not a graph value")
-    if len(node.users) != 1:
-        return _Head(None, reason="the logits are used by more than the loss (returned, or a second loss term)")
-    return _Head(node, upcast, softcap, extra_bias=extra_bias, chain=(*chain, node))
+    return _Head(
+        node, upcast, softcap, extra_bias=extra_bias, chain=(*chain, node), returned=returned, stage=tuple(stage)
+    )
 
 
 # Each chunk is unrolled into the compiled graph, and smaller chunks make smaller, slower matmuls.
@@ -293,12 +212,12 @@ def _head_of(logits: fx.Node) -> _Head:
 MAX_AUTO_CHUNKS = 4
 
 
-def chunk_count(tokens: int, vocab: int, hidden: int, forced: int | None) -> int:
+def chunk_count(tokens: int | None, vocab: int, hidden: int, forced: int | None) -> int:
     """How many chunks: ``forced`` when given, else enough that a chunk's logits are about the
     size of the hidden states, ``ceil(vocab / hidden)`` (Liger's rule), at most ``MAX_AUTO_CHUNKS``;
-    never more than one per token."""
+    never more than one per token when the count is known (``tokens`` None: dynamic)."""
     chunks = forced if forced is not None else min(math.ceil(vocab / max(hidden, 1)), MAX_AUTO_CHUNKS)
-    return max(1, min(chunks, tokens))
+    return max(1, chunks if tokens is None else min(chunks, tokens))
 
 
 def chunk_loss_heads(
@@ -328,7 +247,7 @@ def _rewrite(gm: fx.GraphModule, loss: fx.Node, forced_chunks: int | None, dry_r
         return LossHeadRewrite(False, f"reduction={reduction!r} or a non-constant argument")
     if not isinstance(logits, fx.Node) or not isinstance(labels, fx.Node):
         return LossHeadRewrite(False, "the logits or labels are not graph values")
-    found = _head_of(logits)
+    found = _head_of(logits, loss)
     if found.linear is None:
         return LossHeadRewrite(False, found.reason)
     head, upcast = found.linear, found.upcast
@@ -337,19 +256,27 @@ def _rewrite(gm: fx.GraphModule, loss: fx.Node, forced_chunks: int | None, dry_r
     h_value, w_value, logits_value = _value(h), _value(weight), _value(logits)
     if h_value is None or w_value is None or logits_value is None or logits_value.dim() != 2:
         return LossHeadRewrite(False, "the head's shapes are unknown, or the loss does not read [tokens, vocab]")
-    shape = (*h_value.shape, *w_value.shape)
-    if not all(isinstance(s, int) for s in shape):
-        return LossHeadRewrite(False, "a dynamic number of tokens or a dynamic vocabulary")
+    if not all(isinstance(s, int) for s in (*w_value.shape, h_value.shape[-1])):
+        return LossHeadRewrite(False, "a dynamic vocabulary or hidden size")
     vocab, hidden = w_value.shape
-    tokens = math.prod(h_value.shape[:-1])
+    dynamic = not all(isinstance(s, int) for s in h_value.shape)
+    tokens = math.prod(hinted_size(s) for s in h_value.shape[:-1])
     if vocab <= hidden:
         return LossHeadRewrite(False, "the vocabulary is no larger than the hidden size: nothing to gain")
-    chunks = chunk_count(tokens, vocab, hidden, forced_chunks)
-    chunk_tokens = math.ceil(tokens / chunks)
+    # A symbolic count is split into the same number of chunks whatever it comes to (some may be
+    # empty); a static one never into more chunks than tokens.
+    chunks = chunk_count(None if dynamic else tokens, vocab, hidden, forced_chunks)
+    outcome = LossHeadRewrite(
+        True, "chunked", tokens, vocab, hidden, chunks, math.ceil(tokens / chunks), dynamic_tokens=dynamic
+    )
+    returned = None
+    if found.returned is not None:
+        returned = _returned_logits(gm, found, weight, bias)
+        if isinstance(returned, str):
+            return LossHeadRewrite(False, returned)
+        outcome = dataclasses.replace(outcome, returned=returned)
     if dry_run:
-        return LossHeadRewrite(
-            True, "would chunk", tokens, vocab, hidden, math.ceil(tokens / chunk_tokens), chunk_tokens
-        )
+        return dataclasses.replace(outcome, reason="would chunk")
     with gm.graph.inserting_before(loss):
         flat_h = gm.graph.call_method("reshape", (h, -1, hidden))
         flat_labels = gm.graph.call_method("reshape", (labels, -1))
@@ -364,27 +291,121 @@ def _rewrite(gm: fx.GraphModule, loss: fx.Node, forced_chunks: int | None, dry_r
                 "reduction": reduction,
                 "label_smoothing": float(smoothing),
                 "upcast": upcast,
-                "chunk_tokens": chunk_tokens,
+                "chunks": chunks,
                 "softcap": found.softcap,
+                "returned": None if returned is None else returned.stage,
             },
         )
+        if returned is not None:
+            chunked_loss = gm.graph.call_function(operator.getitem, (chunked, 0))
+            flat_logits = gm.graph.call_function(operator.getitem, (chunked, 1))
+            _return_instead(gm, found.returned, _shaped_like(gm, flat_logits, found.returned, h, vocab), flat_h)
     chunked.meta.update({k: v for k, v in loss.meta.items() if k != "example_value"})
     # AOTAutograd's cache bypasses a graph that calls a Python function it does not know, unless
     # the call carries a hash of what it runs (as torch.fx.wrap's do): then it is in the key.
     chunked.meta.update(is_wrapped=True, user_cache_hash=_source_hash())
-    loss.replace_all_uses_with(chunked)
+    loss.replace_all_uses_with(chunked if returned is None else chunked_loss)
     gm.graph.erase_node(loss)
     # Only the head's own nodes go: a general dead-code pass would also drop in-place ops whose
     # results nobody reads (T5 masks its decoder ids with masked_fill_).
     for node in found.chain:
         if not node.users:
             gm.graph.erase_node(node)
-    return LossHeadRewrite(True, "chunked", tokens, vocab, hidden, math.ceil(tokens / chunk_tokens), chunk_tokens)
+    return outcome
+
+
+def _returned_logits(gm: fx.GraphModule, found: _Head, weight, bias) -> ReturnedLogits | str:
+    """Where the returned logits and the head's parameters are, or why they cannot be returned."""
+    inputs = {node: i for i, node in enumerate(gm.graph.find_nodes(op="placeholder"))}
+    weight, bias, extra_bias = (_unconverted(p) for p in (weight, bias, found.extra_bias))
+    if any(p is not None and p not in inputs for p in (weight, bias, extra_bias)):
+        return "the logits are returned and the head's weight or biases are not graph inputs"
+    (output,) = gm.graph.find_nodes(op="output")
+    outputs = output.args[0]
+    where = tuple(i for i, value in enumerate(outputs) if value is found.returned) if isinstance(outputs, tuple) else ()
+    value = _value(found.returned)
+    if not where or value is None or value.dim() not in (2, _value(_argument(found.linear, 0, "input")).dim()):
+        return "the logits are returned in a form not chunked (nested in the outputs, or reshaped)"
+    return ReturnedLogits(
+        where,
+        inputs[weight],
+        None if bias is None else inputs[bias],
+        None if extra_bias is None else inputs[extra_bias],
+        found.softcap,
+        found.stage,
+    )
+
+
+def _unconverted(node):
+    """``node`` through conversions that return their input itself (BART's
+    ``final_logits_bias.to(logits.device)``): the graph input it is at run time, when it is one."""
+    while (
+        isinstance(node, fx.Node)
+        and node.op == "call_method"
+        and node.target in ("to", "contiguous")
+        and isinstance(node.args[0], fx.Node)
+        and _same_tensor(_value(node), _value(node.args[0]))
+    ):
+        node = node.args[0]
+    return node
+
+
+def _same_tensor(a, b) -> bool:
+    """Whether a conversion from ``b`` to ``a`` returns ``b`` itself: same dtype, device, layout."""
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+        return False
+    return a.dtype == b.dtype and a.device == b.device and a.shape == b.shape and a.stride() == b.stride()
+
+
+def _shaped_like(gm: fx.GraphModule, flat_logits: fx.Node, returned: fx.Node, h: fx.Node, vocab: int) -> fx.Node:
+    """``flat_logits`` ``[tokens, vocab]`` in the returned logits' shape: flat, or ``h``'s leading
+    dimensions (symbolic ones read from ``h`` at run time)."""
+    if _value(returned).dim() == 2:
+        return flat_logits
+    leading = gm.graph.call_function(operator.getitem, (gm.graph.call_method("size", (h,)), slice(None, -1)))
+    shape = gm.graph.call_function(operator.add, (leading, (vocab,)))
+    return gm.graph.call_method("view", (flat_logits, shape))
+
+
+def _return_instead(gm: fx.GraphModule, returned: fx.Node, logits: fx.Node, hidden: fx.Node) -> None:
+    """The graph returns ``logits`` where it returned ``returned``, and ``hidden`` after its outputs."""
+    (output,) = gm.graph.find_nodes(op="output")
+    outputs = tuple(logits if value is returned else value for value in output.args[0])
+    output.args = ((*outputs, hidden),)
+
+
+def with_returned_logits(compiled, rewrites) -> object:
+    """``compiled`` (what compiles a graph ``chunk_loss_heads`` rewrote) returning the graph's own
+    outputs: each chunked head's returned logits made differentiable (``LogitsOfHidden``) from the
+    head's input the rewritten graph returns after them. ``compiled`` as it is if none returns."""
+    specs = [r.returned for r in rewrites if r.chunked and r.returned is not None]
+    if not specs:
+        return compiled
+
+    def run(*args):  # called as the graph's forward is: one argument per placeholder
+        params = [[None if i is None else args[i] for i in (s.weight, s.bias, s.extra_bias)] for s in specs]
+        outputs = compiled(*args)
+        ours, hiddens = list(outputs[: len(outputs) - len(specs)]), outputs[len(outputs) - len(specs) :]
+        for spec, hidden, (weight, bias, extra_bias) in zip(specs, hiddens, params, strict=True):
+            for i in spec.outputs:
+                ours[i] = LogitsOfHidden.apply(ours[i], hidden, weight, bias, extra_bias, spec.softcap, spec.stage)
+        return type(outputs)(ours) if isinstance(outputs, tuple) else ours
+
+    return run
 
 
 @functools.cache
 def _source_hash() -> str:
-    return hashlib.sha256(pathlib.Path(__file__).read_bytes()).hexdigest()
+    """What a chunked head runs, for AOTAutograd's cache key."""
+    digest = hashlib.sha256(pathlib.Path(__file__).read_bytes())
+    digest.update(pathlib.Path(chunked_cross_entropy.__file__).read_bytes())
+    return digest.hexdigest()
 
 
-__all__ = ["ChunkedLinearCrossEntropy", "LossHeadRewrite", "chunk_loss_heads", "chunked_linear_cross_entropy"]
+__all__ = [
+    "LossHeadRewrite",
+    "ReturnedLogits",
+    "chunk_loss_heads",
+    "chunked_linear_cross_entropy",
+    "with_returned_logits",
+]

@@ -117,9 +117,15 @@ def remat(
         knobs = config.resolve(options)
     except config.KnobError as error:
         raise_to_user(error)
-    budget = knobs.budget
     key = report_cache.graph_key(gm, example_inputs, knobs_repr=f"{knobs!r} {mode}", sources=source_hash().hex())
     heads = _chunk_loss_heads(gm, knobs)
+    return loss_head.with_returned_logits(_compile_graph(gm, example_inputs, knobs, mode, key, heads), heads)
+
+
+def _compile_graph(gm, example_inputs, knobs: config.Knobs, mode: str | None, key: str, heads: tuple):
+    """What ``remat`` returns for ``gm`` once its loss heads are chunked: compiled once, or under
+    a budget checked on probes of Inductor's schedule and, where they cannot be read, compiles."""
+    budget = knobs.budget
     if not (knobs.verify_peak and isinstance(budget, (Fraction, PeakCap))):
         outcome = _compile_once(gm, example_inputs, knobs, mode, verifying=False, loss_heads=heads)
         _note_scheduled([outcome], outcome)

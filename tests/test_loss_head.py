@@ -12,7 +12,7 @@ from helpers import assert_close_grads, cheap_backend, train_step
 
 import rematpass
 from rematpass import zoo
-from rematpass.passes.loss_head import chunk_loss_heads, chunked_linear_cross_entropy
+from rematpass.passes.loss_head import chunk_loss_heads, chunked_linear_cross_entropy, with_returned_logits
 from rematpass.zoo import LossOf
 
 VOCAB, HIDDEN = 200, 16
@@ -23,8 +23,9 @@ def chunking_backend(outcomes: list, chunks=None, **knobs):
     inner = cheap_backend(**knobs)
 
     def backend(gm, example_inputs):
-        outcomes.extend(chunk_loss_heads(gm, chunks))
-        return inner(gm, example_inputs)
+        rewrites = chunk_loss_heads(gm, chunks)
+        outcomes.extend(rewrites)
+        return with_returned_logits(inner(gm, example_inputs), rewrites)
 
     return backend
 
@@ -100,15 +101,46 @@ def test_a_batch_with_every_token_ignored_gives_what_eager_gives():
         torch.testing.assert_close(grads[name], grad)
 
 
-def test_logits_the_graph_also_returns_are_left_whole_with_the_reason():
+@pytest.mark.parametrize("softcap", [None, 3.0], ids=["plain", "softcap"])
+@pytest.mark.parametrize("upcast", [False, True], ids=["same_dtype", "fp32_upcast"])
+def test_logits_the_graph_also_returns_are_chunked_and_returned_as_eager_returns_them(softcap, upcast):
+    """As a transformers model called with labels returns them: the same values, and, when the
+    user's loss reads them too, the same gradients; no [tokens, vocab] gradient otherwise."""
     torch.manual_seed(0)
-    model = Head(also_return_logits=True)
+    model = Head(upcast=upcast, also_return_logits=True, softcap=softcap)
+    outcomes = []
+    compiled = torch.compile(copy.deepcopy(model), backend=chunking_backend(outcomes, strict=True), fullgraph=True)
+    torch._dynamo.reset()
+    for reads_logits in (False, True):
+        results = []
+        for candidate in (copy.deepcopy(model), compiled):
+            candidate.zero_grad(set_to_none=True)
+            loss, logits = candidate(*_batch())
+            (loss + 0.01 * logits.float().square().mean() if reads_logits else loss).backward()
+            grads = {n.removeprefix("_orig_mod."): p.grad.clone() for n, p in candidate.named_parameters()}
+            results.append((loss.detach(), logits.detach(), grads))
+        (want_loss, want_logits, want_grads), (loss, logits, grads) = results
+        torch.testing.assert_close(loss, want_loss)
+        torch.testing.assert_close(logits, want_logits)
+        assert logits.shape == (2, 24, VOCAB) and logits.requires_grad is False  # detached above
+        assert_close_grads((want_loss, want_grads), (loss, grads))
+    (head,) = outcomes
+    assert head.chunked and head.returned is not None and head.returned.outputs == (1,), head
+
+
+def test_logits_read_by_another_term_of_the_graph_leave_the_head_whole():
+    class Twice(Head):
+        def forward(self, x, labels):
+            logits = self.head(torch.tanh(self.body(x)))
+            loss = F.cross_entropy(logits.view(-1, VOCAB), labels.view(-1))
+            return loss, logits.amax(-1)
+
     outcomes = []
     torch._dynamo.reset()
-    loss, _ = torch.compile(model, backend=chunking_backend(outcomes), fullgraph=True)(*_batch())
+    loss, _ = torch.compile(Twice(), backend=chunking_backend(outcomes), fullgraph=True)(*_batch())
     loss.backward()
     (head,) = outcomes
-    assert not head.chunked and "used by more than the loss" in head.reason
+    assert not head.chunked and "read by more than the loss" in head.reason, head
 
 
 def test_a_custom_loss_term_on_the_logits_leaves_the_head_whole():
@@ -124,20 +156,27 @@ def test_a_custom_loss_term_on_the_logits_leaves_the_head_whole():
     got = _compiled_step(model, _batch(), chunking_backend(outcomes, strict=True))
     assert_close_grads(train_step(copy.deepcopy(model), _batch()), got)
     (head,) = outcomes
-    assert not head.chunked and "more than the loss" in head.reason
+    assert not head.chunked and "more than the loss" in head.reason, head
 
 
-def test_a_dynamic_number_of_tokens_leaves_the_head_whole():
+def test_a_dynamic_number_of_tokens_is_chunked_once_for_every_count():
+    """One graph for every sequence length (padded to the same number of chunks with ignored
+    tokens: 26 tokens in 8 chunks of 4), eager's loss and gradients each time; a count no larger
+    than the number of chunks (6 tokens) compiles once more, still chunked."""
     torch.manual_seed(0)
     model = Head()
     outcomes = []
-    x, labels = _batch()
-    torch._dynamo.mark_dynamic(x, 1)
-    torch._dynamo.mark_dynamic(labels, 1)
+    compiled = torch.compile(copy.deepcopy(model), backend=chunking_backend(outcomes, chunks=8), fullgraph=True)
     torch._dynamo.reset()
-    torch.compile(model, backend=chunking_backend(outcomes), fullgraph=True)(x, labels).backward()
-    (head,) = outcomes
-    assert not head.chunked and "dynamic" in head.reason
+    for length, compiles in ((24, 1), (13, 1), (3, 2)):
+        x, labels = _batch()
+        x, labels = x[:, :length].contiguous(), labels[:, :length].contiguous()
+        torch._dynamo.mark_dynamic(x, 1)
+        torch._dynamo.mark_dynamic(labels, 1)
+        assert_close_grads(train_step(copy.deepcopy(model), (x, labels)), train_step(compiled, (x, labels)))
+        assert len(outcomes) == compiles, (length, outcomes)
+    assert all(h.chunked and h.dynamic_tokens and h.chunks == 8 for h in outcomes), outcomes
+    assert outcomes[0].tokens == 48, outcomes
 
 
 def _transformers(config: str, model: str, **settings):
@@ -321,3 +360,28 @@ def test_a_bf16_head_under_autocast_accumulates_its_weight_gradient_in_fp32():
         error_chunked = (chunked[1][name].float() - exact).abs().max()
         error_whole = (whole[1][name].float() - exact).abs().max()
         assert error_chunked <= 2 * error_whole + 1e-6, (name, error_chunked, error_whole)
+
+
+@pytest.mark.parametrize("name", ["gpt2_tied", "llama_untied", "gemma2_soft_capped", "bert_masked_lm", "t5", "bart"])
+def test_transformers_models_called_as_the_trainer_calls_them_return_eager_logits(name):
+    """The model itself compiled and called with labels: it returns its logits with the loss."""
+    pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = ARCHITECTURES[name]()
+    ids = torch.randint(3, VOCAB, (2, 16))
+    labels = ids.clone()
+    labels[:, ::3] = -100
+    outcomes = []
+    compiled = torch.compile(copy.deepcopy(model), backend=chunking_backend(outcomes, strict=True))
+    torch._dynamo.reset()
+    results = []
+    for candidate in (model, compiled):
+        torch.manual_seed(0)
+        out = candidate(input_ids=ids, labels=labels)
+        out.loss.backward()
+        grads = {n.removeprefix("_orig_mod."): p.grad for n, p in candidate.named_parameters() if p.grad is not None}
+        results.append((out.loss.detach(), out.logits.detach(), grads))
+    (want_loss, want_logits, want_grads), (loss, logits, grads) = results
+    torch.testing.assert_close(logits, want_logits)
+    assert_close_grads((want_loss, want_grads), (loss, grads))
+    assert [(h.chunked, h.returned is not None) for h in outcomes] == [(True, True)], outcomes

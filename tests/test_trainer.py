@@ -117,6 +117,9 @@ def test_trainer_with_the_remat_backend(eager_run, tmp_path):
     reports = rematpass.recent_reports()
     assert len(reports) == 1, f"expected one graph compiled once for every step, got {len(reports)}"
     assert reports[0].knobs.strict, "the options given to model.compile did not reach the backend"
+    # The Trainer calls the model with labels, so the graph returns the logits with the loss.
+    (head,) = reports[0].loss_heads
+    assert head.chunked and head.returned is not None, head
     print(f"Trainer, backend='remat': {time.perf_counter() - started:.1f} s")
 
 

@@ -14,7 +14,17 @@ import math
 from typing import Any
 
 from ..budget import Fraction, PeakCap, budget_from_json
-from .report import RECOMPUTED, SAVED, budget_text, fmt_bytes, fmt_count, fmt_measured_peak, fmt_seconds
+from .report import (
+    RECOMPUTED,
+    SAVED,
+    budget_text,
+    chunked_head_summary,
+    chunking,
+    fmt_bytes,
+    fmt_count,
+    fmt_measured_peak,
+    fmt_seconds,
+)
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1200px;
@@ -332,12 +342,7 @@ def _loss_head_card(head: dict[str, Any]) -> str:
     """A cross-entropy over an LM head: chunked (how, and the whole tensor it no longer holds), or why not."""
     if not head.get("chunked"):
         return _card("loss head", "left whole", head.get("reason", ""))
-    whole = fmt_bytes(head["tokens"] * head["vocab"] * 4)
-    return _card(
-        "loss head",
-        f"{head['chunks']} chunks of {head['chunk_tokens']} tokens",
-        f"no [tokens, vocab] tensor ({whole} in fp32) alive whole; loss and gradients formed per chunk, none recomputed",
-    )
+    return _card("loss head", chunking(head), f"{chunked_head_summary(head)}; loss and gradients formed per chunk")
 
 
 def _saved_detail(totals: dict[str, Any]) -> str:

@@ -380,11 +380,32 @@ def loss_head_line(head: dict) -> str:
     """One line per cross-entropy: chunked (into how many chunks, what no longer lives whole), or why not."""
     if not head.get("chunked"):
         return f"loss head: left whole ({head.get('reason')})"
-    logits = fmt_bytes(head["tokens"] * head["vocab"] * 4)
+    return f"loss head: chunked, {chunking(head)}; {chunked_head_summary(head)}"
+
+
+def chunked_head_summary(head: dict) -> str:
+    """What a chunked head no longer forms whole, and what it costs."""
+    whole = f"no [tokens, vocab] tensor ({whole_logits(head)})"
+    if not head.get("returned"):
+        return f"{whole} is alive whole; same FLOPs, none recomputed"
+    flops = 2 * head["tokens"] * head["vocab"] * head["hidden"]
     return (
-        f"loss head: chunked, {head['chunks']} chunks of {head['chunk_tokens']} tokens; no [tokens, vocab] "
-        f"tensor ({head['tokens']} x {head['vocab']}, {logits} in fp32) is alive whole; same FLOPs, none recomputed"
+        f"{whole} is kept for the backward or formed in it; the logits it returns are formed whole for the "
+        f"user by one more head matmul ({fmt_count(flops)}FLOP), without gradients unless the loss reads them"
     )
+
+
+def chunking(head: dict) -> str:
+    """ "4 chunks of 512 tokens", or for a dynamic token count "4 chunks (of 512 tokens at 2048)"."""
+    if head.get("dynamic_tokens"):
+        return f"{head['chunks']} chunks of a dynamic token count ({head['chunk_tokens']} tokens at {head['tokens']})"
+    return f"{head['chunks']} chunks of {head['chunk_tokens']} tokens"
+
+
+def whole_logits(head: dict) -> str:
+    """The whole logits a chunked head no longer forms: "2048 x 50257, 392.6 MiB in fp32"."""
+    size = f"{head['tokens']} x {head['vocab']}, {fmt_bytes(head['tokens'] * head['vocab'] * 4)} in fp32"
+    return size + (" at the captured token count" if head.get("dynamic_tokens") else "")
 
 
 def fmt_measured_peak(totals: dict) -> str:
