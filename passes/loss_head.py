@@ -207,17 +207,24 @@ def _head_of(logits: fx.Node, loss: fx.Node) -> _Head:
 
 # Each chunk is unrolled into the compiled graph, and smaller chunks make smaller, slower matmuls.
 # Measured (benchmarks/loss_head.py, GPT-2's vocabulary, 2 layers, 4 x 512 tokens, CPU): 4 chunks
-# peaked as low as 8 (0.34x of torch.compile's peak; the step's largest tensor is then elsewhere)
-# at 0.99x of torch.compile's step time, against 1.06x for 8 chunks.
-MAX_AUTO_CHUNKS = 4
+# of 512 tokens peaked as low as 8 of 256 (0.34x of torch.compile's peak; the step's largest
+# tensor is then elsewhere) at 0.99x of torch.compile's step time, against 1.06x for 8 chunks. So
+# chunks of at least 512 tokens, and at least 4 of them: more tokens, more chunks of that size.
+MIN_AUTO_CHUNKS = 4
+MIN_AUTO_CHUNK_TOKENS = 512
 
 
-def chunk_count(tokens: int | None, vocab: int, hidden: int, forced: int | None) -> int:
-    """How many chunks: ``forced`` when given, else enough that a chunk's logits are about the
-    size of the hidden states, ``ceil(vocab / hidden)`` (Liger's rule), at most ``MAX_AUTO_CHUNKS``;
-    never more than one per token when the count is known (``tokens`` None: dynamic)."""
-    chunks = forced if forced is not None else min(math.ceil(vocab / max(hidden, 1)), MAX_AUTO_CHUNKS)
-    return max(1, chunks if tokens is None else min(chunks, tokens))
+def chunk_count(tokens: int, vocab: int, hidden: int, forced: int | None, *, dynamic: bool = False) -> int:
+    """How many chunks: ``forced`` when given, else ``ceil(tokens / MIN_AUTO_CHUNK_TOKENS)`` but at
+    least ``MIN_AUTO_CHUNKS``, and never more than ``ceil(vocab / hidden)`` (Liger's rule: then a
+    chunk's logits are about the size of the hidden states); never more than one per token when
+    the count is static (a ``dynamic`` one is split by its count at capture, ``tokens``)."""
+    if forced is not None:
+        chunks = forced
+    else:
+        wanted = max(MIN_AUTO_CHUNKS, math.ceil(tokens / MIN_AUTO_CHUNK_TOKENS))
+        chunks = min(wanted, math.ceil(vocab / max(hidden, 1)))
+    return max(1, chunks if dynamic else min(chunks, tokens))
 
 
 def chunk_loss_heads(
@@ -265,7 +272,7 @@ def _rewrite(gm: fx.GraphModule, loss: fx.Node, forced_chunks: int | None, dry_r
         return LossHeadRewrite(False, "the vocabulary is no larger than the hidden size: nothing to gain")
     # A symbolic count is split into the same number of chunks whatever it comes to (some may be
     # empty); a static one never into more chunks than tokens.
-    chunks = chunk_count(None if dynamic else tokens, vocab, hidden, forced_chunks)
+    chunks = chunk_count(tokens, vocab, hidden, forced_chunks, dynamic=dynamic)
     outcome = LossHeadRewrite(
         True, "chunked", tokens, vocab, hidden, chunks, math.ceil(tokens / chunks), dynamic_tokens=dynamic
     )
