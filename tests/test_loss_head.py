@@ -143,6 +143,24 @@ def test_logits_read_by_another_term_of_the_graph_leave_the_head_whole():
     assert not head.chunked and "read by more than the loss" in head.reason, head
 
 
+@pytest.mark.skipif(not hasattr(F, "linear_cross_entropy"), reason="F.linear_cross_entropy is new in torch 2.13")
+def test_pytorchs_linear_cross_entropy_on_its_reference_path_is_chunked():
+    """``F.linear_cross_entropy(h, W, y)`` with ``options=None`` (as ``nn.LinearCrossEntropyLoss()``
+    builds it) is traced as a linear and a cross-entropy: the head is chunked like any other."""
+
+    class Reference(Head):
+        def forward(self, x, labels):
+            h = torch.tanh(self.body(x)).view(-1, HIDDEN)
+            return F.linear_cross_entropy(h, self.head.weight, labels.view(-1), linear_bias=self.head.bias)
+
+    torch.manual_seed(0)
+    model = Reference()
+    outcomes = []
+    got = _compiled_step(model, _batch(), chunking_backend(outcomes, strict=True))
+    assert_close_grads(train_step(copy.deepcopy(model), _batch()), got)
+    assert [h.chunked for h in outcomes] == [True], outcomes
+
+
 def test_a_custom_loss_term_on_the_logits_leaves_the_head_whole():
     class ZLoss(Head):
         def forward(self, x, labels):
