@@ -185,7 +185,7 @@ def _probed_plan_kept(outcome: CompileOutcome, cap: int | None, key: str) -> boo
         return True
     if not report.verification:  # the probe could not read the schedule
         return False
-    probed_peak = report.verification[kept_index(report.verification)].scheduled_peak_bytes
+    probed_peak = report.verification[kept_index(report.verification, cap)].scheduled_peak_bytes
     compiled_peak = outcome.scheduled_peak_bytes
     if cap is not None and compiled_peak is not None and compiled_peak > cap >= probed_peak:
         return False  # the probe said the plan fits and the compiled schedule says it does not

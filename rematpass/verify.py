@@ -11,9 +11,12 @@ Deep recomputation can also schedule a higher peak than a shallower plan, the op
 the planner predicts. So while no attempt fits (and under a fractional budget, a promise that a
 lower fraction never peaks higher, whenever the schedule is more than ``CLIMB_ABOVE`` over the
 prediction), the search climbs to shallower plans of the planner's frontier and goes on while the
-scheduled peak does not rise. After ``MAX_RECOMPILES`` recompiles the attempt with the least
-scheduled peak is kept (every attempt's compiled code is held until then, so the kept one is not
-compiled again), with a warning giving the figures when it is over a byte budget.
+scheduled peak does not rise. Under a byte budget, a plan that fits with room to spare is
+followed by shallower plans predicted within the cap (``widen``): the planner errs both ways, and
+the plan that fits with the least recomputation is the one to keep. After ``MAX_RECOMPILES``
+recompiles the kept attempt is chosen by ``kept_index`` (every attempt's compiled code is held
+until then, so the kept one is not compiled again), with a warning giving the figures when it is
+over a byte budget.
 """
 
 from __future__ import annotations
@@ -29,6 +32,12 @@ MAX_RECOMPILES = 4
 # A fraction's plan whose schedule is within this of its predicted peak is kept without trying
 # shallower plans: near there the planner's order of plans is trusted.
 CLIMB_ABOVE = 0.05
+# Under a byte cap, a fitting plan scheduled more than WIDEN_BELOW under the cap is followed by up
+# to MAX_WIDEN shallower plans predicted no more than WIDEN_SLACK over it (the planner errs both
+# ways: a small model's default plan measured at its own peak was predicted 0.05% over it).
+WIDEN_BELOW = 0.03
+WIDEN_SLACK = 0.02
+MAX_WIDEN = 2
 
 
 @dataclass(frozen=True)
@@ -125,13 +134,39 @@ def compile_within(cap: int | None, compile_once: Callable[[int | None], Compile
         if last.scheduled_peak_bytes < best.scheduled_peak_bytes:
             best = last
 
+    if cap is not None:
+        widen(cap, ladder, compile_once, attempts)
     return _finish(cap, attempts)
 
 
+def widen(cap: int, ladder: list[int], compile_once, attempts: list) -> None:
+    """Try shallower plans than the shallowest that fits ``cap`` with room to spare: the
+    shallowest plan of the ``ladder`` predicted within the cap, or, once one was seen over it,
+    below that one by its error (as ``next_aim`` aims down)."""
+    for _ in range(MAX_WIDEN):
+        fitting = [a for a, _ in attempts if a.scheduled_peak_bytes <= cap]
+        if not fitting or len(attempts) > MAX_RECOMPILES:
+            return
+        shallowest = max(fitting, key=lambda a: a.predicted_peak_bytes)
+        if shallowest.scheduled_peak_bytes >= cap * (1 - WIDEN_BELOW):
+            return
+        ceiling = cap * (1 + WIDEN_SLACK)
+        over = [a for a, _ in attempts if a.scheduled_peak_bytes > cap > 0]
+        over = [a for a in over if a.predicted_peak_bytes > shallowest.predicted_peak_bytes]
+        if over:
+            nearest = min(over, key=lambda a: a.predicted_peak_bytes)
+            scaled = cap * nearest.predicted_peak_bytes / nearest.scheduled_peak_bytes
+            ceiling = min(ceiling, scaled, nearest.predicted_peak_bytes - 1)
+        tried = {a.predicted_peak_bytes for a, _ in attempts}
+        candidates = [p for p in ladder if shallowest.predicted_peak_bytes < p <= ceiling and p not in tried]
+        if not candidates or _try(max(candidates), compile_once, attempts) is None:
+            return
+
+
 def _finish(cap: int | None, attempts: list) -> CompileOutcome:
-    """Keep the attempt with the least scheduled peak, as compiled."""
+    """Keep the attempt ``kept_index`` chooses, as compiled."""
     history = tuple(a for a, _ in attempts)
-    best, outcome = _least_scheduled(attempts)
+    best, outcome = attempts[kept_index(history, cap)]
     if outcome.report is not None:
         outcome.report = dataclasses.replace(
             outcome.report, scheduled_peak_bytes=outcome.scheduled_peak_bytes, verification=history
@@ -146,11 +181,22 @@ def _finish(cap: int | None, attempts: list) -> CompileOutcome:
     return outcome
 
 
-def kept_index(history) -> int:
-    """Which of a graph's attempts (``VerifyAttempt``s, in the order compiled) is kept: the least
-    scheduled peak, the latest of equals."""
+def kept_index(history, cap: int | None = None) -> int:
+    """Which of a graph's attempts (``VerifyAttempt``s, in the order compiled) is kept: under a
+    byte ``cap``, of those scheduled within it, the shallowest (the greatest predicted peak: the
+    least recomputation); otherwise the least scheduled peak. The latest of equals."""
+    fitting = [a for a in history if cap is not None and a.scheduled_peak_bytes <= cap]
+    if fitting:
+        shallowest = max(a.predicted_peak_bytes for a in fitting)
+        return max(i for i, a in enumerate(history) if a in fitting and a.predicted_peak_bytes == shallowest)
     least = min(a.scheduled_peak_bytes for a in history)
     return max(i for i, a in enumerate(history) if a.scheduled_peak_bytes == least)
+
+
+def budget_cap(report) -> int | None:
+    """The byte cap of the budget ``report`` was planned under, or None (a fraction, no budget)."""
+    cap = getattr(getattr(getattr(report, "knobs", None), "budget", None), "bytes", None)
+    return cap if isinstance(cap, int) else None
 
 
 def _least_scheduled(attempts: list) -> tuple[VerifyAttempt, CompileOutcome]:

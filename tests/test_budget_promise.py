@@ -68,8 +68,10 @@ def _measured(build, budget, dump_dir=None) -> tuple[int, rematpass.PartitionRep
 
 
 def _kept(report):
-    """The attempt the report's plan is (the least scheduled peak, the latest of equals)."""
-    return min(reversed(report.verification), key=lambda a: a.scheduled_peak_bytes)
+    """The attempt the report's plan is (rematpass.verify.kept_index)."""
+    from rematpass.verify import budget_cap, kept_index
+
+    return report.verification[kept_index(report.verification, budget_cap(report))]
 
 
 @pytest.mark.inductor

@@ -196,3 +196,27 @@ def test_the_next_run_compiles_the_kept_plan_once_from_the_cache(tmp_path, monke
     second = rematpass.recent_reports()[-1]
     assert calls == [(None, True), (int(22 * MiB * 20 / 25), True)], "the kept plan, through the cache"
     assert second.compiles == 2 and second.from_cache and second.scheduled_peak_bytes == 20 * MiB
+
+
+def test_a_cap_a_shallower_plan_fits_keeps_the_shallower_plan():
+    """A cap equal to the default plan's scheduled peak, which the planner predicts 0.05% over it:
+    the planner's pick for the cap is deeper, fits with room to spare, and the default plan is
+    tried next, fits, and is kept: the cap asked for no recomputation."""
+    default = 30 * MiB
+    predicted = [10 * MiB, 20 * MiB, int(default * 1.0005)]
+    scheduled = {10 * MiB: 10 * MiB, 20 * MiB: 20 * MiB, int(default * 1.0005): default}
+    compiler = _Compiler(predicted, error=scheduled.__getitem__, knob_aim=default)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        outcome = compile_within(default, compiler)
+    assert [a.scheduled_peak_bytes for a in outcome.report.verification] == [20 * MiB, default]
+    assert outcome is compiler.outcomes[1] and outcome.scheduled_peak_bytes == default
+
+
+def test_a_shallower_plan_over_the_cap_is_not_kept_and_bounds_the_next_try():
+    # 30 is predicted within the cap but schedules over it; 25 is tried next (below 30 by its error) and fits
+    scheduled = {10 * MiB: 10 * MiB, 20 * MiB: 20 * MiB, 25 * MiB: 26 * MiB, 30 * MiB: 33 * MiB}
+    compiler = _Compiler(list(scheduled), error=scheduled.__getitem__, knob_aim=21 * MiB)
+    outcome = compile_within(30 * MiB, compiler)
+    assert [a.predicted_peak_bytes for a in outcome.report.verification] == [20 * MiB, 30 * MiB, 25 * MiB]
+    assert outcome is compiler.outcomes[2] and outcome.scheduled_peak_bytes == 26 * MiB

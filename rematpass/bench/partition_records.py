@@ -41,7 +41,7 @@ from ..inductor_hooks import current_compile_id, wrapped_partition_fn
 from ..measure import _storage_key
 from ..passes.op_facts import flop_formula, is_compute_bound, is_view_by_schema
 from ..passes.torch_internals import tree_leaves, tree_map
-from ..verify import kept_index
+from ..verify import budget_cap, kept_index
 
 
 def _val(a):
@@ -154,7 +154,7 @@ def kept_partitions(records: list[dict[str, Any]], reports: list) -> list[dict[s
         report = attempts_of.get(graph)
         history = getattr(report, "verification", ()) or ()
         if len(history) == len(calls) > 1:
-            kept.append(calls[kept_index(history)])
+            kept.append(calls[kept_index(history, budget_cap(report))])
         else:
             kept.append(calls[-1])
     return kept
