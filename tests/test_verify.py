@@ -214,7 +214,7 @@ def test_a_cap_a_shallower_plan_fits_keeps_the_shallower_plan():
 
 
 def test_a_shallower_plan_over_the_cap_is_not_kept_and_bounds_the_next_try():
-    # 30 is predicted within the cap but schedules over it; 25 is tried next (below 30 by its error) and fits
+    # 30 is predicted within the cap but schedules over it; 25, the next plan down, is tried next and fits
     scheduled = {10 * MiB: 10 * MiB, 20 * MiB: 20 * MiB, 25 * MiB: 26 * MiB, 30 * MiB: 33 * MiB}
     compiler = _Compiler(list(scheduled), error=scheduled.__getitem__, knob_aim=21 * MiB)
     outcome = compile_within(30 * MiB, compiler)
