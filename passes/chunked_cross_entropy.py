@@ -24,10 +24,18 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         count = valid.sum()
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         grad_h_chunks, grad_w, grad_b = [], None, None
-        for h_chunk, label_chunk, valid_chunk in _split(h, labels, valid, chunks):
-            loss, grad_logits = _chunk(
-                h_chunk, weight, bias, label_chunk, valid_chunk, label_smoothing, upcast, softcap
-            )
+        pieces = list(_split(h, labels, valid, chunks))
+        rows = sum(piece[0].shape[0] for piece in pieces)  # padded to whole chunks when dynamic
+        logits_out, start = None, 0
+        for h_chunk, label_chunk, valid_chunk in pieces:
+            logits = F.linear(h_chunk, weight, bias)
+            if returned is not None:  # each chunk writes its rows of the logits returned to the user
+                stage = _returned_stage(logits, softcap, returned)
+                if logits_out is None:
+                    logits_out = stage.new_empty((rows, stage.shape[1]))
+                write_rows_(logits_out, stage, start)
+                start = start + h_chunk.shape[0]
+            loss, grad_logits = _chunk(logits, label_chunk, valid_chunk, label_smoothing, upcast, softcap)
             total = total + loss
             if not (need_h or need_w or need_b):
                 continue
@@ -58,11 +66,11 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         if returned is None:
             return loss
         # For the user only, without gradients here (LogitsOfHidden, outside the compiled graph,
-        # differentiates them if the user's loss reads them), and by a matmul of their own: kept
-        # from the chunks and concatenated, the chunks' logits were all alive at once in
-        # Inductor's schedule (GPT-2, 2 layers, 4 x 512 tokens: 860 MiB, against 478 MiB so and
-        # 701 MiB for the head whole).
-        logits = _returned_stage(F.linear(h, weight, bias), softcap, returned)
+        # differentiates them if the user's loss reads them). Written in place chunk by chunk:
+        # kept from the chunks and concatenated, the chunks' logits were all alive at once in
+        # Inductor's schedule (GPT-2, 2 layers, 4 x 512 tokens: 860 MiB, against 478 MiB with a
+        # second head matmul and 701 MiB for the head whole).
+        logits = logits_out[: h.shape[0]]
         ctx.mark_non_differentiable(logits)
         return loss, logits
 
@@ -106,6 +114,18 @@ def _(total, a, b) -> None:
     return None
 
 
+@torch.library.custom_op("rematpass::write_rows_", mutates_args=("out",))
+def write_rows_(out: torch.Tensor, rows: torch.Tensor, start: int) -> None:
+    """``out[start : start + len(rows)] = rows`` in place: an op of its own for the same reason
+    (functionalized, a slice assignment becomes a ``slice_scatter`` that copies all of ``out``)."""
+    out.narrow(0, start, rows.shape[0]).copy_(rows)
+
+
+@write_rows_.register_fake
+def _(out, rows, start) -> None:
+    return None
+
+
 def _returned_stage(logits, softcap: float | None, returned: tuple[bool, bool]):
     """The head's output as the graph returned it: soft-capped, upcast, as ``returned`` says."""
     if returned[0]:
@@ -113,11 +133,10 @@ def _returned_stage(logits, softcap: float | None, returned: tuple[bool, bool]):
     return logits.float() if returned[1] else logits
 
 
-def _chunk(h, weight, bias, labels, valid, label_smoothing: float, upcast: bool, softcap: float | None):
-    """One chunk's summed loss and the gradient of that sum by the head's output (masked rows
-    zero). ``softcap``: the loss reads ``softcap * tanh(logits / softcap)`` (Gemma 2's final logit
-    soft-capping, applied in the head's dtype before the upcast, as transformers does)."""
-    logits = F.linear(h, weight, bias)
+def _chunk(logits, labels, valid, label_smoothing: float, upcast: bool, softcap: float | None):
+    """One chunk's summed loss and the gradient of that sum by its ``logits`` (the head's output;
+    masked rows zero). ``softcap``: the loss reads ``softcap * tanh(logits / softcap)`` (Gemma 2's
+    final logit soft-capping, applied in the head's dtype before the upcast, as transformers does)."""
     capped = None
     if softcap is not None:
         capped = torch.tanh(logits / softcap)
@@ -166,7 +185,7 @@ def chunked_linear_cross_entropy(
     """The loss ``cross_entropy(linear(h, weight, bias)[.float()], labels)`` in ``chunks`` chunks of
     tokens, as equal as they split (with ``softcap``, of ``softcap * tanh(linear(...) / softcap)``).
     With ``returned`` = ``(soft-capped, upcast)``: ``(loss, logits)``, the logits at that stage,
-    whole (one more head matmul), without gradients (see ``LogitsOfHidden``)."""
+    whole (each chunk writes its rows), without gradients (see ``LogitsOfHidden``)."""
     return ChunkedLinearCrossEntropy.apply(
         h, weight, bias, labels, ignore_index, reduction, float(label_smoothing), upcast, int(chunks), softcap, returned
     )
@@ -204,4 +223,10 @@ class LogitsOfHidden(torch.autograd.Function):
         return (None, *grads, None, None)
 
 
-__all__ = ["ChunkedLinearCrossEntropy", "LogitsOfHidden", "accumulate_matmul_", "chunked_linear_cross_entropy"]
+__all__ = [
+    "ChunkedLinearCrossEntropy",
+    "LogitsOfHidden",
+    "accumulate_matmul_",
+    "chunked_linear_cross_entropy",
+    "write_rows_",
+]

@@ -197,6 +197,34 @@ def test_a_dynamic_number_of_tokens_is_chunked_once_for_every_count():
     assert outcomes[0].tokens == 48, outcomes
 
 
+def test_returned_logits_of_a_dynamic_number_of_tokens_are_eager_logits():
+    """Each chunk writes its rows of the returned logits (the padding's rows are cut off): eager's
+    logits and gradients for two lengths served by one graph."""
+    torch.manual_seed(0)
+    model = Head(also_return_logits=True)
+    outcomes = []
+    compiled = torch.compile(copy.deepcopy(model), backend=chunking_backend(outcomes, chunks=8), fullgraph=True)
+    torch._dynamo.reset()
+    for length in (24, 13):
+        x, labels = _batch()
+        x, labels = x[:, :length].contiguous(), labels[:, :length].contiguous()
+        torch._dynamo.mark_dynamic(x, 1)
+        torch._dynamo.mark_dynamic(labels, 1)
+        results = []
+        for candidate in (copy.deepcopy(model), compiled):
+            candidate.zero_grad(set_to_none=True)
+            loss, logits = candidate(x, labels)
+            loss.backward()
+            grads = {n.removeprefix("_orig_mod."): p.grad.clone() for n, p in candidate.named_parameters()}
+            results.append((loss.detach(), logits.detach(), grads))
+        (want_loss, want_logits, want_grads), (loss, logits, grads) = results
+        assert logits.shape == (2, length, VOCAB)
+        torch.testing.assert_close(logits, want_logits)
+        assert_close_grads((want_loss, want_grads), (loss, grads))
+    (head,) = outcomes
+    assert head.chunked and head.dynamic_tokens and head.returned is not None, head
+
+
 def _transformers(config: str, model: str, **settings):
     """A tiny transformers model from a config, random weights."""
 
