@@ -3,10 +3,11 @@
     python benchmarks/loss_head.py                          # GPT-2 small's vocabulary, 2 layers, 4 x 512 tokens
     python benchmarks/loss_head.py --layers 12 --rounds 5   # GPT-2 small itself
     python benchmarks/loss_head.py --return-logits          # the model returns its logits too, as Trainer calls it
+    python benchmarks/loss_head.py --return-logits --budgets 0.99   # a budget forms them by a second matmul
 
 Variants: ``torch.compile`` (Inductor's partitioner), ``remat`` with the head whole
 (``loss_chunks=0``) and ``remat``'s default plan (the head in chunks, passes.loss_head);
-``--chunks`` adds forced counts. ``--return-logits`` compiles the transformers model itself and
+``--chunks`` adds forced counts, ``--budgets`` ``memory_budget`` values. ``--return-logits`` compiles the transformers model itself and
 calls it with labels, as Hugging Face's Trainer does: it returns the logits with the loss, and
 the step drops them before the backward. Peaks are exact (the CPU allocator's
 peak during a step, rematpass.measure); step times are medians of interleaved rounds after one
@@ -44,11 +45,15 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--chunks", type=int, nargs="*", default=[], help="also remat with loss_chunks forced to these")
+    parser.add_argument("--budgets", type=float, nargs="*", default=[], help="also remat with these memory_budget")
     parser.add_argument("--return-logits", action="store_true", help="the model returns its logits with the loss")
     args = parser.parse_args(argv)
     variants = dict(VARIANTS)
     variants.update(
         {f"remat, loss_chunks={k}": {"backend": "remat", "options": {"loss_chunks": k}} for k in args.chunks}
+    )
+    variants.update(
+        {f"remat, memory_budget={b:g}": {"backend": "remat", "options": {"memory_budget": b}} for b in args.budgets}
     )
     torch.set_num_threads(args.threads)
     torch._inductor.config.force_disable_caches = True  # every variant's partitioner must run
@@ -92,12 +97,23 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|")
     for name, row in rows.items():
         median = statistics.median(row["times"])
-        head = "; ".join(f"{h.chunks} chunks" if h.chunked else f"whole ({h.reason})" for h in row["heads"]) or "-"
+        head = "; ".join(_head(h) for h in row["heads"]) or "-"
         print(
             f"| {name} | {row['peak'] / 2**20:.1f} MiB | {row['peak'] / base_peak:.2f}x | {median:.2f} s "
             f"| {median / base_time:.2f}x | {row['first_call']:.1f} s | {head} |"
         )
     return 0
+
+
+def _head(head) -> str:
+    """How a head was compiled: "4 chunks", "4 chunks, logits written by the chunks", "whole (why)"."""
+    if not head.chunked:
+        return f"whole ({head.reason})"
+    if head.returned is None:
+        return f"{head.chunks} chunks"
+    return f"{head.chunks} chunks, logits " + (
+        "by a second matmul" if head.returned.by_matmul else "written by the chunks"
+    )
 
 
 if __name__ == "__main__":

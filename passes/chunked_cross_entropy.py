@@ -17,7 +17,19 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, h, weight, bias, labels, ignore_index, reduction, label_smoothing, upcast, chunks, softcap, returned
+        ctx,
+        h,
+        weight,
+        bias,
+        labels,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        upcast,
+        chunks,
+        softcap,
+        returned,
+        returned_by_matmul,
     ):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         valid = labels != ignore_index
@@ -29,7 +41,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         logits_out, start = None, 0
         for h_chunk, label_chunk, valid_chunk in pieces:
             logits = F.linear(h_chunk, weight, bias)
-            if returned is not None:  # each chunk writes its rows of the logits returned to the user
+            if returned is not None and not returned_by_matmul:  # each chunk writes its rows of them
                 stage = _returned_stage(logits, softcap, returned)
                 if logits_out is None:
                     logits_out = stage.new_empty((rows, stage.shape[1]))
@@ -66,11 +78,14 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         if returned is None:
             return loss
         # For the user only, without gradients here (LogitsOfHidden, outside the compiled graph,
-        # differentiates them if the user's loss reads them). Written in place chunk by chunk:
-        # kept from the chunks and concatenated, the chunks' logits were all alive at once in
-        # Inductor's schedule (GPT-2, 2 layers, 4 x 512 tokens: 860 MiB, against 478 MiB with a
-        # second head matmul and 701 MiB for the head whole).
-        logits = logits_out[: h.shape[0]]
+        # differentiates them if the user's loss reads them). Either written chunk by chunk into
+        # one buffer, alive through the chunks, or formed after them by one more head matmul
+        # (GPT-2, 2 layers, 4 x 512 tokens: 566 MiB and 478 MiB). Kept from the chunks and
+        # concatenated, the chunks' logits were all alive at once in Inductor's schedule (860 MiB).
+        if returned_by_matmul:
+            logits = _returned_stage(F.linear(h, weight, bias), softcap, returned)
+        else:
+            logits = logits_out[: h.shape[0]]
         ctx.mark_non_differentiable(logits)
         return loss, logits
 
@@ -79,7 +94,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         scale, grad_h, grad_w, grad_b = ctx.saved_tensors
         factor = grad_loss.float() * scale
         grads = [None if g is None else g * factor.to(g.dtype) for g in (grad_h, grad_w, grad_b)]
-        return (*grads, None, None, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None, None, None)
 
 
 def _split(h, labels, valid, chunks: int):
@@ -181,13 +196,26 @@ def chunked_linear_cross_entropy(
     chunks,
     softcap=None,
     returned=None,
+    returned_by_matmul=False,
 ):
     """The loss ``cross_entropy(linear(h, weight, bias)[.float()], labels)`` in ``chunks`` chunks of
     tokens, as equal as they split (with ``softcap``, of ``softcap * tanh(linear(...) / softcap)``).
     With ``returned`` = ``(soft-capped, upcast)``: ``(loss, logits)``, the logits at that stage,
-    whole (each chunk writes its rows), without gradients (see ``LogitsOfHidden``)."""
+    whole (each chunk writes its rows, or with ``returned_by_matmul`` one more head matmul forms
+    them after the chunks), without gradients (see ``LogitsOfHidden``)."""
     return ChunkedLinearCrossEntropy.apply(
-        h, weight, bias, labels, ignore_index, reduction, float(label_smoothing), upcast, int(chunks), softcap, returned
+        h,
+        weight,
+        bias,
+        labels,
+        ignore_index,
+        reduction,
+        float(label_smoothing),
+        upcast,
+        int(chunks),
+        softcap,
+        returned,
+        bool(returned_by_matmul),
     )
 
 

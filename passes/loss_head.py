@@ -36,6 +36,7 @@ import hashlib
 import math
 import operator
 import pathlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +63,9 @@ class ReturnedLogits:
     extra_bias: int | None
     softcap: float | None
     stage: tuple[bool, bool]
+    # True: formed whole after the chunks by one more head matmul (least memory); False: each chunk
+    # writes its rows into the output (no FLOPs added, but the output is alive through the chunks)
+    by_matmul: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,10 @@ class LossHeadRewrite:
     def logits_bytes(self) -> int:
         """Bytes of one fp32 ``[tokens, vocab]`` tensor: what each chunked one no longer holds whole."""
         return self.tokens * self.vocab * 4
+
+    def head_matmul_flops(self) -> int:
+        """FLOPs of one ``[tokens, hidden] x [hidden, vocab]`` head matmul."""
+        return 2 * self.tokens * self.hidden * self.vocab
 
 
 # ---------------------------------------------------------------------------- matching
@@ -228,20 +236,26 @@ def chunk_count(tokens: int, vocab: int, hidden: int, forced: int | None, *, dyn
 
 
 def chunk_loss_heads(
-    gm: fx.GraphModule, forced_chunks: int | None = None, *, dry_run: bool = False
+    gm: fx.GraphModule,
+    forced_chunks: int | None = None,
+    *,
+    dry_run: bool = False,
+    returned_by_matmul: Callable[[LossHeadRewrite], bool] | None = None,
 ) -> list[LossHeadRewrite]:
     """Rewrite every matched head + cross-entropy of ``gm`` (a Dynamo graph) in place; returns
     what happened to each cross-entropy. ``forced_chunks``: the knob's count (None: automatic);
-    ``dry_run``: say what would be chunked, change nothing."""
+    ``dry_run``: say what would be chunked, change nothing; ``returned_by_matmul(head)``: whether
+    logits the head also returns are formed by one more head matmul (less memory, more FLOPs)
+    rather than written by the chunks (the default)."""
     outcomes = []
     for loss in list(gm.graph.find_nodes(op="call_function", target=F.cross_entropy)):
-        outcomes.append(_rewrite(gm, loss, forced_chunks, dry_run))
+        outcomes.append(_rewrite(gm, loss, forced_chunks, dry_run, returned_by_matmul))
     if any(o.chunked for o in outcomes):
         gm.recompile()
     return outcomes
 
 
-def _rewrite(gm: fx.GraphModule, loss: fx.Node, forced_chunks: int | None, dry_run: bool) -> LossHeadRewrite:
+def _rewrite(gm: fx.GraphModule, loss: fx.Node, forced_chunks: int | None, dry_run: bool, by_matmul) -> LossHeadRewrite:
     logits, labels = _argument(loss, 0, "input"), _argument(loss, 1, "target")
     if _argument(loss, 2, "weight") is not None:
         return LossHeadRewrite(False, "class weights are not chunked")
@@ -282,6 +296,9 @@ def _rewrite(gm: fx.GraphModule, loss: fx.Node, forced_chunks: int | None, dry_r
         if isinstance(returned, str):
             return LossHeadRewrite(False, returned)
         outcome = dataclasses.replace(outcome, returned=returned)
+        if by_matmul is not None and by_matmul(outcome):
+            returned = dataclasses.replace(returned, by_matmul=True)
+            outcome = dataclasses.replace(outcome, returned=returned)
     if dry_run:
         return dataclasses.replace(outcome, reason="would chunk")
     with gm.graph.inserting_before(loss):
@@ -301,6 +318,7 @@ def _rewrite(gm: fx.GraphModule, loss: fx.Node, forced_chunks: int | None, dry_r
                 "chunks": chunks,
                 "softcap": found.softcap,
                 "returned": None if returned is None else returned.stage,
+                "returned_by_matmul": returned is not None and returned.by_matmul,
             },
         )
         if returned is not None:

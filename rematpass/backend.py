@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import warnings
 from collections.abc import Mapping
@@ -205,14 +206,42 @@ def _chunk_loss_heads(gm: torch.fx.GraphModule, knobs: config.Knobs) -> tuple:
     """Chunk the graph's loss heads (passes.loss_head) as ``loss_chunks`` says. ``"auto"`` chunks
     them in every plan but the fastest (``time_tolerance=0``, no budget), which takes no step-time
     risk: on the CPU benchmark 4 chunks cost 0.99x of torch.compile's step time
-    (benchmarks/loss_head.py), a figure not yet measured on a GPU."""
+    (benchmarks/loss_head.py), a figure not yet measured on a GPU. Logits a head also returns are
+    formed as ``_returned_by_matmul`` prices them."""
     if knobs.loss_chunks == 0:
         return ()
     if knobs.loss_chunks == "auto" and isinstance(knobs.budget, Fastest):
         found = loss_head.chunk_loss_heads(gm, dry_run=True)
         why = "time_tolerance=0 asks for the fastest plan, which keeps the head whole; set loss_chunks to chunk it"
         return tuple(dataclasses.replace(h, chunked=False, reason=why) if h.chunked else h for h in found)
-    return tuple(loss_head.chunk_loss_heads(gm, None if knobs.loss_chunks == "auto" else knobs.loss_chunks))
+    forced = None if knobs.loss_chunks == "auto" else knobs.loss_chunks
+    by_matmul = functools.partial(_returned_by_matmul, knobs.budget, _trainable_elements(gm))
+    return tuple(loss_head.chunk_loss_heads(gm, forced, returned_by_matmul=by_matmul))
+
+
+def _returned_by_matmul(budget, trainable: int, head) -> bool:
+    """Whether logits a chunked head also returns are formed after the chunks by one more head
+    matmul (GPT-2 at 4 x 512 tokens: 478 MiB, the step 8% slower) rather than written by the
+    chunks into a buffer alive through them (566 MiB, no FLOPs added). A memory budget asks for
+    the memory. The default plan buys it only if the matmul costs no more than ``time_tolerance``
+    of the step, whose FLOPs are estimated as 6 x tokens x trainable elements (the forward's 2
+    and the backward's 4 per parameter and token): the matmul is 2 x tokens x hidden x vocab, so
+    it fits when vocab x hidden <= 3 x tolerance x trainable elements (never at the default 0.01:
+    GPT-2's head is 31% of its parameters)."""
+    if isinstance(budget, Fraction | PeakCap):
+        return True
+    tolerance = getattr(budget, "tolerance", 0.0)
+    return head.head_matmul_flops() <= tolerance * 6 * head.tokens * trainable
+
+
+def _trainable_elements(gm: torch.fx.GraphModule) -> int:
+    """Elements of the graph's inputs that require grad (its parameters, as Dynamo lifts them)."""
+    count = 0
+    for node in gm.graph.find_nodes(op="placeholder"):
+        value = node.meta.get("example_value")
+        if isinstance(value, torch.Tensor) and value.requires_grad and not isinstance(value.numel(), torch.SymInt):
+            count += int(value.numel())
+    return count + sum(p.numel() for p in gm.parameters() if p.requires_grad)
 
 
 def _remembered_plan_holds(outcome: CompileOutcome, cap: int | None) -> bool:

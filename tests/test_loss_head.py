@@ -18,12 +18,12 @@ from rematpass.zoo import LossOf
 VOCAB, HIDDEN = 200, 16
 
 
-def chunking_backend(outcomes: list, chunks=None, **knobs):
+def chunking_backend(outcomes: list, chunks=None, by_matmul=False, **knobs):
     """What the remat backend does to a Dynamo graph before Inductor, then the tests' cheap backend."""
     inner = cheap_backend(**knobs)
 
     def backend(gm, example_inputs):
-        rewrites = chunk_loss_heads(gm, chunks)
+        rewrites = chunk_loss_heads(gm, chunks, returned_by_matmul=lambda head: by_matmul)
         outcomes.extend(rewrites)
         return with_returned_logits(inner(gm, example_inputs), rewrites)
 
@@ -103,13 +103,15 @@ def test_a_batch_with_every_token_ignored_gives_what_eager_gives():
 
 @pytest.mark.parametrize("softcap", [None, 3.0], ids=["plain", "softcap"])
 @pytest.mark.parametrize("upcast", [False, True], ids=["same_dtype", "fp32_upcast"])
-def test_logits_the_graph_also_returns_are_chunked_and_returned_as_eager_returns_them(softcap, upcast):
+@pytest.mark.parametrize("by_matmul", [False, True], ids=["written_by_chunks", "by_matmul"])
+def test_logits_the_graph_also_returns_are_chunked_and_returned_as_eager_returns_them(softcap, upcast, by_matmul):
     """As a transformers model called with labels returns them: the same values, and, when the
     user's loss reads them too, the same gradients; no [tokens, vocab] gradient otherwise."""
     torch.manual_seed(0)
     model = Head(upcast=upcast, also_return_logits=True, softcap=softcap)
     outcomes = []
-    compiled = torch.compile(copy.deepcopy(model), backend=chunking_backend(outcomes, strict=True), fullgraph=True)
+    backend = chunking_backend(outcomes, by_matmul=by_matmul, strict=True)
+    compiled = torch.compile(copy.deepcopy(model), backend=backend, fullgraph=True)
     torch._dynamo.reset()
     for reads_logits in (False, True):
         results = []
@@ -126,6 +128,22 @@ def test_logits_the_graph_also_returns_are_chunked_and_returned_as_eager_returns
         assert_close_grads((want_loss, want_grads), (loss, grads))
     (head,) = outcomes
     assert head.chunked and head.returned is not None and head.returned.outputs == (1,), head
+    assert head.returned.by_matmul is by_matmul
+
+
+def test_returned_logits_cost_a_head_matmul_only_when_a_budget_asks_for_memory():
+    """The default plan writes returned logits chunk by chunk unless one more head matmul costs
+    no more than time_tolerance of the step (6 x tokens x trainable elements); a budget buys it."""
+    from rematpass.backend import _returned_by_matmul
+    from rematpass.budget import DefaultPlan, Fraction, PeakCap
+    from rematpass.passes.loss_head import LossHeadRewrite
+
+    head = LossHeadRewrite(True, "chunked", tokens=2048, vocab=50257, hidden=768, chunks=4, chunk_tokens=512)
+    gpt2_small = 124_439_808
+    assert not _returned_by_matmul(DefaultPlan(0.01), gpt2_small, head)  # 158 GFLOP of a 1.5 TFLOP step
+    assert _returned_by_matmul(DefaultPlan(0.2), gpt2_small, head)
+    assert _returned_by_matmul(Fraction(0.5, 0.01), gpt2_small, head)
+    assert _returned_by_matmul(PeakCap(10**9), gpt2_small, head)
 
 
 def test_logits_read_by_another_term_of_the_graph_leave_the_head_whole():

@@ -389,9 +389,14 @@ def chunked_head_summary(head: dict) -> str:
     if not head.get("returned"):
         return f"{whole} is alive whole; same FLOPs, none recomputed"
     flops = 2 * head["tokens"] * head["vocab"] * head["hidden"]
+    returned = head["returned"]
+    if isinstance(returned, dict) and not returned.get("by_matmul", True):
+        formed = "written chunk by chunk into the output (no FLOPs added; the output is alive through the chunks)"
+    else:
+        formed = f"formed whole for the user by one more head matmul ({fmt_count(flops)}FLOP)"
     return (
-        f"{whole} is kept for the backward or formed in it; the logits it returns are formed whole for the "
-        f"user by one more head matmul ({fmt_count(flops)}FLOP), without gradients unless the loss reads them"
+        f"{whole} is kept for the backward or formed in it; the logits it returns are {formed}, "
+        "without gradients unless the loss reads them"
     )
 
 
