@@ -20,7 +20,9 @@ leading token dimensions, with or without a row of logit biases added after the 
 ``final_logits_bias``) and Gemma 2's final logit soft-capping (``c * tanh(logits / c)``), both
 before the upcast; a static or dynamic number of tokens. The logits may also be returned, as a
 transformers model called with labels returns them: the forward then also forms them for the
-user, whole, by one more head matmul and without gradients, and ``with_returned_logits`` makes
+user, whole and without gradients (each chunk writes its rows of them, or, as the caller's
+``returned_by_matmul`` decides, one more head matmul forms them after the chunks: less memory,
+more FLOPs), and ``with_returned_logits`` makes
 them differentiable outside the compiled graph (``chunked_cross_entropy.LogitsOfHidden``), so
 nothing of ``[tokens, vocab]`` size is kept for the backward or formed in it unless the user's
 loss reads them. Left as they are, with the reason
