@@ -387,6 +387,17 @@ def test_the_backend_chunks_in_every_plan_but_the_fastest_and_says_why(tmp_path)
     assert "loss head: chunked, 4 chunks of 12 tokens" in shown, shown
 
 
+def test_the_report_says_how_returned_logits_are_formed():
+    from rematpass.inspect.report import loss_head_line
+
+    head = {"chunked": True, "tokens": 2048, "vocab": 50257, "hidden": 768, "chunks": 4, "chunk_tokens": 512}
+    assert "is alive whole; same FLOPs" in loss_head_line(head)
+    written = loss_head_line({**head, "returned": {"outputs": [1], "by_matmul": False}})
+    assert "written chunk by chunk into the output (no FLOPs added" in written, written
+    by_matmul = loss_head_line({**head, "returned": {"outputs": [1], "by_matmul": True}})
+    assert "by one more head matmul (158.09 GFLOP)" in by_matmul, by_matmul
+
+
 def test_a_chunked_graph_stays_cacheable():
     """AOTAutograd's cache must not bypass the rewritten graph: a budget's second run would then
     trace and plan everything again."""
