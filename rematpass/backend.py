@@ -127,7 +127,8 @@ def _compile_graph(gm, example_inputs, knobs: config.Knobs, mode: str | None, ke
     """What ``remat`` returns for ``gm`` once its loss heads are chunked: compiled once, or under
     a budget checked on probes of Inductor's schedule and, where they cannot be read, compiles."""
     budget = knobs.budget
-    if not (knobs.verify_peak and isinstance(budget, (Fraction, PeakCap))):
+    checked = knobs.verify_peak and isinstance(budget, (Fraction, PeakCap))
+    if not checked or not _needs_backward(example_inputs):
         outcome = _compile_once(gm, example_inputs, knobs, mode, verifying=False, loss_heads=heads)
         _note_scheduled([outcome], outcome)
         _remember_report(key, outcome)
@@ -164,6 +165,14 @@ def _compile_graph(gm, example_inputs, knobs: config.Knobs, mode: str | None, ke
         record(final.report)
     _note_scheduled(attempts, final)
     return final.compiled
+
+
+def _needs_backward(example_inputs) -> bool:
+    """Whether AOTAutograd will trace a backward for this graph (and so call our partitioner): as
+    it decides, grad mode on and an input that requires grad. A graph without one has no plan to
+    check: under a budget it took three compiles, one with the caches off, on every run (wav2vec
+    2.0's feature-mask graphs: its warm first call at 1.68x torch.compile's)."""
+    return torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in example_inputs)
 
 
 def _probed_plan_kept(outcome: CompileOutcome, cap: int | None, key: str) -> bool:

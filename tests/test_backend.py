@@ -76,3 +76,22 @@ def test_our_passes_are_cacheable_alone_and_after_a_cacheable_user_pass(inductor
 
     with torch._inductor.config.patch(post_grad_custom_post_pass=UsersPass()):
         assert inductor_patches()["post_grad_custom_post_pass"].uuid()
+
+
+@pytest.mark.parametrize("budget", [0.5, 10**9], ids=["fraction", "cap"])
+def test_a_graph_without_a_backward_compiles_once_under_a_budget(monkeypatch, budget):
+    """No backward, no plan to check: under a budget such a graph took three compiles, one with
+    Inductor's caches off, on every run (wav2vec 2.0's feature-mask graphs)."""
+    compiles = []
+
+    def eager(gm, example_inputs, patches):
+        compiles.append(patches.get("force_disable_caches", False))
+        return gm.forward
+
+    monkeypatch.setattr(backend, "compile_with_inductor", eager)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU())
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="remat", options={"memory_budget": budget})
+    with torch.no_grad():
+        compiled(torch.randn(4, 8))
+    assert compiles == [False]
