@@ -128,7 +128,7 @@ def _compile_graph(gm, example_inputs, knobs: config.Knobs, mode: str | None, ke
     a budget checked on probes of Inductor's schedule and, where they cannot be read, compiles."""
     budget = knobs.budget
     checked = knobs.verify_peak and isinstance(budget, (Fraction, PeakCap))
-    if not checked or not _needs_backward(example_inputs):
+    if not checked or not _needs_backward(gm, example_inputs):
         outcome = _compile_once(gm, example_inputs, knobs, mode, verifying=False, loss_heads=heads)
         _note_scheduled([outcome], outcome)
         _remember_report(key, outcome)
@@ -167,12 +167,14 @@ def _compile_graph(gm, example_inputs, knobs: config.Knobs, mode: str | None, ke
     return final.compiled
 
 
-def _needs_backward(example_inputs) -> bool:
+def _needs_backward(gm: torch.fx.GraphModule, example_inputs) -> bool:
     """Whether AOTAutograd will trace a backward for this graph (and so call our partitioner): as
-    it decides, grad mode on and an input that requires grad. A graph without one has no plan to
-    check: under a budget it took three compiles, one with the caches off, on every run (wav2vec
-    2.0's feature-mask graphs: its warm first call at 1.68x torch.compile's)."""
-    return torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in example_inputs)
+    it decides, grad mode on and an input (or a parameter the graph holds) that requires grad. A
+    graph without one has no plan to check: under a budget it took three compiles, one with the
+    caches off, on every run (wav2vec 2.0's feature-mask graphs: its warm first call at 1.68x
+    torch.compile's)."""
+    inputs = [x for x in example_inputs if isinstance(x, torch.Tensor)] + list(gm.parameters())
+    return torch.is_grad_enabled() and any(x.requires_grad for x in inputs)
 
 
 def _probed_plan_kept(outcome: CompileOutcome, cap: int | None, key: str) -> bool:
