@@ -398,7 +398,8 @@ def test_the_report_says_how_returned_logits_are_formed():
     assert "by one more head matmul (158.09 GFLOP)" in by_matmul, by_matmul
 
 
-def test_a_chunked_graph_stays_cacheable():
+@pytest.mark.parametrize("returns_logits", [False, True], ids=["loss", "loss_and_logits"])
+def test_a_chunked_graph_stays_cacheable(returns_logits):
     """AOTAutograd's cache must not bypass the rewritten graph: a budget's second run would then
     trace and plan everything again."""
     from torch._functorch._aot_autograd.autograd_cache import check_node_safe
@@ -411,7 +412,7 @@ def test_a_chunked_graph_stays_cacheable():
         return gm.forward
 
     torch._dynamo.reset()
-    torch.compile(Head(), backend=keep, fullgraph=True)(*_batch())
+    torch.compile(Head(also_return_logits=returns_logits), backend=keep, fullgraph=True)(*_batch())
     (gm,) = graphs
     assert any(n.target is chunked_linear_cross_entropy for n in gm.graph.nodes)
     for node in gm.graph.nodes:
