@@ -326,7 +326,12 @@ def _rewrite(gm: fx.GraphModule, loss: fx.Node, forced_chunks: int | None, dry_r
         if returned is not None:
             chunked_loss = gm.graph.call_function(operator.getitem, (chunked, 0))
             flat_logits = gm.graph.call_function(operator.getitem, (chunked, 1))
-            _return_instead(gm, found.returned, _shaped_like(gm, flat_logits, found.returned, h, vocab), flat_h)
+            # AOTAutograd's cache keys a method call only on a node it knows to be a tensor (a
+            # graph without it is traced and planned again on every run)
+            flat_logits.meta["example_value"] = _value(found.returned).detach().reshape(-1, vocab)
+            shaped = _shaped_like(gm, flat_logits, found.returned, h, vocab)
+            shaped.meta["example_value"] = _value(found.returned)
+            _return_instead(gm, found.returned, shaped, flat_h)
     chunked.meta.update({k: v for k, v in loss.meta.items() if k != "example_value"})
     # AOTAutograd's cache bypasses a graph that calls a Python function it does not know, unless
     # the call carries a hash of what it runs (as torch.fx.wrap's do): then it is in the key.
