@@ -119,7 +119,7 @@ def remat(
     except config.KnobError as error:
         raise_to_user(error)
     key = report_cache.graph_key(gm, example_inputs, knobs_repr=f"{knobs!r} {mode}", sources=source_hash().hex())
-    heads = _chunk_loss_heads(gm, knobs)
+    heads = _chunk_loss_heads(gm, example_inputs, knobs)
     return loss_head.with_returned_logits(_compile_graph(gm, example_inputs, knobs, mode, key, heads), heads)
 
 
@@ -173,8 +173,14 @@ def _needs_backward(gm: torch.fx.GraphModule, example_inputs) -> bool:
     graph without one has no plan to check: under a budget it took three compiles, one with the
     caches off, on every run (wav2vec 2.0's feature-mask graphs: its warm first call at 1.68x
     torch.compile's)."""
+    return torch.is_grad_enabled() and bool(_requiring_grad(gm, example_inputs))
+
+
+def _requiring_grad(gm: torch.fx.GraphModule, example_inputs) -> list[torch.Tensor]:
+    """The graph's inputs and own parameters that require grad (its parameters, as Dynamo lifts
+    them into inputs, or holds them)."""
     inputs = [x for x in example_inputs if isinstance(x, torch.Tensor)] + list(gm.parameters())
-    return torch.is_grad_enabled() and any(x.requires_grad for x in inputs)
+    return [x for x in inputs if x.requires_grad]
 
 
 def _probed_plan_kept(outcome: CompileOutcome, cap: int | None, key: str) -> bool:
@@ -213,7 +219,7 @@ def _store_quietly(store, *args) -> None:
         warnings.warn(f"rematpass could not use its report store: {exc}", RematDumpWarning, stacklevel=3)
 
 
-def _chunk_loss_heads(gm: torch.fx.GraphModule, knobs: config.Knobs) -> tuple:
+def _chunk_loss_heads(gm: torch.fx.GraphModule, example_inputs, knobs: config.Knobs) -> tuple:
     """Chunk the graph's loss heads (passes.loss_head) as ``loss_chunks`` says. ``"auto"`` chunks
     them in every plan but the fastest (``time_tolerance=0``, no budget), which takes no step-time
     risk: on the CPU benchmark 4 chunks cost 0.99x of torch.compile's step time
@@ -226,7 +232,7 @@ def _chunk_loss_heads(gm: torch.fx.GraphModule, knobs: config.Knobs) -> tuple:
         why = "time_tolerance=0 asks for the fastest plan, which keeps the head whole; set loss_chunks to chunk it"
         return tuple(dataclasses.replace(h, chunked=False, reason=why) if h.chunked else h for h in found)
     forced = None if knobs.loss_chunks == "auto" else knobs.loss_chunks
-    by_matmul = functools.partial(_returned_by_matmul, knobs.budget, _trainable_elements(gm))
+    by_matmul = functools.partial(_returned_by_matmul, knobs.budget, _trainable_elements(gm, example_inputs))
     return tuple(loss_head.chunk_loss_heads(gm, forced, returned_by_matmul=by_matmul))
 
 
@@ -245,14 +251,10 @@ def _returned_by_matmul(budget, trainable: int, head) -> bool:
     return head.head_matmul_flops() <= tolerance * 6 * head.tokens * trainable
 
 
-def _trainable_elements(gm: torch.fx.GraphModule) -> int:
-    """Elements of the graph's inputs that require grad (its parameters, as Dynamo lifts them)."""
-    count = 0
-    for node in gm.graph.find_nodes(op="placeholder"):
-        value = node.meta.get("example_value")
-        if isinstance(value, torch.Tensor) and value.requires_grad and not isinstance(value.numel(), torch.SymInt):
-            count += int(value.numel())
-    return count + sum(p.numel() for p in gm.parameters() if p.requires_grad)
+def _trainable_elements(gm: torch.fx.GraphModule, example_inputs) -> int:
+    """Elements of the graph's inputs and parameters that require grad (a symbolic size counts 0)."""
+    sizes = (x.numel() for x in _requiring_grad(gm, example_inputs))
+    return sum(int(n) for n in sizes if not isinstance(n, torch.SymInt))
 
 
 def _remembered_plan_holds(outcome: CompileOutcome, cap: int | None) -> bool:
