@@ -187,3 +187,10 @@ def count_partitions(monkeypatch) -> list:
 
     monkeypatch.setattr(partitioner.RematPartitioner, "partition", counting)
     return partitions
+
+
+def kept_attempt(report):
+    """The attempt of a budget's check that ``report``'s plan is (rematpass.verify.kept_index)."""
+    from rematpass.verify import budget_cap, kept_index
+
+    return report.verification[kept_index(report.verification, budget_cap(report))]

@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from helpers import kept_attempt
 
 import rematpass
 from rematpass import zoo
@@ -67,13 +68,6 @@ def _measured(build, budget, dump_dir=None) -> tuple[int, rematpass.PartitionRep
     return peak_memory(step), report
 
 
-def _kept(report):
-    """The attempt the report's plan is (rematpass.verify.kept_index)."""
-    from rematpass.verify import budget_cap, kept_index
-
-    return report.verification[kept_index(report.verification, budget_cap(report))]
-
-
 @pytest.mark.inductor
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(MODELS))
@@ -99,6 +93,8 @@ def test_budgets_hold_on_the_measured_peak(name, tmp_path):
         assert report.compiles == 1 and report.schedule_probes >= 1
         notes = [json.loads(p.read_text()) for p in (tmp_path / str(share)).glob("*/scheduled.json")]
         assert [n["kept"] for n in notes] == [True]
-        assert notes[0]["scheduled_peak_bytes"] == report.scheduled_peak_bytes == _kept(report).scheduled_peak_bytes
+        assert (
+            notes[0]["scheduled_peak_bytes"] == report.scheduled_peak_bytes == kept_attempt(report).scheduled_peak_bytes
+        )
         assert len(notes[0]["attempts"]) == len(report.verification)
     print(f"{name}: fractions {[f'{p / 2**20:.3f}' for p in falling]} MiB; worst measured/cap {max(ratios):.4f}")

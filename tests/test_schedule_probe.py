@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import count_partitions
+from helpers import count_partitions, kept_attempt
 
 import rematpass
 import rematpass.inductor_hooks as hooks
@@ -89,7 +89,7 @@ def test_a_budget_compiles_once_and_its_probe_reads_what_the_compile_schedules(m
     (report,) = rematpass.recent_reports()
     assert partitions == [None] and report.compiles == 1
     assert report.schedule_probes >= 1 and report.verification
-    kept = report.verification[-1 if len(report.verification) == 1 else _kept_index(report)]
+    kept = kept_attempt(report)
     assert kept.scheduled_peak_bytes == report.scheduled_peak_bytes, "the probe and the compile disagree"
     if isinstance(budget, int):
         assert report.scheduled_peak_bytes <= budget
@@ -102,12 +102,6 @@ def test_a_budget_compiles_once_and_its_probe_reads_what_the_compile_schedules(m
         shown = io.StringIO()
         show(str(folder), out=shown)
         assert f"{report.schedule_probes} probed without compiling, 1 compiled" in shown.getvalue()
-
-
-def _kept_index(report):
-    from rematpass.verify import budget_cap, kept_index
-
-    return kept_index(report.verification, budget_cap(report))
 
 
 def test_a_schedule_that_cannot_be_probed_is_checked_by_compiling(monkeypatch, tmp_path):
@@ -196,5 +190,5 @@ def test_the_probe_lowers_the_backward_with_the_strides_the_forward_saved(monkey
     # a probe's restriding stays in the probe: every probe lowers the forward from the traced inputs
     # (the joint graph shares its placeholders' meta with the extracted modules)
     assert len(forward_strides) > 1 and all(s == forward_strides[0] for s in forward_strides), forward_strides
-    kept = report.verification[-1 if len(report.verification) == 1 else _kept_index(report)]
+    kept = kept_attempt(report)
     assert kept.scheduled_peak_bytes == report.scheduled_peak_bytes, "the probe and the compile disagree"
