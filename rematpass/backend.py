@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from . import config, report_cache
-from .budget import Fastest, Fraction, PeakCap
+from .budget import Fastest, is_memory_budget, peak_cap_bytes
 from .inductor_hooks import (
     CustomGraphPass,
     aot_autograd_cache_hits,
@@ -127,13 +127,13 @@ def _compile_graph(gm, example_inputs, knobs: config.Knobs, mode: str | None, ke
     """What ``remat`` returns for ``gm`` once its loss heads are chunked: compiled once, or under
     a budget checked on probes of Inductor's schedule and, where they cannot be read, compiles."""
     budget = knobs.budget
-    checked = knobs.verify_peak and isinstance(budget, (Fraction, PeakCap))
+    checked = knobs.verify_peak and is_memory_budget(budget)
     if not checked or not _needs_backward(gm, example_inputs):
         outcome = _compile_once(gm, example_inputs, knobs, mode, verifying=False, loss_heads=heads)
         _note_scheduled([outcome], outcome)
         _remember_report(key, outcome)
         return outcome.compiled
-    cap = budget.bytes if isinstance(budget, PeakCap) else None
+    cap = peak_cap_bytes(budget)
     probed = _compile_once(gm, example_inputs, knobs, mode, verifying=True, probe=True, loss_heads=heads)
     if _probed_plan_kept(probed, cap, key):
         _note_scheduled([probed], probed)
@@ -245,7 +245,7 @@ def _returned_by_matmul(budget, trainable: int, head) -> bool:
     and the backward's 4 per parameter and token): the matmul is 2 x tokens x hidden x vocab, so
     it fits when vocab x hidden <= 3 x tolerance x trainable elements (never at the default 0.01:
     GPT-2's head is 31% of its parameters)."""
-    if isinstance(budget, Fraction | PeakCap):
+    if is_memory_budget(budget):
         return True
     tolerance = getattr(budget, "tolerance", 0.0)
     return head.head_matmul_flops() <= tolerance * 6 * head.tokens * trainable

@@ -97,6 +97,25 @@ def parse_budget(memory_budget: float | int | None, time_tolerance: float) -> Bu
     return PeakCap(int(memory_budget))
 
 
+def is_memory_budget(budget: Budget) -> bool:
+    """Whether the user set a ``memory_budget`` (a fraction or a cap): time is then traded for memory,
+    and the plan is checked on Inductor's schedule.
+
+    >>> is_memory_budget(Fraction(0.3)), is_memory_budget(DefaultPlan(0.01))
+    (True, False)
+    """
+    return isinstance(budget, Fraction | PeakCap)
+
+
+def peak_cap_bytes(budget: Budget) -> int | None:
+    """The cap a budget puts on the step's peak, in bytes; None for every budget but a ``PeakCap``.
+
+    >>> peak_cap_bytes(PeakCap(2**20)), peak_cap_bytes(Fraction(0.5))
+    (1048576, None)
+    """
+    return budget.bytes if isinstance(budget, PeakCap) else None
+
+
 _KINDS = {cls.kind: cls for cls in (Fastest, DefaultPlan, Fraction, PeakCap)}
 
 

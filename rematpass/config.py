@@ -77,10 +77,11 @@ class Knobs:
     # time more than the fastest plan, and among those it takes the least predicted peak. 0: the
     # fastest plan.
     time_tolerance: float = 0.01
-    # After Inductor compiles a plan under a byte memory_budget, read the peak of the kernels it
-    # scheduled (rematpass.scheduled_peak) and, when that is over the budget, recompile with a
-    # smaller plan (at most MAX_RECOMPILES times); under a fraction below 1, try shallower plans when
-    # the schedule is well over the prediction. Compiles under a budget skip Inductor's caches.
+    # Under a memory_budget, check plans on the peak of the kernels Inductor schedules for them
+    # (rematpass.verify): probed without compiling (rematpass.schedule_probe), so the budget
+    # compiles once and is cached; where the schedule cannot be probed, compiled one by one (at
+    # most MAX_RECOMPILES more), and the aim kept is remembered for the next run. A byte cap takes
+    # smaller plans while over; a fraction, shallower plans while they schedule a lower peak.
     verify_peak: bool = True
     # The LM head and its cross-entropy in chunks of tokens (passes.loss_head): "auto" (the head's
     # vocabulary over its hidden size), a number of chunks, or 0 (off).

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from .budget import Fraction, PeakCap
+from .budget import is_memory_budget, peak_cap_bytes
 from .calibrate import rates_file_key
 from .config import Knobs
 from .inductor_hooks import CustomPartitionerFn, current_compile_id, get_hash_for_files
@@ -119,7 +119,7 @@ class RematPartitioner(CustomPartitionerFn):
         self.aim_peak_bytes = aim_peak_bytes
         # Under a memory budget, check the plans against Inductor's schedule, probed without
         # compiling (rematpass.schedule_probe), and return the one the check keeps.
-        self.probes_schedule = probe_schedule and isinstance(self.knobs.budget, (Fraction, PeakCap))
+        self.probes_schedule = probe_schedule and is_memory_budget(self.knobs.budget)
         # Called as a partition starts (the backend arms its reading of the schedules there:
         # a compile served from the cache partitions nothing and generates no code).
         self.before_partition = None
@@ -252,7 +252,7 @@ class RematPartitioner(CustomPartitionerFn):
         never compiled, and the one it keeps is returned as (chosen, saved, report). When the
         schedule cannot be probed, the knobs' plan, unchecked (the backend then checks it by
         compiling)."""
-        cap = self.knobs.budget.bytes if isinstance(self.knobs.budget, PeakCap) else None
+        cap = peak_cap_bytes(self.knobs.budget)
         by_aim: dict = {}  # the check asks for the knobs' plan twice
         by_plan: dict = {}  # and an aim can pick a plan already probed
         seconds = []

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch.fx as fx
 
-from ..budget import DefaultPlan, Fastest, Fraction, PeakCap, budget_from_json
+from ..budget import DefaultPlan, Fastest, Fraction, budget_from_json, is_memory_budget
 from ..config import Knobs
 from ..cost import CostTable
 from ..inductor_hooks import register_torch_log
@@ -285,7 +285,7 @@ def build_report(
     (``Plan.default_saved``) lets a budgeted plan say what the budget forced."""
     plan = chosen.plan
     default_saved = plan.default_saved
-    budgeted = isinstance(knobs.budget, (Fraction, PeakCap))
+    budgeted = is_memory_budget(knobs.budget)
     nodes = []
     for i, node in enumerate(summary.nodes):
         val = node.meta.get("val")
