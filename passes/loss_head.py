@@ -46,6 +46,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from . import chunked_cross_entropy
+from .chunk_price import ChunkPrice, ChunkPricing
 from .chunked_cross_entropy import LogitsOfHidden, chunked_linear_cross_entropy
 from .liveness import hinted_size
 
@@ -85,6 +86,7 @@ class LossHeadRewrite:
     chunk_tokens: int = 0
     dynamic_tokens: bool = False
     returned: ReturnedLogits | None = None  # the logits are also a graph output
+    price: ChunkPrice | None = None  # what the chunk count costs and holds (passes.chunk_price)
 
     def logits_bytes(self) -> int:
         """Bytes of one fp32 ``[tokens, vocab]`` tensor: what each chunked one no longer holds whole."""
@@ -243,21 +245,25 @@ def chunk_loss_heads(
     *,
     dry_run: bool = False,
     returned_by_matmul: Callable[[LossHeadRewrite], bool] | None = None,
+    pricing: ChunkPricing | None = None,
 ) -> list[LossHeadRewrite]:
     """Rewrite every matched head + cross-entropy of ``gm`` (a Dynamo graph) in place; returns
     what happened to each cross-entropy. ``forced_chunks``: the knob's count (None: automatic);
     ``dry_run``: say what would be chunked, change nothing; ``returned_by_matmul(head)``: whether
     logits the head also returns are formed by one more head matmul (less memory, more FLOPs)
-    rather than written by the chunks (the default)."""
+    rather than written by the chunks (the default); ``pricing``: what the plan lets chunking
+    cost (an automatic count is lowered to fit it, and every count is priced for the report)."""
     outcomes = []
     for loss in list(gm.graph.find_nodes(op="call_function", target=F.cross_entropy)):
-        outcomes.append(_rewrite(gm, loss, forced_chunks, dry_run, returned_by_matmul))
+        outcomes.append(_rewrite(gm, loss, forced_chunks, dry_run, returned_by_matmul, pricing))
     if any(o.chunked for o in outcomes):
         gm.recompile()
     return outcomes
 
 
-def _rewrite(gm: fx.GraphModule, loss: fx.Node, forced_chunks: int | None, dry_run: bool, by_matmul) -> LossHeadRewrite:
+def _rewrite(
+    gm: fx.GraphModule, loss: fx.Node, forced_chunks: int | None, dry_run: bool, by_matmul, pricing
+) -> LossHeadRewrite:
     logits, labels = _argument(loss, 0, "input"), _argument(loss, 1, "target")
     if _argument(loss, 2, "weight") is not None:
         return LossHeadRewrite(False, "class weights are not chunked")
@@ -289,8 +295,21 @@ def _rewrite(gm: fx.GraphModule, loss: fx.Node, forced_chunks: int | None, dry_r
     # A symbolic count is split into the same number of chunks whatever it comes to (some may be
     # empty); a static one never into more chunks than tokens.
     chunks = chunk_count(tokens, vocab, hidden, forced_chunks, dynamic=dynamic)
+    price = None
+    if pricing is not None:
+        priced = (tokens, vocab, hidden, w_value.element_size())
+        price = pricing.price(*priced, chunks) if forced_chunks is not None else pricing.affordable(*priced, chunks)
+        if price is None:
+            two = pricing.price(*priced, 2)
+            return LossHeadRewrite(
+                False,
+                f"chunking costs more than the plan allows: 2 chunks add an estimated {two.extra_seconds:.3g} s "
+                f"over an allowance of {pricing.allowance_seconds(tokens):.3g} s (time_tolerance)",
+            )
+        if price.chunks < min(chunks, tokens):  # lowered to fit the allowance
+            chunks = price.chunks
     outcome = LossHeadRewrite(
-        True, "chunked", tokens, vocab, hidden, chunks, math.ceil(tokens / chunks), dynamic_tokens=dynamic
+        True, "chunked", tokens, vocab, hidden, chunks, math.ceil(tokens / chunks), dynamic_tokens=dynamic, price=price
     )
     returned = None
     if found.returned is not None:

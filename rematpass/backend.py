@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import math
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -30,6 +31,7 @@ import torch
 
 from . import config, report_cache
 from .budget import Fastest, is_memory_budget, peak_cap_bytes
+from .cost import CostModel
 from .inductor_hooks import (
     CustomGraphPass,
     aot_autograd_cache_hits,
@@ -47,6 +49,7 @@ from .inspect.dump import RematDumpWarning, watch_compile, write_scheduled
 from .inspect.report import record
 from .partitioner import RematPartitioner, source_hash
 from .passes import gather_pool_grad, hoist_matmul, loss_head
+from .passes.chunk_price import ChunkPricing
 from .scheduled_peak import step_peak
 from .user_warnings import RematBudgetWarning, warn_at_user_code
 from .verify import CompileOutcome, compile_within, kept_index
@@ -232,8 +235,19 @@ def _chunk_loss_heads(gm: torch.fx.GraphModule, example_inputs, knobs: config.Kn
         why = "time_tolerance=0 asks for the fastest plan, which keeps the head whole; set loss_chunks to chunk it"
         return tuple(dataclasses.replace(h, chunked=False, reason=why) if h.chunked else h for h in found)
     forced = None if knobs.loss_chunks == "auto" else knobs.loss_chunks
-    by_matmul = functools.partial(_returned_by_matmul, knobs.budget, _trainable_elements(gm, example_inputs))
-    return tuple(loss_head.chunk_loss_heads(gm, forced, returned_by_matmul=by_matmul))
+    trainable = _trainable_elements(gm, example_inputs)
+    by_matmul = functools.partial(_returned_by_matmul, knobs.budget, trainable)
+    pricing = _chunk_pricing(example_inputs, knobs, trainable)
+    return tuple(loss_head.chunk_loss_heads(gm, forced, returned_by_matmul=by_matmul, pricing=pricing))
+
+
+def _chunk_pricing(example_inputs, knobs: config.Knobs, trainable: int) -> ChunkPricing:
+    """What the plan lets a chunk count cost, at the cost model's rates for the graph's device: the
+    default plan's and a fraction's ``time_tolerance`` of the step; anything under a byte cap."""
+    device = next((x.device.type for x in example_inputs if isinstance(x, torch.Tensor)), "cpu")
+    flops_per_second, bytes_per_second = CostModel(knobs.flops_per_second, knobs.bytes_per_second).rates_for(device)
+    allowance = math.inf if peak_cap_bytes(knobs.budget) is not None else getattr(knobs.budget, "tolerance", 0.0)
+    return ChunkPricing(flops_per_second, bytes_per_second, allowance, trainable)
 
 
 def _returned_by_matmul(budget, trainable: int, head) -> bool:

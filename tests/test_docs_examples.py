@@ -16,6 +16,7 @@ MODULES = [
     "rematpass.scheduled_peak",
     "rematpass.user_warnings",
     "rematpass.inspect.cli",
+    "rematpass.passes.chunk_price",
 ]
 
 

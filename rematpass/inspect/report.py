@@ -20,6 +20,7 @@ from ..config import Knobs
 from ..cost import CostTable
 from ..inductor_hooks import register_torch_log
 from ..passes.analysis import BACKWARD_ONLY, FORWARD, INPUT, GraphSummary, ReasonKind
+from ..passes.chunk_price import TENSORS_ALIVE
 from ..passes.liveness import PeakEstimate
 from ..passes.op_facts import is_random, op_name, replays_a_saved_seed
 from ..passes.peak import ScoredPlan
@@ -387,7 +388,7 @@ def chunked_head_summary(head: dict) -> str:
     """What a chunked head no longer forms whole, and what it costs."""
     whole = f"no [tokens, vocab] tensor ({whole_logits(head)})"
     if not head.get("returned"):
-        return f"{whole} is alive whole; same FLOPs, none recomputed"
+        return f"{whole} is alive whole; same FLOPs, none recomputed{chunk_price(head)}"
     flops = 2 * head["tokens"] * head["vocab"] * head["hidden"]
     returned = head["returned"]
     if isinstance(returned, dict) and not returned.get("by_matmul", True):
@@ -396,7 +397,21 @@ def chunked_head_summary(head: dict) -> str:
         formed = f"formed whole for the user by one more head matmul ({fmt_count(flops)}FLOP)"
     return (
         f"{whole} is kept for the backward or formed in it; the logits it returns are {formed}, "
-        "without gradients unless the loss reads them"
+        f"without gradients unless the loss reads them{chunk_price(head)}"
+    )
+
+
+def chunk_price(head: dict) -> str:
+    """What the chunk count holds and costs (passes.chunk_price), or "" when it was not priced:
+    "; a chunk holds 2 fp32 [512, 50257] tensors at once, 196.3 MiB against 785.3 MiB whole; its
+    matmuls read the weight and its gradient 1.7 GiB more (estimated 0 s more)"."""
+    price = head.get("price")
+    if not price:
+        return ""
+    return (
+        f"; a chunk holds {TENSORS_ALIVE} fp32 [{price['chunk_tokens']}, {head['vocab']}] tensors at once, "
+        f"{fmt_bytes(price['held_bytes'])} against {fmt_bytes(price['whole_held_bytes'])} whole; its matmuls move "
+        f"the weight and its gradient {fmt_bytes(price['extra_bytes'])} more (estimated {price['extra_seconds']:.3g} s more)"
     )
 
 
