@@ -403,15 +403,18 @@ def chunked_head_summary(head: dict) -> str:
 
 def chunk_price(head: dict) -> str:
     """What the chunk count holds and costs (passes.chunk_price), or "" when it was not priced:
-    "; a chunk holds 2 fp32 [512, 50257] tensors at once, 196.3 MiB against 785.3 MiB whole; its
-    matmuls read the weight and its gradient 1.7 GiB more (estimated 0 s more)"."""
+    "; a chunk holds 2 fp32 [512, 50257] tensors at once, 196.3 MiB where the whole head holds
+    785.3 MiB: at most 588.9 MiB off the peak; its matmuls move the weight and its gradient 1.7 GiB
+    more (estimated 0 s more)". At most: where the step peaks elsewhere, less comes off it."""
     price = head.get("price")
     if not price:
         return ""
+    held, whole = price["held_bytes"], price["whole_held_bytes"]
     return (
         f"; a chunk holds {TENSORS_ALIVE} fp32 [{price['chunk_tokens']}, {head['vocab']}] tensors at once, "
-        f"{fmt_bytes(price['held_bytes'])} against {fmt_bytes(price['whole_held_bytes'])} whole; its matmuls move "
-        f"the weight and its gradient {fmt_bytes(price['extra_bytes'])} more (estimated {price['extra_seconds']:.3g} s more)"
+        f"{fmt_bytes(held)} where the whole head holds {fmt_bytes(whole)}: at most {fmt_bytes(whole - held)} off "
+        f"the peak; its matmuls move the weight and its gradient {fmt_bytes(price['extra_bytes'])} more "
+        f"(estimated {price['extra_seconds']:.3g} s more)"
     )
 
 
