@@ -140,6 +140,15 @@ def least_peak_within(points: list[PeakPoint], allowance: float, spend_of: Calla
     return min(fitting, key=lambda p: (p.peak, p.cut.time_cost, -p.cut.saved_bytes))
 
 
+def shallowest_within(
+    points: list[PeakPoint], allowance: float, spend_of: Callable[[Cut], float], peak_cap: float
+) -> PeakPoint | None:
+    """The plan that recomputes least (least time cost; ties: most saved bytes) among those spending
+    at most ``allowance`` and predicted to peak within ``peak_cap``; None if none is."""
+    fitting = [p for p in points if spend_of(p.cut) <= allowance * (1 + 1e-9) and p.peak <= peak_cap]
+    return min(fitting, key=lambda p: (p.cut.time_cost, -p.cut.saved_bytes, p.peak), default=None)
+
+
 def choose_on_frontier(frontier: list[PeakPoint], peak_cap: float) -> FrontierChoice:
     """The first frontier plan (least recompute) whose predicted peak fits ``peak_cap``;
     the last one (the least peak) if none does."""

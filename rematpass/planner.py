@@ -62,6 +62,7 @@ from .passes.peak import (
     peak_frontier,
     recompute_allowance,
     refine_between,
+    shallowest_within,
     split_by_ops,
 )
 from .passes.plan import Cut, CutProblem, Plan
@@ -105,7 +106,8 @@ def plan(
 
 
 def _plan_for(problem, lam_default, budget, predict, step_seconds, aim, solver, ilp_time_limit) -> PlanResult:
-    if aim is not None:
+    fraction_aim = aim if isinstance(budget, Fraction) else None
+    if aim is not None and fraction_aim is None:
         budget = PeakCap(int(aim))
     if solver == "ilp":  # config allows it only without a budget (it has no peak model)
         from .passes.ilp import ilp_plan
@@ -116,7 +118,7 @@ def _plan_for(problem, lam_default, budget, predict, step_seconds, aim, solver, 
     if isinstance(budget, DefaultPlan):
         return plan_for_speed(problem, lam_default, predict, budget.tolerance * step_seconds)
     slack = (budget.tolerance if isinstance(budget, Fraction) else 0.0) * step_seconds
-    return plan_for_peak(problem, lam_default, budget, predict, slack)
+    return plan_for_peak(problem, lam_default, budget, predict, slack, aim=fraction_aim)
 
 
 class PeakPredictor:
@@ -248,10 +250,14 @@ def plan_for_peak(
     budget: Fraction | PeakCap,
     predict: Callable[[Cut], int],
     default_slack_seconds: float = 0.0,
+    aim: int | None = None,
 ) -> PlanResult:
     """The plan for a fraction or a peak cap. ``default_slack_seconds`` is the default plan's time
     tolerance: a fraction may always spend what the default plan spends, so no fraction peaks
-    above the default."""
+    above the default. ``aim`` (a fraction's check climbing to shallower plans, rematpass.verify):
+    the least-recompute plan predicted to peak within ``aim`` among those the fraction allows; a
+    cap's plans, which can spend more than the fraction allows (ViT at 0.5 kept one that spent
+    1.57x its allowance), are never taken for it."""
     predict = _remembered(predict)
     base = _scored_hull(problem, lam_default, predict)
     network, plans, scored, solves = base.network, base.plans, base.scored, base.solves
@@ -270,6 +276,8 @@ def plan_for_peak(
             allowance, problem.budget_spend_of(default_point.cut), problem.budget_spend_of(chosen_default.cut)
         )
         point = least_peak_within(scored, allowance, problem.budget_spend_of)
+        if aim is not None:
+            point = shallowest_within(scored, allowance, problem.budget_spend_of, aim) or point
     else:
         target = None
         frontier = pareto(scored)
@@ -282,4 +290,5 @@ def plan_for_peak(
             scored = scored + refined
             point = next((p for p in refined if p.peak <= cap), point)
     plan = Plan(point.cut, lam_default, target, met, solves, base.hull, default_saved=base.default_cut.saved)
-    return PlanResult(plan, None if target is not None else cap, tuple(p.scored() for p in scored))
+    planned_cap = aim if target is not None else cap
+    return PlanResult(plan, planned_cap, tuple(p.scored() for p in scored))

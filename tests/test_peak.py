@@ -226,6 +226,32 @@ def test_budgets_choose_plans_between_hull_vertices(six_layer_problem):
     assert any(round(s) not in vertices for s in saved), (saved, sorted(vertices))
 
 
+def test_a_fractions_check_climbs_only_to_plans_the_fraction_allows(six_layer_problem):
+    """When a fraction's schedule comes out over its prediction, rematpass.verify climbs to
+    shallower plans by aiming at their predicted peaks. The aimed plan must be one the fraction
+    allows, at most as deep as its own: planned as a peak cap, an aim could pick a deeper plan
+    than the fraction's (ViT at 0.5 kept one that spent 1.57x the fraction's allowance)."""
+    import hashlib
+
+    from rematpass.planner import plan_for_peak
+
+    problem, lam_default = six_layer_problem
+
+    def bumpy_peak(cut):  # some deeper plans peak lower than their shallower neighbours
+        bump = int(hashlib.sha256(cut.saved.tobytes()).hexdigest(), 16) % 400_000
+        return int(cut.saved_bytes) + 1_000_000 + bump
+
+    climbed = 0
+    for budget in (0.7, 0.5, 0.3):
+        own = plan_for_peak(problem, lam_default, Fraction(budget), bumpy_peak).plan.cut
+        for aim in range(bumpy_peak(own), bumpy_peak(own) + 3_000_000, 100_000):
+            aimed = plan_for_peak(problem, lam_default, Fraction(budget), bumpy_peak, aim=aim).plan.cut
+            assert aimed.time_cost <= own.time_cost * (1 + 1e-9), (budget, aim)
+            assert bumpy_peak(aimed) <= aim
+            climbed += aimed.time_cost < own.time_cost
+    assert climbed, "some aim must reach a shallower plan"
+
+
 def test_default_takes_the_least_peak_within_the_time_tolerance(six_layer_problem):
     from rematpass.passes.fastest import fastest_plan
     from rematpass.passes.hull import walk_hull
