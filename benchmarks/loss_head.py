@@ -4,6 +4,7 @@
     python benchmarks/loss_head.py --layers 12 --rounds 5   # GPT-2 small itself
     python benchmarks/loss_head.py --return-logits          # the model returns its logits too, as Trainer calls it
     python benchmarks/loss_head.py --return-logits --budgets 0.99   # a budget forms them by a second matmul
+    python benchmarks/loss_head.py --pytorch                # and PyTorch's auto_chunker, F.linear_cross_entropy
 
 Variants: ``torch.compile`` (Inductor's partitioner), ``remat`` with the head whole
 (``loss_chunks=0``) and ``remat``'s default plan (the head in chunks, passes.loss_head);
@@ -23,6 +24,7 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 
 import rematpass
 from rematpass import zoo
@@ -47,6 +49,12 @@ def main(argv=None) -> int:
     parser.add_argument("--chunks", type=int, nargs="*", default=[], help="also remat with loss_chunks forced to these")
     parser.add_argument("--budgets", type=float, nargs="*", default=[], help="also remat with these memory_budget")
     parser.add_argument("--return-logits", action="store_true", help="the model returns its logits with the loss")
+    parser.add_argument(
+        "--pytorch",
+        action="store_true",
+        help="also PyTorch's own ways: Inductor's auto_chunker, and the head + loss swapped by hand for "
+        "F.linear_cross_entropy(options=LinearCrossEntropyOptions()) under torch.compile and remat",
+    )
     args = parser.parse_args(argv)
     variants = dict(VARIANTS)
     variants.update(
@@ -55,6 +63,8 @@ def main(argv=None) -> int:
     variants.update(
         {f"remat, memory_budget={b:g}": {"backend": "remat", "options": {"memory_budget": b}} for b in args.budgets}
     )
+    if args.pytorch and not args.return_logits:
+        variants.update(PYTORCH_VARIANTS)
     torch.set_num_threads(args.threads)
     torch._inductor.config.force_disable_caches = True  # every variant's partitioner must run
     torch.manual_seed(0)
@@ -66,15 +76,20 @@ def main(argv=None) -> int:
     for name, kwargs in variants.items():
         torch._dynamo.reset()
         rematpass.clear_reports()
-        model = torch.compile(copy.deepcopy(base), **kwargs)
+        kwargs = dict(kwargs)
+        inductor_config = kwargs.pop("inductor_config", {})
+        module = SwappedForLinearCrossEntropy(lm) if kwargs.pop("swap", False) else copy.deepcopy(base)
+        model = torch.compile(module, **kwargs)
 
-        def step(model=model):
+        def step(model=model, inductor_config=inductor_config):
             for p in model.parameters():
                 p.grad = None
-            if args.return_logits:  # as Trainer's compute_loss: the outputs go before the backward
-                model(input_ids=ids, labels=ids).loss.backward()
-            else:
-                model(ids, ids).backward()
+            # every call: the next variant's dynamo.reset makes this one compile again in round 1
+            with torch._inductor.config.patch(inductor_config):
+                if args.return_logits:  # as Trainer's compute_loss: the outputs go before the backward
+                    model(input_ids=ids, labels=ids).loss.backward()
+                else:
+                    model(ids, ids).backward()
 
         started = time.perf_counter()
         step()
@@ -103,6 +118,32 @@ def main(argv=None) -> int:
             f"| {median / base_time:.2f}x | {row['first_call']:.1f} s | {head} |"
         )
     return 0
+
+
+class SwappedForLinearCrossEntropy(torch.nn.Module):
+    """GPT-2's head and loss swapped by hand for PyTorch's chunked ``F.linear_cross_entropy``
+    (``options=LinearCrossEntropyOptions()``: its own chunking; Dynamo runs that op eagerly)."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = copy.deepcopy(lm)
+
+    def forward(self, ids, labels):
+        hidden = self.lm.transformer(input_ids=ids).last_hidden_state[:, :-1]
+        return F.linear_cross_entropy(
+            hidden.reshape(-1, hidden.shape[-1]),
+            self.lm.lm_head.weight,
+            labels[:, 1:].reshape(-1),
+            ignore_index=-100,
+            options=torch.nn.LinearCrossEntropyOptions(),
+        )
+
+
+PYTORCH_VARIANTS = {
+    "torch.compile, Inductor's auto_chunker": {"inductor_config": {"auto_chunker.enable": True}},
+    "torch.compile, F.linear_cross_entropy(options) by hand": {"swap": True},
+    "remat, F.linear_cross_entropy(options) by hand": {"backend": "remat", "swap": True},
+}
 
 
 def _head(head) -> str:
