@@ -6,7 +6,8 @@
 Small transformers configs (random weights, no downloads) of architectures outside the suite:
 Mistral (grouped-query attention, SiLU MLP, RMSNorm), BLOOM (ALiBi attention, GELU), ViT (image
 patches, a classification loss), Whisper (speech encoder-decoder), CLIP (vision-text contrastive
-loss) and wav2vec 2.0 (convolutional speech features, a CTC loss); ``--models`` chooses. Each is trained one step per variant in interleaved rounds and
+loss), wav2vec 2.0 (convolutional speech features, a CTC loss) and the causal LMs of
+benchmarks/newest_architectures.py (SmolLM3, Qwen3, Gemma 3, OLMo 2); ``--models`` chooses. Each is trained one step per variant in interleaved rounds and
 printed as the suite's table: measured against predicted peak, step time against
 ``torch.compile``'s default, gradients against eager.
 """
@@ -14,6 +15,7 @@ printed as the suite's table: measured against predicted peak, step time against
 from __future__ import annotations
 
 import argparse
+import functools
 
 import torch
 
@@ -136,7 +138,19 @@ def wav2vec2() -> models.BenchModel:
     )  # fmt: skip
 
 
+def newest(name: str) -> models.BenchModel:
+    """One of benchmarks/newest_architectures.py's causal LMs (SmolLM3, Qwen3, Gemma 3, OLMo 2)."""
+    from newest_architectures import BATCH, SEQ, VOCAB, build
+
+    lm = build(name)
+    return models.BenchModel(
+        name, f"transformers {name}, 2 layers, dim 128, vocabulary {VOCAB}, batch {BATCH} x {SEQ}",
+        zoo.CausalLM(lm), (torch.randint(0, VOCAB, (BATCH, SEQ)),), list(lm.model.layers),
+    )  # fmt: skip
+
+
 BUILDERS = {"mistral": mistral, "bloom": bloom, "vit": vit, "whisper": whisper, "clip": clip, "wav2vec2": wav2vec2}
+BUILDERS.update({name: functools.partial(newest, name) for name in ("smollm3", "qwen3", "gemma3", "olmo2")})
 
 
 def main() -> None:
