@@ -11,7 +11,9 @@ linear cross-entropy does); the backward only scales them by the incoming gradie
 logits are about the size of the hidden states (``ceil(vocab / hidden)`` chunks), the head's
 FLOPs are those of the unchunked head (nothing is recomputed), and the weight's gradient is
 accumulated chunk by chunk. The traced forward then saves ``[tokens, hidden]`` and ``[vocab,
-hidden]`` gradients for the backward instead of ``[tokens, vocab]`` values.
+hidden]`` gradients for the backward instead of ``[tokens, vocab]`` values. How many chunks:
+``chunk_count``'s rule, lowered to what the caller's ``pricing`` lets the chunks' extra weight
+traffic cost (passes.chunk_price).
 
 Matched: ``F.cross_entropy`` with ``reduction`` mean or sum (a ``/ num_items_in_batch`` after it
 stays as it is), any ``ignore_index``, ``label_smoothing``, no class weights; the head with or
