@@ -235,9 +235,8 @@ def _chunk_loss_heads(gm: torch.fx.GraphModule, example_inputs, knobs: config.Kn
         why = "time_tolerance=0 asks for the fastest plan, which keeps the head whole; set loss_chunks to chunk it"
         return tuple(dataclasses.replace(h, chunked=False, reason=why) if h.chunked else h for h in found)
     forced = None if knobs.loss_chunks == "auto" else knobs.loss_chunks
-    trainable = _trainable_elements(gm, example_inputs)
-    by_matmul = functools.partial(_returned_by_matmul, knobs.budget, trainable)
-    pricing = _chunk_pricing(example_inputs, knobs, trainable)
+    pricing = _chunk_pricing(example_inputs, knobs, _trainable_elements(gm, example_inputs))
+    by_matmul = functools.partial(_returned_by_matmul, knobs.budget, pricing)
     return tuple(loss_head.chunk_loss_heads(gm, forced, returned_by_matmul=by_matmul, pricing=pricing))
 
 
@@ -250,19 +249,17 @@ def _chunk_pricing(example_inputs, knobs: config.Knobs, trainable: int) -> Chunk
     return ChunkPricing(flops_per_second, bytes_per_second, allowance, trainable)
 
 
-def _returned_by_matmul(budget, trainable: int, head) -> bool:
+def _returned_by_matmul(budget, pricing: ChunkPricing, head) -> bool:
     """Whether logits a chunked head also returns are formed after the chunks by one more head
     matmul (GPT-2 at 4 x 512 tokens: 478 MiB, 1.00x torch.compile's step) rather than written by the
     chunks into a buffer alive through them (566 MiB, 0.84x: no FLOPs added). A memory budget asks for
-    the memory. The default plan buys it only if the matmul costs no more than ``time_tolerance``
-    of the step, whose FLOPs are estimated as 6 x tokens x trainable elements (the forward's 2
-    and the backward's 4 per parameter and token): the matmul is 2 x tokens x hidden x vocab, so
-    it fits when vocab x hidden <= 3 x tolerance x trainable elements (never at the default 0.01:
-    GPT-2's head is 31% of its parameters)."""
+    the memory. The default plan buys it only if the matmul's time fits ``pricing``'s allowance,
+    ``time_tolerance`` of the step (estimated as 6 x tokens x trainable elements FLOPs): the matmul
+    is 2 x tokens x hidden x vocab, so it fits when vocab x hidden <= 3 x tolerance x trainable
+    elements (never at the default 0.01: GPT-2's head is 31% of its parameters)."""
     if is_memory_budget(budget):
         return True
-    tolerance = getattr(budget, "tolerance", 0.0)
-    return head.head_matmul_flops() <= tolerance * 6 * head.tokens * trainable
+    return head.head_matmul_flops() / pricing.flops_per_second <= pricing.allowance_seconds(head.tokens)
 
 
 def _trainable_elements(gm: torch.fx.GraphModule, example_inputs) -> int:

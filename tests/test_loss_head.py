@@ -142,10 +142,14 @@ def test_returned_logits_cost_a_head_matmul_only_when_a_budget_asks_for_memory()
 
     head = LossHeadRewrite(True, "chunked", tokens=2048, vocab=50257, hidden=768, chunks=4, chunk_tokens=512)
     gpt2_small = 124_439_808
-    assert not _returned_by_matmul(DefaultPlan(0.01), gpt2_small, head)  # 158 GFLOP of a 1.5 TFLOP step
-    assert _returned_by_matmul(DefaultPlan(0.2), gpt2_small, head)
-    assert _returned_by_matmul(Fraction(0.5, 0.01), gpt2_small, head)
-    assert _returned_by_matmul(PeakCap(10**9), gpt2_small, head)
+
+    def priced(allowance):  # as the backend prices a plan of that time_tolerance (a byte cap: any)
+        return ChunkPricing(1e11, 1e10, allowance=allowance, trainable_elements=gpt2_small)
+
+    assert not _returned_by_matmul(DefaultPlan(0.01), priced(0.01), head)  # 158 GFLOP of a 1.5 TFLOP step
+    assert _returned_by_matmul(DefaultPlan(0.2), priced(0.2), head)
+    assert _returned_by_matmul(Fraction(0.5, 0.01), priced(0.01), head)
+    assert _returned_by_matmul(PeakCap(10**9), priced(math.inf), head)
 
 
 def test_logits_read_by_another_term_of_the_graph_leave_the_head_whole():
