@@ -91,6 +91,16 @@ def test_a_soft_capped_head_is_chunked_to_the_unchunked_gradients(upcast):
     assert [h.chunked for h in outcomes] == [True], outcomes
 
 
+def test_chunks_whose_tokens_are_all_ignored_give_what_eager_gives():
+    torch.manual_seed(0)
+    model = Head()
+    batch = _batch(ignored=slice(None))  # the first row: the first two of four 12-token chunks
+    outcomes = []
+    loss, grads = _compiled_step(model, batch, chunking_backend(outcomes, chunks=4, strict=True))
+    assert outcomes[0].chunks == 4 and outcomes[0].chunk_tokens == 12
+    assert_close_grads(train_step(copy.deepcopy(model), batch), (loss, grads))
+
+
 def test_a_batch_with_every_token_ignored_gives_what_eager_gives():
     torch.manual_seed(0)
     model = Head()
