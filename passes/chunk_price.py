@@ -44,16 +44,6 @@ class ChunkPrice:
     held_bytes: int
     whole_held_bytes: int
 
-    def to_json(self) -> dict:
-        return {
-            "chunks": self.chunks,
-            "chunk_tokens": self.chunk_tokens,
-            "extra_bytes": self.extra_bytes,
-            "extra_seconds": self.extra_seconds,
-            "held_bytes": self.held_bytes,
-            "whole_held_bytes": self.whole_held_bytes,
-        }
-
 
 def _head_matmuls(tokens: int, vocab: int, hidden: int, itemsize: int) -> list[tuple[int, int]]:
     """(FLOPs, bytes moved) of the head's three matmuls over ``tokens`` tokens."""

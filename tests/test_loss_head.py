@@ -4,6 +4,7 @@ heads people train, and left whole, with the reason, where the pattern does not 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -454,7 +455,7 @@ def test_the_report_says_how_returned_logits_are_formed():
     by_matmul = loss_head_line({**head, "returned": {"outputs": [1], "by_matmul": True}})
     assert "by one more head matmul (158.09 GFLOP)" in by_matmul, by_matmul
     price = ChunkPricing(1e11, 1e10, 0.01, 10**8).price(2048, 50257, 768, 4, 4)
-    priced = loss_head_line({**head, "price": price.to_json()})
+    priced = loss_head_line({**head, "price": dataclasses.asdict(price)})  # as the dump writes it
     held = "a chunk holds 2 fp32 [512, 50257] tensors at once, 196.3 MiB where the whole head holds 785.3 MiB"
     assert f"{held}: at most 588.9 MiB off the peak" in priced, priced
 
