@@ -24,21 +24,58 @@ both give the same peak on extracted modules):
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
+import torch
 import torch.fx as fx
 
 from .liveness import PeakEstimate, hinted_size, tensor_bytes
 from .op_facts import aliased_input, is_fusible_consumer, is_pointwise
 
 NO_NODE = -1
+# How many fused values deep a kernel's reads are followed (``_phase``).
+INLINED_HOPS = 2
+
+
+def channels_last_copied(nodes: Iterable[fx.Node]) -> list[fx.Node]:
+    """Graph inputs that a 2-d convolution reads (its input or weight) in a layout other than
+    channels-last. Under Inductor's layout optimization (always on the CPU with mkldnn), the
+    convolution takes a channels-last copy of each, and the forward keeps the copy, not the input,
+    for the backward (a ViT's image and patch weight: 884,736 bytes the graph's own values miss)."""
+    copied = []
+    for node in nodes:
+        if node.op != "placeholder":
+            continue
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor) or val.dim() != 4 or val.is_contiguous(memory_format=torch.channels_last):
+            continue
+        if any(u.target is torch.ops.aten.convolution.default and node in u.args[:2] for u in node.users):
+            copied.append(node)
+    return copied
 
 
 class JointPeakModel:
     """The joint graph as arrays; ``estimate`` simulates one plan's step."""
 
-    def __init__(self, joint: fx.GraphModule, *, num_fwd_outputs: int, fused: bool, size_hint=hinted_size):
+    def __init__(
+        self,
+        joint: fx.GraphModule,
+        *,
+        num_fwd_outputs: int,
+        fused: bool,
+        kernel_reads: bool = False,
+        layout_copies: bool = False,
+        workspace_of: Callable[[fx.Node], int] | None = None,
+        size_hint=hinted_size,
+    ):
+        """What Inductor's kernels add to the graph's own values, each off by default (the graph-level
+        model is what tests/module_liveness.py checks node by node): ``kernel_reads``, a fused
+        value's inputs live until its readers' kernels run, and a pointwise kernel writes over a
+        same-sized buffer it reads for the last time; ``layout_copies``, convolutions' graph inputs
+        copied to channels-last (``channels_last_copied``); ``workspace_of(node)``, bytes a node's
+        kernel holds only while it runs (a library's scratch memory)."""
+        self.kernel_reads = fused and kernel_reads
         nodes = list(joint.graph.nodes)
         self.nodes = nodes
         index = {node: i for i, node in enumerate(nodes)}
@@ -70,6 +107,16 @@ class JointPeakModel:
                 dst.append(i)
         self.src = np.array(src, dtype=np.int64)
         self.dst = np.array(dst, dtype=np.int64)
+        self.workspace = np.zeros(n, dtype=np.int64)
+        if workspace_of is not None:
+            for i, node in enumerate(nodes):
+                if node.op == "call_function":
+                    self.workspace[i] = workspace_of(node)
+        self.copied = (
+            {index[p]: tensor_bytes(p.meta.get("val"), size_hint) for p in channels_last_copied(nodes)}
+            if layout_copies
+            else {}
+        )
         self.users: list[list[int]] = [[] for _ in range(n)]
         for s, d in zip(src, dst):
             self.users[s].append(d)
@@ -131,10 +178,36 @@ class JointPeakModel:
         in_phase = body[self.dst]
         blocking = np.zeros(len(self.nodes), dtype=bool)
         blocking[self.src[in_phase & ~self.fusible[self.dst]]] = True
-        own = ~self.pointwise | outputs | blocking
+        # A view's reader reads its base's buffer: a pointwise value read through views by a matmul
+        # (a recomputed GELU reshaped for the weight gradient's mm) gets a buffer as if read directly.
+        needed = blocking | outputs
+        viewed = np.flatnonzero(needed & (self.alias_of >= 0))
+        while viewed.size:
+            bases = self.alias_of[viewed]
+            viewed = bases[~needed[bases] & (self.alias_of[bases] >= 0)]
+            needed[bases] = True
+        own = ~self.pointwise | needed
         parent = self.getitem_of >= 0
         own[parent] = own[self.getitem_of[parent]]
         return own
+
+    def _written_in_place(self, order, owners, mat, last, pinned, carried) -> list[tuple[int, int]]:
+        """Pointwise kernels that write their output over a buffer of the same size that they read
+        for the last time (Inductor's ``inplace_buffers``): (step, bytes) for each. A buffer read
+        last at a kernel's step is read by that kernel, directly or through values fused into it."""
+        dying = owners[mat[owners] & ~pinned[owners] & (last[owners] >= 0) & (self.getitem_of[owners] < 0)]
+        dying = np.concatenate([dying, np.array([r for r in carried if last[r] >= 0], dtype=np.int64)])
+        dying = dying[last[dying] < len(order)]
+        kernel = order[last[dying]]
+        fits = (
+            (kernel != dying)
+            & mat[kernel]
+            & self.pointwise[kernel]
+            & (self.alias_of[kernel] < 0)
+            & (self.nbytes[dying] > 0)
+            & (self.nbytes[dying] == self.nbytes[kernel])
+        )
+        return [(step, int(self.nbytes[order[step]])) for step in sorted(set(last[dying[fits]].tolist()))]
 
     def _phase(
         self,
@@ -144,11 +217,13 @@ class JointPeakModel:
         pinned_roots: np.ndarray,
         carried: dict[int, int],
         base: int,
+        extra: Iterable[tuple[int, int, int]] = (),
     ) -> tuple[int, int]:
         """Peak live bytes over ``order`` and the position where it is reached (-1: before the first step).
 
         ``carried`` maps storages that exist before the phase to their size: they are freed after
-        their last reader in this phase (never, if none reads them).
+        their last reader in this phase (never, if none reads them). ``extra`` holds buffers of no
+        graph node, as (written at, freed after or -1 for never, size).
         """
         n, steps = len(self.nodes), len(order)
         pos = np.full(n, -1, dtype=np.int64)
@@ -164,6 +239,19 @@ class JointPeakModel:
         last[owners] = pos[owners]
         reads = pos[self.dst] >= 0
         np.maximum.at(last, roots[self.src[reads]], pos[self.dst[reads]])
+        # A value fused into its readers (no buffer) is computed inside their kernels, so what it
+        # reads lives until its last reader runs: a recomputed matmul output feeding a fused GELU
+        # lives until the GELU's backward. Followed INLINED_HOPS values deep: Inductor realizes
+        # longer chains (its read-count thresholds), such as a residual stream's gradient.
+        dst = self.dst[reads]
+        inlined = ~mat[dst] & (roots[dst] == dst)
+        src, dst = roots[self.src[reads][inlined]], dst[inlined]
+        for _ in range(INLINED_HOPS if src.size and self.kernel_reads else 0):
+            extended = last.copy()
+            np.maximum.at(extended, src, last[dst])
+            if np.array_equal(extended, last):
+                break
+            last = extended
         pinned = np.zeros(n, dtype=bool)
         pinned[pinned_roots] = True
         np.add.at(delta, written, sizes)
@@ -172,11 +260,41 @@ class JointPeakModel:
         for root, size in carried.items():
             if last[root] >= 0:
                 delta[last[root] + 1] -= size
+        if self.kernel_reads:
+            for step, size in self._written_in_place(order, owners, mat, last, pinned, carried):
+                delta[step] -= size  # the output takes the dying input's buffer:
+                delta[step + 1] += size  # no new allocation, and the input's is not freed
+        scratch = np.flatnonzero(self.workspace[order])
+        extra = [*extra, *((int(step), int(step), int(self.workspace[order[step]])) for step in scratch)]
+        for written_at, freed_after, size in extra:
+            delta[written_at] += size
+            if freed_after >= 0:
+                delta[freed_after + 1] -= size
         if steps == 0:
             return base, -1
         live = base + np.cumsum(delta[:steps])
         at = int(np.argmax(live))
         return (int(live[at]), at) if live[at] > base else (base, -1)
+
+    def _layout_copies(self, fw_order: np.ndarray, bw_order: np.ndarray) -> tuple[dict[int, int], list]:
+        """The channels-last copies of ``copied`` inputs: those the backward reads are kept into it
+        (placeholder index: bytes, freed after the backward's last reader), the others live in the
+        forward from its first reader to its last (``_phase``'s ``extra``)."""
+        if not self.copied:
+            return {}, []
+        fw_pos = {int(node): step for step, node in enumerate(fw_order)}
+        in_backward = np.zeros(len(self.nodes), dtype=bool)
+        in_backward[bw_order] = True
+        kept, forward = {}, []
+        for placeholder, size in self.copied.items():
+            readers = [fw_pos[u] for u in self.users[placeholder] if u in fw_pos]
+            if not readers:
+                continue
+            read_in_backward = any(in_backward[u] for u in self.users[placeholder])
+            forward.append((min(readers), -1 if read_in_backward else max(readers), size))
+            if read_in_backward:
+                kept[placeholder] = size
+        return kept, forward
 
     def estimate(
         self, forward: np.ndarray, saved: np.ndarray, recomputed: np.ndarray, backward: np.ndarray
@@ -189,7 +307,9 @@ class JointPeakModel:
         fw_outputs |= saved
         fw_roots = self._roots(forward_body, np.zeros(len(self.nodes), dtype=bool))
         fw_mat = self._materialized(forward_body, fw_outputs)
-        fw_peak, fw_at = self._phase(fw_order, fw_roots, fw_mat, fw_roots[fw_outputs], {}, 0)
+        bw_order = self.backward_order(backward, recomputed)
+        copies_kept, copies_forward = self._layout_copies(fw_order, bw_order)
+        fw_peak, fw_at = self._phase(fw_order, fw_roots, fw_mat, fw_roots[fw_outputs], {}, 0, copies_forward)
 
         # Live into the backward: storages the forward computed and returns (real outputs, saved values).
         def computed_in_forward(roots):
@@ -198,9 +318,8 @@ class JointPeakModel:
         saved_roots = computed_in_forward(fw_roots[saved])
         kept_roots = computed_in_forward(fw_roots[self.real_outputs]) | saved_roots
         size_of = {r: int(self.nbytes[r] * fw_mat[r]) for r in kept_roots}
-        boundary = sum(size_of.values())
+        boundary = sum(size_of.values()) + sum(copies_kept.values())
 
-        bw_order = self.backward_order(backward, recomputed)
         bw_body = np.zeros(len(self.nodes), dtype=bool)
         bw_body[bw_order] = True
         bw_roots = self._roots(bw_body, saved)
@@ -210,7 +329,7 @@ class JointPeakModel:
         bw_outputs &= bw_body
         bw_mat = self._materialized(bw_body, bw_outputs)
         pinned = np.concatenate([bw_roots[bw_outputs], np.fromiter(kept_roots - saved_roots, dtype=np.int64)])
-        carried = {r: size_of[r] for r in saved_roots}
+        carried = {r: size_of[r] for r in saved_roots} | copies_kept
         bw_peak, bw_at = self._phase(bw_order, bw_roots, bw_mat, pinned, carried, boundary)
 
         def name(order, at):

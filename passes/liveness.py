@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
-from .op_facts import is_fusible_consumer, is_pointwise
+from .op_facts import aliased_input, is_fusible_consumer, is_pointwise
 
 
 @dataclass(frozen=True)
@@ -66,4 +66,14 @@ def inductor_materialized(node: fx.Node, users: Iterable[fx.Node] | None = None,
         return True
     if users is None:
         users = node.users
-    return is_output or any(u.op == "output" or not is_fusible_consumer(u) for u in users)
+    return is_output or any(_reads_into_buffer(u, node) for u in users)
+
+
+def _reads_into_buffer(user: fx.Node, value: fx.Node) -> bool:
+    """Whether ``user`` needs ``value`` in a buffer: it is the output, cannot fuse it, or is a view
+    of it that such a reader reads (a view of an unrealized pointwise value is realized with it)."""
+    if user.op == "output" or not is_fusible_consumer(user):
+        return True
+    if aliased_input(user) is value:
+        return any(_reads_into_buffer(u, user) for u in user.users)
+    return False

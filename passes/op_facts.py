@@ -244,11 +244,22 @@ _POINTWISE_EXTRA = {
     _prims.convert_element_type,
     _aten.full,
     _aten.scalar_tensor,
+    _aten.slice_scatter,  # each output element is self's or src's
+    _aten.select_scatter,
     _prims.inductor_random,
     _prims.inductor_lookup_seed,
 }
-# Reductions Inductor fuses a pointwise producer into.
+# A max-pool's saved offsets turned back into indices (Inductor's own prim, where this torch has it).
+if hasattr(_prims, "_low_memory_max_pool_offsets_to_indices"):
+    _POINTWISE_EXTRA.add(_prims._low_memory_max_pool_offsets_to_indices)
+# Reductions Inductor fuses a pointwise producer into, and scatters: Inductor writes a scatter's
+# output by computing its ``self`` into a fresh buffer (a zero fill: no buffer of its own) and
+# scattering a pointwise ``src`` into it (a max-pool's or an embedding's gradient).
 _FUSIBLE_REDUCTIONS = {
+    _aten.scatter_add,
+    _aten.scatter,
+    _aten.index_put,
+    _aten._unsafe_index_put,
     _aten.sum,
     _aten.mean,
     _aten.amax,

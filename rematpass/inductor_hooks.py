@@ -186,6 +186,17 @@ def backward_compiled_eagerly():
     return torch._functorch.config.patch(force_non_lazy_backward_lowering=True)
 
 
+def layout_optimized(joint: torch.fx.GraphModule) -> bool:
+    """Whether Inductor will give this graph's convolutions channels-last layouts (its own decision,
+    made per graph: always on the CPU with mkldnn, by a FLOP heuristic on the GPU)."""
+    from torch._inductor.graph import GraphLowering
+
+    try:
+        return bool(GraphLowering.decide_layout_opt(joint, is_inference=False))
+    except Exception:  # a private function: without it, model no copies
+        return False
+
+
 def lower_and_schedule(module: torch.fx.GraphModule, example_inputs, *, backward: bool) -> None:
     """Run Inductor's compile of one AOTAutograd graph (post-grad passes, lowering, scheduling,
     and on to codegen unless a ``scheduling_stopped_by`` hook stops it), with its FX graph cache
@@ -429,11 +440,28 @@ def _dying_input_to_take(graph, snode, buf, index: int, position: dict, unavaila
     return None
 
 
+def workspace_bytes(node: torch.fx.Node) -> int:
+    """Bytes ``node``'s kernel holds only while it runs (``_kernel_workspace``'s rule, read off a
+    graph node for the planner's peak model)."""
+    if node.target is not torch.ops.aten.convolution_backward.default:
+        return 0
+    from .passes.liveness import hinted_size, tensor_bytes
+
+    weight = node.args[2].meta.get("val") if isinstance(node.args[2], torch.fx.Node) else None
+    if not isinstance(weight, torch.Tensor) or weight.device.type != "cpu":
+        return 0
+    return CONV_BACKWARD_WORKSPACE_WEIGHTS * tensor_bytes(weight, hinted_size)
+
+
+# Measured, not documented: on the CPU, oneDNN's convolution backward holds two weight-sized
+# temporaries (the measured peak of conv nets sits exactly that far above the schedule's, at every
+# plan tried).
+CONV_BACKWARD_WORKSPACE_WEIGHTS = 2
+
+
 def _kernel_workspace(nodes) -> list:
     """Transient buffers that library kernels allocate inside one call, where no schedule shows
-    them. Measured, not documented: on the CPU, oneDNN's convolution backward holds two
-    weight-sized temporaries (the measured peak of conv nets sits exactly that far above the
-    schedule's, at every plan tried)."""
+    them (``CONV_BACKWARD_WORKSPACE_WEIGHTS``)."""
     from torch._inductor.utils import get_dtype_size
     from torch._inductor.virtualized import V
 
@@ -449,5 +477,6 @@ def _kernel_workspace(nodes) -> list:
         if device is None or device.type != "cpu":
             continue
         size = V.graph.sizevars.optimization_hint(weight.get_numel(), fallback=0) * get_dtype_size(weight.get_dtype())
-        extra.append(ScheduledBuffer(f"workspace:{node.get_name()}", 2 * size, 2 * size, step, step))
+        size *= CONV_BACKWARD_WORKSPACE_WEIGHTS
+        extra.append(ScheduledBuffer(f"workspace:{node.get_name()}", size, size, step, step))
     return extra

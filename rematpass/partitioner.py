@@ -28,7 +28,13 @@ import torch.fx as fx
 from .budget import is_memory_budget, peak_cap_bytes
 from .calibrate import rates_file_key
 from .config import Knobs
-from .inductor_hooks import CustomPartitionerFn, current_compile_id, get_hash_for_files
+from .inductor_hooks import (
+    CustomPartitionerFn,
+    current_compile_id,
+    get_hash_for_files,
+    layout_optimized,
+    workspace_bytes,
+)
 from .inspect.report import build_report, record
 from .passes import torch_extract
 from .passes import torch_internals as ti
@@ -191,7 +197,17 @@ class RematPartitioner(CustomPartitionerFn):
             )
         solve_started = time.perf_counter()
         problem = costs.problem(summary)
-        predictor = PeakPredictor(gm, summary, roles, num_fwd_outputs, self.knobs.peak_model)
+        inductor = self.knobs.peak_model == "fused"  # the knob says which compiler the plan is for
+        predictor = PeakPredictor(
+            gm,
+            summary,
+            roles,
+            num_fwd_outputs,
+            self.knobs.peak_model,
+            kernel_reads=inductor,
+            layout_copies=inductor and layout_optimized(gm),
+            workspace_of=workspace_bytes if inductor else None,
+        )
 
         def planned(aim: int | None):
             chosen = plan(

@@ -124,13 +124,36 @@ def _plan_for(problem, lam_default, budget, predict, step_seconds, aim, solver, 
 class PeakPredictor:
     """Predicts a plan's step peak straight from the joint graph (passes.joint_liveness)."""
 
-    def __init__(self, joint: fx.GraphModule, summary: GraphSummary, roles, num_fwd_outputs: int, peak_model: str):
+    def __init__(
+        self,
+        joint: fx.GraphModule,
+        summary: GraphSummary,
+        roles,
+        num_fwd_outputs: int,
+        peak_model: str,
+        kernel_reads: bool = False,
+        layout_copies: bool = False,
+        workspace_of: Callable[[fx.Node], int] | None = None,
+    ):
+        """What the compiler's kernels add to the graph's own values, as
+        passes.joint_liveness.JointPeakModel takes them: ``kernel_reads`` (fused values read their
+        inputs in their readers' kernels; outputs written over dying inputs), ``layout_copies``
+        (channels-last copies of convolutions' graph inputs), ``workspace_of`` (a kernel's scratch
+        bytes while it runs)."""
         self.joint, self.summary, self.roles, self.num_fwd_outputs = joint, summary, roles, num_fwd_outputs
         self.fused = peak_model == "fused"
+        self.kernel_reads, self.layout_copies, self.workspace_of = kernel_reads, layout_copies, workspace_of
 
     @functools.cached_property
     def _joint(self) -> tuple[JointPeakModel, np.ndarray, np.ndarray, np.ndarray]:
-        model = JointPeakModel(self.joint, num_fwd_outputs=self.num_fwd_outputs, fused=self.fused)
+        model = JointPeakModel(
+            self.joint,
+            num_fwd_outputs=self.num_fwd_outputs,
+            fused=self.fused,
+            kernel_reads=self.kernel_reads,
+            layout_copies=self.layout_copies,
+            workspace_of=self.workspace_of,
+        )
         candidates = np.array([model.index[n] for n in self.summary.nodes], dtype=np.int64)
         return model, candidates, model.mask(self.roles.required_fw), model.mask(self.roles.tangents_closure)
 

@@ -77,6 +77,62 @@ def test_inductor_materialization_skips_fused_pointwise():
     assert inductor_materialized(nodes[torch.ops.aten.mm.default])
 
 
+def test_a_pointwise_value_a_matmul_reads_through_a_view_gets_a_buffer():
+    """Inductor realizes a pointwise value when a matmul reads a view of it (a recomputed GELU
+    reshaped for the weight gradient's mm); the peak model missed that buffer on a ViT."""
+
+    def fn(x, w):
+        return ((x * 2 + 1).view(16, 4) @ w).sum()
+
+    # w needs no gradient, so the backward saves nothing of the forward: only the mm reads the add
+    x, w = torch.randn(8, 8, requires_grad=True), torch.randn(4, 4)
+    g = _graphs(fn, x, w)
+    nodes = {n.target: n for n in g["fw"].graph.nodes if n.op == "call_function"}
+    assert not inductor_materialized(nodes[torch.ops.aten.mul.Tensor])  # fused into the add
+    assert inductor_materialized(nodes[torch.ops.aten.add.Tensor])  # the mm reads its view
+
+
+def test_layout_optimization_adds_the_channels_last_copies_of_convolution_inputs(joint_graphs):
+    """Under Inductor's layout optimization a convolution copies its graph inputs (image, weights)
+    to channels-last and the forward keeps the copies for the backward: the predicted step holds
+    exactly their bytes more from the forward's end on."""
+    from helpers import analysed
+    from torch._inductor.virtualized import V
+
+    from rematpass.passes.joint_liveness import channels_last_copied
+    from rematpass.planner import PeakPredictor
+
+    a = analysed(joint_graphs[1])  # the conv net with BatchNorm
+    copied = channels_last_copied(a.gm.graph.nodes)
+    shapes = sorted(tuple(p.meta["val"].shape) for p in copied)
+    assert shapes == [(4, 3, 16, 16), (8, 3, 3, 3), (8, 8, 3, 3), (8, 8, 3, 3)]  # the image and 3 weights
+    copies = sum(p.meta["val"].numel() * 4 for p in copied)
+    with V.set_fake_mode(a.fake):
+        args = (a.gm, a.summary, a.roles, a.kwargs["num_fwd_outputs"], "fused")
+        plain = PeakPredictor(*args).joint_estimate(_default_cut(a))
+        with_copies = PeakPredictor(*args, layout_copies=True).joint_estimate(_default_cut(a))
+    assert with_copies.boundary_bytes == plain.boundary_bytes + copies
+    # the backward frees a copy after its last reader: the last convolution's weight, before this peak
+    assert with_copies.peak_bytes == plain.peak_bytes + copies - 8 * 8 * 3 * 3 * 4
+
+
+def test_a_cpu_convolution_backward_holds_two_weights_of_scratch(joint_graphs):
+    from rematpass.inductor_hooks import workspace_bytes
+
+    a = joint_graphs[1]["joint"]  # the conv net with BatchNorm
+    backward = [n for n in a.graph.nodes if n.target is torch.ops.aten.convolution_backward.default]
+    assert backward
+    for node in backward:
+        assert workspace_bytes(node) == 2 * node.args[2].meta["val"].numel() * 4
+    assert all(workspace_bytes(n) == 0 for n in a.graph.nodes if n not in backward)
+
+
+def _default_cut(a):
+    from rematpass.passes.mincut import CutNetwork
+
+    return CutNetwork(a.table.problem(a.summary)).solve(a.table.default_lambda)
+
+
 def _measured_and_predicted(model, x, budget):
     torch._dynamo.reset()
     rematpass.clear_reports()

@@ -116,8 +116,10 @@ def test_a_schedule_that_cannot_be_probed_is_checked_by_compiling(monkeypatch, t
     rematpass.clear_reports()
     torch.compile(model, backend="remat", options={"memory_budget": 0.0, "strict": True})(x).sum().backward()
     (report,) = rematpass.recent_reports()
-    assert report.schedule_probes == 0 and report.compiles >= 2
-    assert report.scheduled_peak_bytes is not None and report.verification
+    # checked on compiles: the schedule read after codegen, no probe (one compile when the plan's
+    # schedule is within 5% of its prediction, as it is since the planner models the GELU's buffer)
+    assert report.schedule_probes == 0 and report.compiles == len(report.verification) >= 1
+    assert report.scheduled_peak_bytes is not None
 
 
 def _raise(*args, **kwargs):
