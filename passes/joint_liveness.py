@@ -17,8 +17,14 @@ both give the same peak on extracted modules):
 - a multi-output op allocates all its outputs before its inputs are freed;
 - a view or an in-place result shares its input's storage; under the
   ``fused`` model a pointwise value only consumed by fusible consumers gets
-  no buffer: the rule of ``liveness.inductor_materialized``, applied to a whole
-  phase at once (``_materialized``).
+  no buffer (a reader through a view counts as a direct one): the rule of
+  ``liveness.inductor_materialized``, applied to a whole phase at once (``_materialized``).
+
+On top of these, what the compiler's kernels add, each switched on by the caller
+(``JointPeakModel``'s arguments; not in the reference, and checked against
+Inductor's schedule by benchmarks/prediction.py instead): fused values read their
+inputs in their readers' kernels, outputs written over dying inputs, channels-last
+copies of convolution inputs, and kernels' scratch memory.
 """
 
 from __future__ import annotations
