@@ -34,11 +34,10 @@ import heldout  # noqa: E402
 from partition_speed import capture_joint, inductor_context  # noqa: E402
 
 from rematpass.bench import models  # noqa: E402
-from rematpass.inductor_hooks import layout_optimized, workspace_bytes  # noqa: E402
+from rematpass.partitioner import peak_predictor  # noqa: E402
 from rematpass.passes import torch_extract  # noqa: E402
 from rematpass.passes.hull import walk_hull  # noqa: E402
 from rematpass.passes.mincut import CutNetwork  # noqa: E402
-from rematpass.planner import PeakPredictor  # noqa: E402
 from rematpass.priced_graph import price_joint_graph  # noqa: E402
 from rematpass.schedule_probe import probe_step_peak  # noqa: E402
 
@@ -69,16 +68,7 @@ def plans_of(name: str, size) -> list[dict]:
             static_lifetime_input_indices=kwargs["static_lifetime_input_indices"],
         )
         gm, roles, summary, costs = priced.gm, priced.roles, priced.summary, priced.costs
-        predictor = PeakPredictor(
-            gm,
-            summary,
-            roles,
-            kwargs["num_fwd_outputs"],
-            "fused",
-            kernel_reads=True,
-            layout_copies=layout_optimized(gm),
-            workspace_of=workspace_bytes,
-        )
+        predictor = peak_predictor(gm, summary, roles, kwargs["num_fwd_outputs"], "fused")
         lam = costs.default_lambda
         hull = walk_hull(CutNetwork(costs.problem(summary)), [lam * 1e-7, lam]).vertices
         for i, cut in enumerate(hull):

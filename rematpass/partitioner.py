@@ -97,6 +97,22 @@ def inductor_saved_bytes(joint: fx.GraphModule, joint_inputs, num_fwd_outputs: i
     return total
 
 
+def peak_predictor(gm: fx.GraphModule, summary, roles, num_fwd_outputs: int, peak_model: str) -> PeakPredictor:
+    """The planner's peak model for ``peak_model``: under ``"fused"`` (Inductor) with what Inductor's
+    kernels add (kernel reads, channels-last copies, convolution scratch)."""
+    inductor = peak_model == "fused"
+    return PeakPredictor(
+        gm,
+        summary,
+        roles,
+        num_fwd_outputs,
+        peak_model,
+        kernel_reads=inductor,
+        layout_copies=inductor and layout_optimized(gm),
+        workspace_of=workspace_bytes if inductor else None,
+    )
+
+
 class RematPartitioner(CustomPartitionerFn):
     """Partition a joint graph by a cost-priced min-cut. Picklable; ``uuid`` covers knobs and sources."""
 
@@ -197,17 +213,7 @@ class RematPartitioner(CustomPartitionerFn):
             )
         solve_started = time.perf_counter()
         problem = costs.problem(summary)
-        inductor = self.knobs.peak_model == "fused"  # the knob says which compiler the plan is for
-        predictor = PeakPredictor(
-            gm,
-            summary,
-            roles,
-            num_fwd_outputs,
-            self.knobs.peak_model,
-            kernel_reads=inductor,
-            layout_copies=inductor and layout_optimized(gm),
-            workspace_of=workspace_bytes if inductor else None,
-        )
+        predictor = peak_predictor(gm, summary, roles, num_fwd_outputs, self.knobs.peak_model)
 
         def planned(aim: int | None):
             chosen = plan(
