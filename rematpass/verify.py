@@ -11,7 +11,7 @@ Deep recomputation can also schedule a higher peak than a shallower plan, the op
 the planner predicts. So while no attempt fits (and under a fractional budget, a promise that a
 lower fraction never peaks higher, whenever the schedule is more than ``CLIMB_ABOVE`` over the
 prediction), the search climbs to shallower plans of the planner's frontier and goes on while the
-scheduled peak does not rise. Under a byte budget, a plan that fits with room to spare is
+scheduled peak does not rise, and until ``FLAT_STEPS`` plans in a row scheduled the same peak. Under a byte budget, a plan that fits with room to spare is
 followed by shallower plans predicted within the cap (``widen``): the planner errs both ways, and
 the plan that fits with the least recomputation is the one to keep. After ``MAX_RECOMPILES``
 recompiles the kept attempt is chosen by ``kept_index`` (every attempt's compiled code is held
@@ -29,6 +29,9 @@ from typing import Any
 from .user_warnings import RematBudgetWarning, warn_at_user_code
 
 MAX_RECOMPILES = 4
+# The climb stops after this many shallower plans in a row scheduled the same peak (OLMo 2's
+# least-peak plan and the four above it all scheduled 10,374,916 bytes: a probe each, for nothing).
+FLAT_STEPS = 2
 # A fraction's plan whose schedule is within this of its predicted peak is kept without trying
 # shallower plans: near there the planner's order of plans is trusted.
 CLIMB_ABOVE = 0.05
@@ -121,7 +124,7 @@ def compile_within(cap: int | None, compile_once: Callable[[int | None], Compile
         return _finish(cap, attempts)
     ladder = climbing_ladder(first_report.peak_plans)
     tried = {a.predicted_peak_bytes for a, _ in attempts}
-    last = best
+    last, flat = best, 0
     while (cap is None or best.scheduled_peak_bytes > cap) and len(attempts) <= MAX_RECOMPILES:
         higher = [p for p in ladder if p > last.predicted_peak_bytes and p not in tried]
         if not higher:
@@ -130,9 +133,12 @@ def compile_within(cap: int | None, compile_once: Callable[[int | None], Compile
         outcome = _try(higher[0], compile_once, attempts)
         if outcome is None or attempts[-1][0].scheduled_peak_bytes > last.scheduled_peak_bytes:
             break
+        flat = flat + 1 if attempts[-1][0].scheduled_peak_bytes == last.scheduled_peak_bytes else 0
         last = attempts[-1][0]
         if last.scheduled_peak_bytes < best.scheduled_peak_bytes:
             best = last
+        if flat >= FLAT_STEPS:  # the peak is set by what these plans share: no shallower plan moves it
+            break
 
     if cap is not None:
         widen(cap, ladder, compile_once, attempts)

@@ -9,7 +9,7 @@ import pytest
 import rematpass
 from rematpass.passes.peak import ScoredPlan
 from rematpass.scheduled_peak import GraphMemory, ScheduledBuffer, graph_memory, step_peak
-from rematpass.verify import MAX_RECOMPILES, CompileOutcome, RematBudgetWarning, compile_within, next_aim
+from rematpass.verify import FLAT_STEPS, MAX_RECOMPILES, CompileOutcome, RematBudgetWarning, compile_within, next_aim
 
 MiB = 2**20
 
@@ -131,6 +131,16 @@ def test_a_fraction_climbs_to_shallower_plans_while_the_schedule_does_not_rise()
     assert outcome.scheduled_peak_bytes == 25 * MiB
     assert [a.scheduled_peak_bytes for a in outcome.report.verification] == [40 * MiB, 40 * MiB, 25 * MiB, 35 * MiB]
     assert outcome is compiler.outcomes[2] and len(compiler.aims) == 4  # the best kept as compiled
+
+
+def test_a_climb_stops_when_two_shallower_plans_in_a_row_schedule_the_same_peak():
+    # OLMo 2's least-peak plan and the plans above it all scheduled one peak, set by what they
+    # share: after two flat steps the climb stops, keeping the shallowest of the equals
+    scheduled = {10 * MiB: 40 * MiB, 16 * MiB: 40 * MiB, 20 * MiB: 40 * MiB, 30 * MiB: 25 * MiB}
+    compiler = _Compiler(list(scheduled), error=scheduled.__getitem__, knob_aim=1)
+    outcome = compile_within(None, compiler)
+    assert [a.scheduled_peak_bytes for a in outcome.report.verification] == [40 * MiB] * (FLAT_STEPS + 1)
+    assert outcome is compiler.outcomes[-1] and outcome.report.predicted_peak_bytes == 20 * MiB
 
 
 def test_next_aim_stops_at_the_least_peak_plan_and_always_moves_down():
