@@ -5,9 +5,12 @@
 
 Each variant runs in a fresh process twice with one private Inductor cache folder: the first
 process finds the cache empty (cold), the second finds what the first stored (warm), as the
-second run of a user's script does. A run times the first call, forward and backward of one
-training step, which is where torch.compile compiles, and counts the partitions rematpass ran,
-the compiles its reports say each graph took and the schedule probes of the budget's check
+second run of a user's script does. ``--rounds N`` repeats that N times, each round running every
+variant, and prints medians: of the seconds, and of each round's ratio to the first variant (a
+warm call of a few seconds, or a machine shared for a while, is noisy in one sample). A run times
+the first call, forward and backward of one training step, which is where torch.compile
+compiles, and counts the partitions rematpass ran, the compiles its reports say each graph took
+and the schedule probes of the budget's check
 (rematpass.schedule_probe). Models: ``tinygpt``, the benchmark suite's names at size 1
 (``python -m rematpass.bench --help``) and the held-out transformers models of
 benchmarks/heldout.py. ``remat@cap`` is a byte cap halfway between the scheduled peaks of the
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,12 +96,25 @@ def largest_graph_cap(default: dict, least: dict) -> int:
     return (top_default + top_least) // 2
 
 
-def _ratio(seconds: float, base: float) -> str:
-    return f"{seconds:.1f} s ({seconds / base:.2f}x)"
+def _ratio(seconds: float, ratio: float) -> str:
+    return f"{seconds:.1f} s ({ratio:.2f}x)"
 
 
 def _compiles(result: dict) -> str:
     return ",".join(str(c) for c in result["compiles"]) or "-"
+
+
+def one_round(name: str, order: list[str], caches: str, cap: int | None) -> tuple[dict, int]:
+    """Every variant once, each cold (a fresh cache folder) then warm (the same folder again)."""
+    results: dict[str, tuple[dict, dict]] = {}
+    for variant in order:
+        if variant == "remat@cap" and cap is None:
+            default = results.get("remat") or (run(name, "remat", tempfile.mkdtemp(dir=caches), 0), None)
+            least = results.get("remat@0.0") or (run(name, "remat@0.0", tempfile.mkdtemp(dir=caches), 0), None)
+            cap = largest_graph_cap(default[0], least[0])
+        cache = tempfile.mkdtemp(dir=caches)
+        results[variant] = run(name, variant, cache, cap or 0), run(name, variant, cache, cap or 0)
+    return results, cap or 0
 
 
 def main(argv=None) -> int:
@@ -106,31 +123,37 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--variants", nargs="+", default=["inductor", "remat", "remat@0.5", "remat@0.3", "remat@0.0", "remat@cap"]
     )
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds; medians are printed")
     args = parser.parse_args(argv)
-    print("first call = compile + one training step; each variant cold (empty cache) then warm (a second process)")
+    print(
+        "first call = compile + one training step; each variant cold (empty cache) then warm (a second process); "
+        f"{args.rounds} interleaved round(s): median seconds, median of each round's ratio to the first variant"
+    )
     print(
         "| model | variant | cold first call | warm first call | compiles per graph cold / warm | probes | probe time | probe = compiled |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for name in args.models:
-        results: dict[str, tuple[dict, dict]] = {}
         order = sorted(args.variants, key=lambda v: v == "remat@cap")  # the cap needs the other plans' peaks
-        cap = 0
-        for variant in order:
-            if variant == "remat@cap":
-                default = results.get("remat") or (run(name, "remat", tempfile.mkdtemp(), 0), None)
-                least = results.get("remat@0.0") or (run(name, "remat@0.0", tempfile.mkdtemp(), 0), None)
-                cap = largest_graph_cap(default[0], least[0])
-            with tempfile.TemporaryDirectory() as cache:
-                results[variant] = run(name, variant, cache, cap), run(name, variant, cache, cap)
-        base_cold, base_warm = (r["seconds"] for r in results[args.variants[0]])
+        rounds, cap = [], None
+        with tempfile.TemporaryDirectory() as caches:
+            for _ in range(args.rounds):
+                results, cap = one_round(name, order, caches, cap)
+                rounds.append(results)
+        base = args.variants[0]
         for variant in args.variants:
-            cold, warm = results[variant]
+            cold, warm = rounds[0][variant]  # compiles and probes: the first round's (they repeat)
+
+            def median(which: int, of: str | None = None) -> float:
+                return statistics.median(
+                    r[variant][which]["seconds"] / (r[of][which]["seconds"] if of else 1.0) for r in rounds
+                )
+
             label = f"{variant} ({cap:,} B)" if variant == "remat@cap" else variant
             print(
-                f"| {name} | {label} | {_ratio(cold['seconds'], base_cold)} | {_ratio(warm['seconds'], base_warm)} "
+                f"| {name} | {label} | {_ratio(median(0), median(0, base))} | {_ratio(median(1), median(1, base))} "
                 f"| {_compiles(cold)} / {_compiles(warm)} | {','.join(map(str, cold['probes'])) or '-'} "
-                f"| {cold['probe_seconds']:.1f} s | {'yes' if all(cold['probe_agrees']) else 'NO'} |",
+                f"| {cold['probe_seconds']:.1f} s | {'yes' if all(all(r[variant][0]['probe_agrees']) for r in rounds) else 'NO'} |",
                 flush=True,
             )
     return 0
