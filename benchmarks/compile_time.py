@@ -10,8 +10,7 @@ variant, and prints medians: of the seconds, and of each round's ratio to the fi
 warm call of a few seconds, or a machine shared for a while, is noisy in one sample). A run times
 the first call, forward and backward of one training step, which is where torch.compile
 compiles, and counts the partitions rematpass ran, the compiles its reports say each graph took
-and the schedule probes of the budget's check
-(rematpass.schedule_probe). Models: ``tinygpt``, the benchmark suite's names at size 1
+and the schedule probes of the budget's check (rematpass.schedule_probe). Models: ``tinygpt``, the benchmark suite's names at size 1
 (``python -m rematpass.bench --help``) and the held-out transformers models of
 benchmarks/heldout.py. ``remat@cap`` is a byte cap halfway between the scheduled peaks of the
 least-peak plan (``remat@0.0``) and the default plan, on the graph where the default's is

@@ -11,9 +11,10 @@ Deep recomputation can also schedule a higher peak than a shallower plan, the op
 the planner predicts. So while no attempt fits (and under a fractional budget, a promise that a
 lower fraction never peaks higher, whenever the schedule is more than ``CLIMB_ABOVE`` over the
 prediction), the search climbs to shallower plans of the planner's frontier and goes on while the
-scheduled peak does not rise, and until ``FLAT_STEPS`` plans in a row scheduled the same peak. Under a byte budget, a plan that fits with room to spare is
-followed by shallower plans predicted within the cap (``widen``): the planner errs both ways, and
-the plan that fits with the least recomputation is the one to keep. After ``MAX_RECOMPILES``
+scheduled peak does not rise, until ``FLAT_STEPS`` plans in a row schedule the same peak. Under a
+byte budget, a plan that fits with room to spare is followed by shallower plans predicted within
+the cap (``widen``): the planner errs both ways, and the plan that fits with the least
+recomputation is the one to keep. After ``MAX_RECOMPILES``
 recompiles the kept attempt is chosen by ``kept_index`` (every attempt's compiled code is held
 until then, so the kept one is not compiled again), with a warning giving the figures when it is
 over a byte budget.
