@@ -440,6 +440,12 @@ def _dying_input_to_take(graph, snode, buf, index: int, position: dict, unavaila
     return None
 
 
+# Measured, not documented: on the CPU, oneDNN's convolution backward holds two weight-sized
+# temporaries (the measured peak of conv nets sits exactly that far above the schedule's, at every
+# plan tried).
+CONV_BACKWARD_WORKSPACE_WEIGHTS = 2
+
+
 def workspace_bytes(node: torch.fx.Node) -> int:
     """Bytes ``node``'s kernel holds only while it runs (``_kernel_workspace``'s rule, read off a
     graph node for the planner's peak model)."""
@@ -451,12 +457,6 @@ def workspace_bytes(node: torch.fx.Node) -> int:
     if not isinstance(weight, torch.Tensor) or weight.device.type != "cpu":
         return 0
     return CONV_BACKWARD_WORKSPACE_WEIGHTS * tensor_bytes(weight, hinted_size)
-
-
-# Measured, not documented: on the CPU, oneDNN's convolution backward holds two weight-sized
-# temporaries (the measured peak of conv nets sits exactly that far above the schedule's, at every
-# plan tried).
-CONV_BACKWARD_WORKSPACE_WEIGHTS = 2
 
 
 def _kernel_workspace(nodes) -> list:
