@@ -28,6 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .mincut import CutNetwork
+from .op_sums import OpSums
 from .plan import Cut
 
 MAX_PEAK_EVALUATIONS = 16
@@ -103,18 +104,20 @@ def recompute_allowance(
     saved_target: float,
     spend_of: Callable[[Cut], float],
     ops_of: Callable[[Cut], frozenset] | None = None,
+    op_spend: np.ndarray | None = None,
 ) -> Allowance:
     """The least recomputation that brings summed saved bytes to ``saved_target``, in what
     ``spend_of(cut)`` counts (FLOPs of compute-bound ops: ``CutProblem.budget_spend_of``).
 
-    Read off the lower convex hull of the scored plans in (saved bytes, spend):
-    between two plans the target is priced by linear interpolation, as a
-    fractional knapsack would, where a 0/1 knapsack (PyTorch's default solver)
-    could buy part of what separates them. ``ops_of(cut)``, when given, names the
-    compute-bound ops a plan recomputes: when the plan that saves less recomputes
-    only one such op beyond the other, no plan in between buys part of it, and
-    the target costs that plan's spend. ``met`` is False when no scored plan
-    saves that little; then every plan is allowed.
+    Read off the scored plans in (saved bytes, spend): between two plans the
+    target is priced by linear interpolation, as a fractional knapsack would.
+    ``ops_of(cut)``, when given, names the compute-bound ops a plan recomputes,
+    and ``op_spend`` what each op spends: PyTorch's default solver is a 0/1
+    knapsack, which buys whole ops, so the interpolated price is rounded up to
+    the least that some of the ops separating the two plans sum to
+    (passes.op_sums). Two plans one op apart: the target costs the whole op.
+    ``met`` is False when no scored plan saves that little; then every plan is
+    allowed.
     """
     spent = sorted({(p.cut.saved_bytes, spend_of(p.cut)): p.cut for p in points}.items(), key=lambda item: item[0])
     if not spent or spent[0][0][0] > saved_target:
@@ -126,10 +129,17 @@ def recompute_allowance(
         for (high_saved, high_spend), high_cut in spent[i + 1 :]:
             if high_saved <= saved_target:
                 continue
-            if ops_of is not None and len(ops_of(low_cut) - ops_of(high_cut)) <= 1:
-                continue  # one indivisible op apart: the low plan's own spend, already in ``best``
             share = (high_saved - saved_target) / (high_saved - low_saved)
-            best = min(best, high_spend + share * (low_spend - high_spend))
+            price = high_spend + share * (low_spend - high_spend)
+            if price >= best or ops_of is None:
+                best = min(best, price)
+                continue
+            between = sorted(ops_of(low_cut) - ops_of(high_cut))
+            if len(between) <= 1:
+                continue  # one indivisible op apart: the low plan's own spend, already in ``best``
+            if op_spend is not None:
+                price = min(low_spend, high_spend + OpSums(op_spend[between]).ceiling(price - high_spend))
+            best = min(best, price)
     return Allowance(best, True)
 
 
@@ -159,38 +169,46 @@ def choose_on_frontier(frontier: list[PeakPoint], peak_cap: float) -> FrontierCh
 
 
 REFINED_PLANS = 8
-SPLIT_PLANS = 16
+SPLIT_PLANS = 64
 
 
 def split_by_ops(
-    network: CutNetwork, hull: list[Cut], ops_of: Callable[[Cut], frozenset], count: int = SPLIT_PLANS
+    network: CutNetwork,
+    hull: list[Cut],
+    ops_of: Callable[[Cut], frozenset],
+    op_spend: np.ndarray,
+    count: int = SPLIT_PLANS,
 ) -> list[Cut]:
     """Plans that recompute only some of the compute-bound ops separating neighbouring hull vertices.
 
     Two neighbouring vertices may be many convolutions or matmuls apart and no
     minimum cut lies between them: each op alone is dearer per byte than the
     edge's breakpoint. A 0/1 knapsack (PyTorch's budget solver) buys some of
-    them; so here each wide edge is split by solving its breakpoint again with
-    the latest of those ops kept out of the backward (more and more of them),
-    so that what is recomputed is the earliest layers' work, which runs late in
-    the backward when most saved tensors are freed. About ``count`` plans in
-    all, spread over the edges by how many ops each spans; one max-flow each.
+    them, and pays what they sum to (``recompute_allowance`` prices a fraction
+    so); so here each wide edge gets a plan for each sum its ops can pay
+    (passes.op_sums), spread evenly when there are more sums than the edge's
+    share of ``count``: its breakpoint is solved again with the other ops kept
+    out of the backward. Each sum is paid by the earliest ops that reach it,
+    whose recomputation runs late in the backward when most saved tensors are
+    freed. One max-flow each.
     """
     edges = []
     for more, less in zip(hull, hull[1:]):
         lam = more.breakpoint(less)
-        extra = sorted(ops_of(less) - ops_of(more), reverse=True)
+        extra = sorted(ops_of(less) - ops_of(more))
         if lam is not None and len(extra) >= 2:
-            edges.append((more, less, lam, extra))
-    total = sum(len(extra) for *_, extra in edges)
+            sums = OpSums(op_spend[extra])
+            edges.append((more, less, lam, extra, sums, sums.levels()))
+    total = sum(len(levels) for *_, levels in edges)
     plans: list[Cut] = []
-    for more, less, lam, extra in edges:
-        share = min(len(extra) - 1, max(1, round(count * len(extra) / total)))
-        for k in sorted({round(len(extra) * (j + 1) / (share + 1)) for j in range(share)}):
-            if 0 < k < len(extra):
-                cut = network.solve_keeping(lam, np.array(extra[:k]))
-                if less.saved_bytes < cut.saved_bytes < more.saved_bytes:
-                    plans.append(cut)
+    for more, less, lam, extra, sums, levels in edges:
+        share = min(len(levels), max(1, round(count * len(levels) / total)))
+        for at in sorted({round((len(levels) + 1) * (j + 1) / (share + 1)) - 1 for j in range(share)}):
+            recomputed = set(sums.choose(levels[at]))
+            kept = [op for position, op in enumerate(extra) if position not in recomputed]
+            cut = network.solve_keeping(lam, np.array(kept))
+            if less.saved_bytes < cut.saved_bytes < more.saved_bytes:
+                plans.append(cut)
     return plans
 
 

@@ -35,18 +35,18 @@ class CutProblem:
         return seconds if self.save_time is None else seconds + float(self.save_time[saved].sum())
 
     @property
-    def _budget_spend(self) -> np.ndarray:
+    def budget_spend(self) -> np.ndarray:
         """Per candidate, what recomputing it spends of a fractional budget."""
         return self.recompute_seconds if self.recompute_flops is None else self.recompute_flops
 
     def budget_spend_of(self, cut: Cut) -> float:
         """What a plan spends of a fractional budget: its recomputed compute-bound FLOPs, or its
         recompute seconds when the problem has no ``recompute_flops``."""
-        return float(self._budget_spend[cut.recomputed].sum())
+        return float(self.budget_spend[cut.recomputed].sum())
 
     def compute_ops_of(self, cut: Cut) -> frozenset[int]:
         """The candidates a plan recomputes that spend a fractional budget (compute-bound ops)."""
-        return frozenset(np.flatnonzero(cut.recomputed & (self._budget_spend > 0)).tolist())
+        return frozenset(np.flatnonzero(cut.recomputed & (self.budget_spend > 0)).tolist())
 
 
 @dataclass(frozen=True)

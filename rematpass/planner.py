@@ -13,9 +13,9 @@ only how it is found:
   activation bytes to ``f`` of the way from the least any plan saves to what the step saves
   with no recomputation costs some compute-bound FLOPs (matmuls, convolutions, attention;
   pointwise recomputation fuses into backward kernels and counts as free, as in PyTorch's budget
-  solver), priced on the convex hull of the scored plans in (saved bytes, FLOPs) as a fractional
-  knapsack would price it, except where two plans are one compute-bound op apart: no knapsack
-  buys part of an op (PyTorch's default solver is a 0/1 knapsack), so the whole op is paid.
+  solver), priced between the scored plans in (saved bytes, FLOPs) by interpolation, rounded up
+  to what whole ops between the two plans sum to: no knapsack buys part of an op (PyTorch's
+  default solver is a 0/1 knapsack, and ResNet-50's convolutions are 1.6 GFLOP each).
   rematpass spends that allowance where it lowers the peak most: the plan with the least
   predicted peak that recomputes no more FLOPs. The predicted peak never rises as ``f`` falls
   (a lower ``f`` only allows more plans), and a fraction may always spend what the default plan
@@ -31,7 +31,8 @@ is filled in with the plans that tie at its breakpoints (passes.peak.refine_betw
 plans for every fraction: before the least-peak end, where a plan that recomputes less often
 peaks just as low, and along the widest edges of the rest. Under a fraction, edges whose ends are
 several compute-bound ops apart are split by keeping some of those ops out of the backward
-(passes.peak.split_by_ops), so an allowance can buy part of them, as a 0/1 knapsack would. Under
+(passes.peak.split_by_ops): a plan for each sum of those ops a 0/1 knapsack can pay, so an
+allowance can buy what it is priced at. Under
 a peak cap the edge before the chosen plan is filled in too, where one may fit the cap with less
 recomputation.
 """
@@ -291,10 +292,12 @@ def plan_for_peak(
         solves += 1
         least = min(p.cut.saved_bytes for p in scored)  # 0 on the scale, as PyTorch's is the inputs alone
         target = least + budget.value * (max(no_recompute.saved_bytes, default_point.cut.saved_bytes) - least)
-        split = split_by_ops(network, plans, problem.compute_ops_of)
+        split = split_by_ops(network, plans, problem.compute_ops_of, problem.budget_spend)
         solves += len(split)
         scored = scored + [PeakPoint(cut, predict(cut)) for cut in split]
-        allowance, met = recompute_allowance(scored, target, problem.budget_spend_of, problem.compute_ops_of)
+        allowance, met = recompute_allowance(
+            scored, target, problem.budget_spend_of, problem.compute_ops_of, problem.budget_spend
+        )
         allowance = max(
             allowance, problem.budget_spend_of(default_point.cut), problem.budget_spend_of(chosen_default.cut)
         )

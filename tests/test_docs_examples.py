@@ -17,6 +17,7 @@ MODULES = [
     "rematpass.user_warnings",
     "rematpass.inspect.cli",
     "rematpass.passes.chunk_price",
+    "rematpass.passes.op_sums",
 ]
 
 

@@ -1,5 +1,6 @@
 """Peak memory: the liveness simulator against measured peaks, and the peak-aware budget."""
 
+import numpy as np
 import pytest
 import torch
 from helpers import cheap_backend, clone, freeing_compiler
@@ -457,22 +458,22 @@ def test_fractions_recompute_no_more_flops_than_pytorchs_budget_at_the_same_numb
     assert spent["rematpass", 0.1] > 0, "the lowest budget should recompute a matmul"
 
 
-def _layers_problem(layers: int = 6):
+def _layers_problem(layers: int = 6, sizes: tuple[float, ...] | None = None):
     """``layers`` independent matmuls, each saved (100 bytes) or recomputed (1 s, 1 GFLOP) from a
-    parameter: every split of them is a plan, and the hull only has all-saved and all-recomputed."""
-    import numpy as np
+    parameter, or ``sizes`` times that each: every split of them is a plan, and the hull only has
+    all-saved and all-recomputed."""
 
     from rematpass.passes.plan import CutProblem
     from rematpass.passes.synthetic import FORWARD, INPUT, SyntheticGraph
 
     g = SyntheticGraph()
-    for _ in range(layers):
+    for size in sizes or (1.0,) * layers:
         weight = g.node(INPUT, static=True)
-        product = g.node(FORWARD, bytes=100.0, cost=1.0)
+        product = g.node(FORWARD, bytes=100.0 * size, cost=1.0 * size)
         g.edge(weight, product)
         g.needed_by_backward(product)
     base = g.problem()
-    flops = np.where(base.recompute_seconds > 0, 1e9, 0.0)
+    flops = base.recompute_seconds * 1e9
     return CutProblem(base.summary, base.save_bytes, base.recompute_seconds, recompute_flops=flops)
 
 
@@ -485,7 +486,7 @@ def test_split_by_ops_recomputes_the_earliest_of_the_ops_between_two_hull_vertic
     network = CutNetwork(problem)
     hull = walk_hull(network, [1e-3, 1e3]).vertices
     assert [c.saved_bytes for c in hull] == [600.0, 0.0]
-    plans = split_by_ops(network, hull, problem.compute_ops_of, count=4)
+    plans = split_by_ops(network, hull, problem.compute_ops_of, problem.budget_spend, count=4)
     assert len(plans) == 4
     everything = sorted(problem.compute_ops_of(hull[-1]))
     for cut in plans:
@@ -495,6 +496,57 @@ def test_split_by_ops_recomputes_the_earliest_of_the_ops_between_two_hull_vertic
         assert cut.saved_bytes == 600.0 - 100.0 * len(ops)
     # Kept out of the backward means saved, never dropped: every plan is a valid split.
     assert sorted(c.saved_bytes for c in plans) == sorted({c.saved_bytes for c in plans})
+
+
+def test_split_by_ops_has_a_plan_for_every_sum_a_knapsack_can_pay():
+    """One small op and two large ones: recomputing the two large ones alone (a sum no prefix of
+    the ops in order reaches) is a plan too, as PyTorch's 0/1 knapsack can choose it."""
+    from rematpass.passes.hull import walk_hull
+    from rematpass.passes.mincut import CutNetwork
+    from rematpass.passes.peak import split_by_ops
+
+    problem = _layers_problem(sizes=(1.0, 4.0, 4.0))
+    network = CutNetwork(problem)
+    hull = walk_hull(network, [1e-3, 1e3]).vertices
+    assert [c.saved_bytes for c in hull] == [900.0, 0.0]
+    plans = split_by_ops(network, hull, problem.compute_ops_of, problem.budget_spend)
+    spends = sorted(problem.budget_spend_of(c) / 1e9 for c in plans)
+    assert spends == pytest.approx([1.0, 4.0, 5.0, 8.0])
+    two_large = next(c for c in plans if problem.budget_spend_of(c) == pytest.approx(8e9))
+    assert two_large.saved_bytes == 100.0
+
+
+def test_the_allowance_between_two_plans_is_what_whole_ops_between_them_sum_to():
+    """Interpolating between plans three ops apart (1, 4 and 4 GFLOP) prices a target at part of
+    an op; a 0/1 knapsack pays the least sum of whole ops that reaches it."""
+    from rematpass.passes.peak import recompute_allowance
+
+    points, flops_of = _flops_table(_point(900, 0, 10), _point(0, 9, 5))
+    saves_all, saves_none = (p.cut for p in points)
+    ops = {id(saves_all): frozenset(), id(saves_none): frozenset({0, 1, 2})}
+    op_flops = np.array([1.0, 4.0, 4.0])
+    for target, fractional, whole in ((850, 0.5, 1.0), (700, 2.0, 4.0), (350, 5.5, 8.0), (50, 8.5, 9.0)):
+        assert recompute_allowance(points, target, flops_of) == (pytest.approx(fractional), True)
+        priced = recompute_allowance(points, target, flops_of, lambda cut: ops[id(cut)], op_flops)
+        assert priced == (pytest.approx(whole), True)
+
+
+def test_a_fraction_pays_whole_ops_and_reaches_its_target():
+    """ResNet-50 at 0.5 in small: five convolutions (1, 4, 4, 4 and 4 GFLOP) between the only two hull
+    vertices. Cutting saved bytes to half needs 8.5 GFLOP of them; whole ops pay 9 (1 + 4 + 4), and
+    the plan that pays it saves no more than half. A fractional price (8.5) bought only 5 (1 + 4),
+    which left the plan above the target."""
+    from rematpass.planner import plan_for_peak
+
+    problem = _layers_problem(sizes=(1.0, 4.0, 4.0, 4.0, 4.0))
+
+    def fake_peak(cut):  # peak falls with saved bytes
+        return int(cut.saved_bytes) + 1_000
+
+    chosen = plan_for_peak(problem, 1e3, Fraction(0.5), fake_peak).plan
+    assert chosen.target_bytes == pytest.approx(850.0)
+    assert problem.budget_spend_of(chosen.cut) == pytest.approx(9e9)
+    assert chosen.cut.saved_bytes <= chosen.target_bytes
 
 
 def test_fractions_reach_plans_between_hull_vertices_no_min_cut_holds():
