@@ -17,7 +17,8 @@ only how it is found:
   to what whole ops between the two plans sum to: no knapsack buys part of an op (PyTorch's
   default solver is a 0/1 knapsack, and ResNet-50's convolutions are 1.6 GFLOP each).
   rematpass spends that allowance where it lowers the peak most: the plan with the least
-  predicted peak that recomputes no more FLOPs. The predicted peak never rises as ``f`` falls
+  predicted peak that recomputes no more FLOPs, leaving out plans that a quicker plan with no more
+  FLOPs matches to within 0.5% of their peak (passes.peak.set_aside). The predicted peak never rises as ``f`` falls
   (a lower ``f`` only allows more plans), and a fraction may always spend what the default plan
   spends.
 - ``PeakCap(bytes)``: the least-recompute plan whose predicted step peak fits: what the step
@@ -302,6 +303,8 @@ def plan_for_peak(
             allowance, problem.budget_spend_of(default_point.cut), problem.budget_spend_of(chosen_default.cut)
         )
         point = least_peak_within(scored, allowance, problem.budget_spend_of)
+        if chosen_default.peak < point.peak:  # a plan set aside as no better: still none above the default
+            point = chosen_default
         if aim is not None:
             point = shallowest_within(scored, allowance, problem.budget_spend_of, aim) or point
     else:

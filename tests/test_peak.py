@@ -427,6 +427,20 @@ def test_least_peak_within_spends_the_allowance_on_the_peak():
     assert chosen[0].cut.saved_bytes == 80  # equal peaks: the one that recomputes less
 
 
+def test_a_fraction_does_not_recompute_more_for_a_peak_the_predictor_cannot_tell_apart():
+    """A plan that a shallower one matches to within PEAK_TIE of its peak is left out."""
+    from rematpass.passes.peak import PEAK_TIE, least_peak_within
+
+    close = 1_000_000 * (1 + PEAK_TIE / 2)
+    far = 1_000_000 * (1 + PEAK_TIE * 2)
+    for shallower_peak, kept_saved in ((close, 80), (far, 50)):
+        points, flops_of = _flops_table(
+            _point(80, 5, int(shallower_peak), recompute_seconds=1.0),
+            _point(50, 10, 1_000_000, recompute_seconds=2.0),
+        )
+        assert least_peak_within(points, 10, flops_of).cut.saved_bytes == kept_saved
+
+
 @pytest.mark.parametrize("make", [ResidualMLP, TinyGPT], ids=["mlp", "gpt"])
 def test_fractions_recompute_no_more_flops_than_pytorchs_budget_at_the_same_number(make):
     """A fraction is PyTorch's budget scale priced in compute-bound FLOPs: never a costlier plan than its."""
