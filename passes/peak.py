@@ -195,7 +195,11 @@ def choose_on_frontier(frontier: list[PeakPoint], peak_cap: float) -> FrontierCh
 
 
 REFINED_PLANS = 8
-SPLIT_PLANS = 64
+# A hull edge whose ops pay at most ALL_LEVELS sums gets a plan for each (large ops, ResNet-50's
+# convolutions: there a fraction's price is one of a few sums); the edges of many small ops share
+# SPLIT_PLANS plans, where the sums are close together anyway.
+ALL_LEVELS = 8
+SPLIT_PLANS = 16
 
 
 def split_by_ops(
@@ -212,9 +216,9 @@ def split_by_ops(
     edge's breakpoint. A 0/1 knapsack (PyTorch's budget solver) buys some of
     them, and pays what they sum to (``recompute_allowance`` prices a fraction
     so); so here each wide edge gets a plan for each sum its ops can pay
-    (passes.op_sums), spread evenly when there are more sums than the edge's
-    share of ``count``: its breakpoint is solved again with the other ops kept
-    out of the backward. Each sum is paid by the earliest ops that reach it,
+    (passes.op_sums), or, past ``ALL_LEVELS`` sums, for its share of ``count``
+    spread evenly over them: its breakpoint is solved again with the other ops
+    kept out of the backward. Each sum is paid by the earliest ops that reach it,
     whose recomputation runs late in the backward when most saved tensors are
     freed. One max-flow each.
     """
@@ -225,10 +229,10 @@ def split_by_ops(
         if lam is not None and len(extra) >= 2:
             sums = OpSums(op_spend[extra])
             edges.append((more, less, lam, extra, sums, sums.levels()))
-    total = sum(len(levels) for *_, levels in edges)
+    total = sum(len(levels) for *_, levels in edges if len(levels) > ALL_LEVELS)
     plans: list[Cut] = []
     for more, less, lam, extra, sums, levels in edges:
-        share = min(len(levels), max(1, round(count * len(levels) / total)))
+        share = len(levels) if len(levels) <= ALL_LEVELS else max(1, round(count * len(levels) / total))
         for at in sorted({round((len(levels) + 1) * (j + 1) / (share + 1)) - 1 for j in range(share)}):
             recomputed = set(sums.choose(levels[at]))
             kept = [op for position, op in enumerate(extra) if position not in recomputed]

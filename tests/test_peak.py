@@ -496,10 +496,10 @@ def test_split_by_ops_recomputes_the_earliest_of_the_ops_between_two_hull_vertic
     from rematpass.passes.mincut import CutNetwork
     from rematpass.passes.peak import split_by_ops
 
-    problem = _layers_problem()
+    problem = _layers_problem(layers=12)  # 11 sums: more than ALL_LEVELS, so ``count`` spreads
     network = CutNetwork(problem)
     hull = walk_hull(network, [1e-3, 1e3]).vertices
-    assert [c.saved_bytes for c in hull] == [600.0, 0.0]
+    assert [c.saved_bytes for c in hull] == [1200.0, 0.0]
     plans = split_by_ops(network, hull, problem.compute_ops_of, problem.budget_spend, count=4)
     assert len(plans) == 4
     everything = sorted(problem.compute_ops_of(hull[-1]))
@@ -507,7 +507,7 @@ def test_split_by_ops_recomputes_the_earliest_of_the_ops_between_two_hull_vertic
         ops = sorted(problem.compute_ops_of(cut))
         assert 0 < len(ops) < len(everything)
         assert ops == everything[: len(ops)], "the latest ops are the ones kept out of the backward"
-        assert cut.saved_bytes == 600.0 - 100.0 * len(ops)
+        assert cut.saved_bytes == 1200.0 - 100.0 * len(ops)
     # Kept out of the backward means saved, never dropped: every plan is a valid split.
     assert sorted(c.saved_bytes for c in plans) == sorted({c.saved_bytes for c in plans})
 
