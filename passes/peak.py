@@ -197,8 +197,10 @@ def choose_on_frontier(frontier: list[PeakPoint], peak_cap: float) -> FrontierCh
 REFINED_PLANS = 8
 # A hull edge whose ops pay at most ALL_LEVELS sums gets a plan for each (large ops, ResNet-50's
 # convolutions: there a fraction's price is one of a few sums); the edges of many small ops share
-# SPLIT_PLANS plans, where the sums are close together anyway.
+# SPLIT_PLANS plans, where the sums are close together anyway. At most ALL_LEVEL_PLANS plans go to
+# the first kind, the edges nearest the default plan first (ResNet-50: 32 plans on 8 edges).
 ALL_LEVELS = 8
+ALL_LEVEL_PLANS = 32
 SPLIT_PLANS = 16
 
 
@@ -229,10 +231,14 @@ def split_by_ops(
         if lam is not None and len(extra) >= 2:
             sums = OpSums(op_spend[extra])
             edges.append((more, less, lam, extra, sums, sums.levels()))
-    total = sum(len(levels) for *_, levels in edges if len(levels) > ALL_LEVELS)
+    every_sum, left = [], ALL_LEVEL_PLANS  # the edges nearest the default plan first
+    for *_, levels in edges:
+        every_sum.append(len(levels) <= min(ALL_LEVELS, left))
+        left -= len(levels) if every_sum[-1] else 0
+    total = sum(len(levels) for (*_, levels), every in zip(edges, every_sum) if not every)
     plans: list[Cut] = []
-    for more, less, lam, extra, sums, levels in edges:
-        share = len(levels) if len(levels) <= ALL_LEVELS else max(1, round(count * len(levels) / total))
+    for (more, less, lam, extra, sums, levels), every in zip(edges, every_sum):
+        share = len(levels) if every else max(1, round(count * len(levels) / total))
         for at in sorted({round((len(levels) + 1) * (j + 1) / (share + 1)) - 1 for j in range(share)}):
             recomputed = set(sums.choose(levels[at]))
             kept = [op for position, op in enumerate(extra) if position not in recomputed]
