@@ -134,14 +134,14 @@ def recompute_allowance(
                 continue
             share = (high_saved - saved_target) / (high_saved - low_saved)
             price = high_spend + share * (low_spend - high_spend)
-            if price >= best or ops_of is None:
-                best = min(best, price)
-                continue
-            between = sorted(ops_of(low_cut) - ops_of(high_cut))
-            if len(between) <= 1:
-                continue  # one indivisible op apart: the low plan's own spend, already in ``best``
-            if op_spend is not None:
-                price = min(low_spend, high_spend + OpSums(op_spend[between]).ceiling(price - high_spend))
+            if price >= best:
+                continue  # whole ops only ever cost more
+            if ops_of is not None:
+                between = sorted(ops_of(low_cut) - ops_of(high_cut))
+                if len(between) <= 1:
+                    continue  # one indivisible op apart: the low plan's own spend, already in ``best``
+                if op_spend is not None:
+                    price = min(low_spend, high_spend + OpSums(op_spend[between]).ceiling(price - high_spend))
             best = min(best, price)
     return Allowance(best, True)
 

@@ -17,10 +17,10 @@ only how it is found:
   to what whole ops between the two plans sum to: no knapsack buys part of an op (PyTorch's
   default solver is a 0/1 knapsack, and ResNet-50's convolutions are 1.6 GFLOP each).
   rematpass spends that allowance where it lowers the peak most: the plan with the least
-  predicted peak that recomputes no more FLOPs, leaving out plans that a quicker plan with no more
-  FLOPs matches to within 0.5% of their peak (passes.peak.set_aside). The predicted peak never rises as ``f`` falls
-  (a lower ``f`` only allows more plans), and a fraction may always spend what the default plan
-  spends.
+  predicted peak that recomputes no more FLOPs, leaving out plans that a quicker plan with no
+  more FLOPs matches to within 0.5% of their peak (passes.peak.set_aside, the same plans for
+  every ``f``). The predicted peak never rises as ``f`` falls (a lower ``f`` only allows more
+  plans), and a fraction may always spend what the default plan spends and never peaks above it.
 - ``PeakCap(bytes)``: the least-recompute plan whose predicted step peak fits: what the step
   allocates on top of what exists before it (saved activations, transients of forward and
   backward, the gradients the backward returns; not parameters, buffers, optimizer state or the
