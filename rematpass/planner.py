@@ -32,8 +32,9 @@ is filled in with the plans that tie at its breakpoints (passes.peak.refine_betw
 plans for every fraction: before the least-peak end, where a plan that recomputes less often
 peaks just as low, and along the widest edges of the rest. Under a fraction, edges whose ends are
 several compute-bound ops apart are split by keeping some of those ops out of the backward
-(passes.peak.split_by_ops): a plan for each sum of those ops a 0/1 knapsack can pay, so an
-allowance can buy what it is priced at. Under
+(passes.peak.split_by_ops): where the ops are large (at most 8 sums), a plan for each sum of
+them a 0/1 knapsack can pay, so an allowance can buy what it is priced at; elsewhere 16 plans
+spread over the sums. Under
 a peak cap the edge before the chosen plan is filled in too, where one may fit the cap with less
 recomputation.
 """
