@@ -31,17 +31,74 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.fx as fx
 
 from .liveness import PeakEstimate, hinted_size, tensor_bytes
-from .op_facts import aliased_input, is_fusible_consumer, is_pointwise
+from .op_facts import (
+    aliased_input,
+    is_fusible_consumer,
+    is_heavy_pointwise,
+    is_pointwise,
+    is_stored_by_lowering,
+    reads_in_write_order,
+)
 
 NO_NODE = -1
-# How many fused values deep a kernel's reads are followed (``_phase``).
-INLINED_HOPS = 2
+
+
+@dataclass(frozen=True)
+class StoreRules:
+    """When Inductor's lowering stores a pointwise value in a buffer instead of computing it inside
+    each reader's kernel (``GraphLowering.run_node``: ``mark_reuse``, ``has_exceeded_max_reads``).
+    Reads count the distinct buffers the value's fused expression loads; ops, the distinct ops in
+    it. Defaults: Inductor's CPU settings (``realize_reads_threshold``,
+    ``realize_cpu_acc_reads_threshold``, ``realize_cpu_opcount_threshold``)."""
+
+    reads_when_reused: int = 4  # read by more than one op and loading more buffers than this: stored
+    max_reads: int = 12  # loading more buffers than this: stored
+    max_ops: int = 50  # more ops than this: stored
+    heavy_when_reused: bool = True  # read by more than one op and holding an exp, log, sigmoid or tanh: stored
+
+
+def matmuls_added_later(nodes: Iterable[fx.Node], backward: Iterable[fx.Node]) -> list[tuple[fx.Node, fx.Node]]:
+    """(mm, add) pairs of ``backward`` that Inductor's post-grad pattern ``addmm`` turns into one
+    ``addmm(c, a, b)`` where ``add(mm(a, b), c)`` was: the matmul then runs at the add, and its
+    inputs live until there. A tied embedding's weight gradient is the large case: the LM head's
+    ``mm(dlogits^T, h)`` waits for the embedding's gradient at the end of the backward, so the
+    ``[tokens, vocab]`` logits gradient lives through the whole backward (GPT-2: 2 MB of 9 at
+    size 0.5). The pattern's checks: the matmul's only reader is the add, whose other operand is
+    a tensor of the matmul's dtype that broadcasts to its shape; off on GPUs when every reader
+    of the add is pointwise (``should_prefer_unfused_addmm``)."""
+    mm, add = torch.ops.aten.mm.default, torch.ops.aten.add.Tensor
+    backward = set(backward)
+    pairs = []
+    for node in nodes:
+        if node.target is not mm or node not in backward or len(node.users) != 1:
+            continue
+        (user,) = node.users
+        if user.target is not add or user.kwargs or len(user.args) != 2 or user not in backward:
+            continue
+        other = user.args[1] if user.args[0] is node else user.args[0]
+        out, val = node.meta.get("val"), other.meta.get("val") if isinstance(other, fx.Node) else None
+        if not isinstance(val, torch.Tensor) or not isinstance(out, torch.Tensor) or other is node:
+            continue
+        mats = [a.meta.get("val") for a in node.args[:2] if isinstance(a, fx.Node)]
+        if val.dtype != out.dtype or any(not isinstance(m, torch.Tensor) or m.dtype != val.dtype for m in mats):
+            continue
+        try:
+            expandable = torch.broadcast_shapes(val.shape, out.shape) == out.shape
+        except RuntimeError:
+            expandable = False
+        if not expandable:
+            continue
+        if val.device.type != "cpu" and all(is_pointwise(u) for u in user.users):
+            continue
+        pairs.append((node, user))
+    return pairs
 
 
 def channels_last_copied(nodes: Iterable[fx.Node]) -> list[fx.Node]:
@@ -73,6 +130,8 @@ class JointPeakModel:
         kernel_reads: bool = False,
         layout_copies: bool = False,
         workspace_of: Callable[[fx.Node], int] | None = None,
+        matmul_adds: Iterable[tuple[fx.Node, fx.Node]] = (),
+        store_rules: StoreRules | None = None,
         size_hint=hinted_size,
     ):
         """What Inductor's kernels add to the graph's own values, each off by default (the graph-level
@@ -80,7 +139,9 @@ class JointPeakModel:
         value's inputs live until its readers' kernels run, and a pointwise kernel writes over a
         same-sized buffer it reads for the last time; ``layout_copies``, convolutions' graph inputs
         copied to channels-last (``channels_last_copied``); ``workspace_of(node)``, bytes a node's
-        kernel holds only while it runs (a library's scratch memory)."""
+        kernel holds only while it runs (a library's scratch memory); ``matmul_adds``, (mm, add) pairs
+        that Inductor runs as one ``addmm`` at the add (``matmuls_added_later``); ``store_rules``, the
+        pointwise values Inductor stores because they are reused or large (``StoreRules``)."""
         self.kernel_reads = fused and kernel_reads
         nodes = list(joint.graph.nodes)
         self.nodes = nodes
@@ -111,8 +172,26 @@ class JointPeakModel:
             for arg in node.all_input_nodes:
                 src.append(index[arg])
                 dst.append(i)
+        for mm, add in matmul_adds:  # the add's kernel is the matmul: it reads the matmul's inputs
+            m, a = index[mm], index[add]
+            self.nbytes[m] = 0
+            self.pointwise[a] = self.fusible[a] = False
+            for arg in mm.all_input_nodes:
+                src.append(index[arg])
+                dst.append(a)
         self.src = np.array(src, dtype=np.int64)
         self.dst = np.array(dst, dtype=np.int64)
+        self.store_rules = store_rules if fused else None
+        self.heavy = np.array([is_heavy_pointwise(node) for node in nodes], dtype=bool)
+        self.always_stored = np.array([is_stored_by_lowering(node) for node in nodes], dtype=bool)
+        self.inputs: list[list[int]] = [[] for _ in range(n)]
+        for s_, d_ in zip(src, dst):
+            self.inputs[d_].append(s_)
+        # Per node, the inputs it reads in its own write order (``reads_in_write_order``).
+        self.in_order: list[set[int]] = [set() for _ in range(n)]
+        for i, node in enumerate(nodes):
+            if node.op == "call_function":
+                self.in_order[i] = {index[a] for a in node.all_input_nodes if reads_in_write_order(node, a)}
         self.workspace = np.zeros(n, dtype=np.int64)
         if workspace_of is not None:
             for i, node in enumerate(nodes):
@@ -193,9 +272,44 @@ class JointPeakModel:
             viewed = bases[~needed[bases] & (self.alias_of[bases] >= 0)]
             needed[bases] = True
         own = ~self.pointwise | needed
+        if self.store_rules is not None:
+            self._stored_by_rules(body, outputs, own)
         parent = self.getitem_of >= 0
         own[parent] = own[self.getitem_of[parent]]
         return own
+
+    def _stored_by_rules(self, body: np.ndarray, outputs: np.ndarray, own: np.ndarray) -> None:
+        """Mark in ``own`` the fused pointwise values of ``body`` that Inductor's lowering stores
+        (``StoreRules``), in graph order, so a stored value ends the reads of the values that read it."""
+        rules = self.store_rules
+        own |= body & self.always_stored
+        readers = np.zeros(len(self.nodes), dtype=np.int64)
+        np.add.at(readers, self.src[body[self.dst]], 1)
+        readers += outputs
+        reads: dict[int, frozenset] = {}  # a fused value's loads: the buffers its expression reads
+        ops: dict[int, frozenset] = {}  # and the ops it holds
+        heavy: dict[int, bool] = {}
+
+        def loads(i: int) -> tuple[frozenset, frozenset, bool]:
+            while i not in reads and self.alias_of[i] >= 0:  # a view of a fused value is fused too
+                i = int(self.alias_of[i])
+            if i in reads:
+                return reads[i], ops[i], heavy[i]
+            return frozenset((i,)), frozenset(), False
+
+        for i in np.flatnonzero(body & self.pointwise & ~own):
+            i = int(i)
+            parts = [loads(j) for j in self.inputs[i]]
+            my_reads = frozenset().union(*(p[0] for p in parts))
+            my_ops = frozenset((i,)).union(*(p[1] for p in parts))
+            my_heavy = bool(self.heavy[i]) or any(p[2] for p in parts)
+            reused = readers[i] > 1 and (
+                len(my_reads) > rules.reads_when_reused or (rules.heavy_when_reused and my_heavy)
+            )
+            if reused or len(my_reads) > rules.max_reads or len(my_ops) > rules.max_ops:
+                own[i] = True
+                continue
+            reads[i], ops[i], heavy[i] = my_reads, my_ops, my_heavy
 
     def _written_in_place(self, order, owners, mat, last, pinned, carried) -> list[tuple[int, int]]:
         """Pointwise kernels that write their output over a buffer of the same size that they read
@@ -213,7 +327,25 @@ class JointPeakModel:
             & (self.nbytes[dying] > 0)
             & (self.nbytes[dying] == self.nbytes[kernel])
         )
-        return [(step, int(self.nbytes[order[step]])) for step in sorted(set(last[dying[fits]].tolist()))]
+        steps = {
+            int(last[d])
+            for d, k in zip(dying[fits].tolist(), kernel[fits].tolist())
+            if self._read_in_write_order(k, d, mat)
+        }
+        return [(step, int(self.nbytes[order[step]])) for step in sorted(steps)]
+
+    def _read_in_write_order(self, kernel: int, buffer: int, mat: np.ndarray) -> bool:
+        """Whether ``kernel`` reads ``buffer`` at the positions it writes, through the fused values
+        and views between them."""
+        pending, seen = [kernel], {kernel}
+        while pending:
+            for j in self.in_order[pending.pop()]:
+                if j == buffer:
+                    return True
+                if j not in seen and (not mat[j] or self.alias_of[j] >= 0):
+                    seen.add(j)
+                    pending.append(j)
+        return False
 
     def _phase(
         self,
@@ -247,12 +379,13 @@ class JointPeakModel:
         np.maximum.at(last, roots[self.src[reads]], pos[self.dst[reads]])
         # A value fused into its readers (no buffer) is computed inside their kernels, so what it
         # reads lives until its last reader runs: a recomputed matmul output feeding a fused GELU
-        # lives until the GELU's backward. Followed INLINED_HOPS values deep: Inductor realizes
-        # longer chains (its read-count thresholds), such as a residual stream's gradient.
+        # lives until the GELU's backward, and a residual stream's inputs until the last kernel
+        # that recomputes the stream (followed through every fused value, to where a stored one
+        # ends the chain: ``_materialized``).
         dst = self.dst[reads]
         inlined = ~mat[dst] & (roots[dst] == dst)
         src, dst = roots[self.src[reads][inlined]], dst[inlined]
-        for _ in range(INLINED_HOPS if src.size and self.kernel_reads else 0):
+        while src.size and self.kernel_reads:
             extended = last.copy()
             np.maximum.at(extended, src, last[dst])
             if np.array_equal(extended, last):

@@ -225,6 +225,32 @@ def is_movable_view(node: fx.Node) -> bool:
     return node.op == "call_function" and node.target in _MOVABLE_VIEWS
 
 
+# Views that keep a contiguous input's element order: a kernel reading through them reads each
+# element at the index it writes (Inductor's in-place rule compares the two indices).
+_ORDER_KEEPING_VIEWS = {
+    _aten.view.default,
+    _aten.reshape.default,
+    _aten._unsafe_view.default,
+    _aten.alias.default,
+    _aten.squeeze.dim,
+    _aten.squeeze.default,
+    _aten.unsqueeze.default,
+}
+
+
+def reads_in_write_order(node: fx.Node, arg: fx.Node) -> bool:
+    """Whether ``node`` reads ``arg``'s elements at the positions it writes its own: an elementwise
+    op on an operand of its own shape, or a view that keeps a contiguous input's order. Inductor
+    writes a kernel's output over a dying input only then (``SchedulerNode.can_inplace``): not
+    through a slice, a transpose or a broadcast."""
+    out, val = node.meta.get("val"), arg.meta.get("val")
+    if not isinstance(out, torch.Tensor) or not isinstance(val, torch.Tensor):
+        return False
+    if node.target in _ORDER_KEEPING_VIEWS:
+        return val.is_contiguous() and out.numel() == val.numel()
+    return is_pointwise(node) and tuple(out.shape) == tuple(val.shape) and val.is_contiguous()
+
+
 def is_view_by_schema(node: fx.Node) -> bool:
     """getitem, or an op whose schema says an output aliases an input it does not write (the benchmark's count)."""
     if node.target is operator.getitem:
@@ -282,6 +308,22 @@ def is_pointwise(node: fx.Node) -> bool:
     if node.op != "call_function" or node.target is operator.getitem:
         return False
     return torch.Tag.pointwise in getattr(node.target, "tags", ()) or _packet(node) in _POINTWISE_EXTRA
+
+
+# Ops whose reuse Inductor realizes on the CPU (``StorageBox.should_realize_on_reuse``'s heavy ops).
+_HEAVY_POINTWISE = {_aten.exp, _aten.log, _aten.log10, _aten.log1p, _aten.log2, _aten.sigmoid, _aten.tanh}
+
+
+def is_heavy_pointwise(node: fx.Node) -> bool:
+    """A pointwise op that Inductor computes once rather than in each reader on the CPU, where it
+    has more than one reader (exp, log, sigmoid, tanh)."""
+    return _packet(node) in _HEAVY_POINTWISE
+
+
+def is_stored_by_lowering(node: fx.Node) -> bool:
+    """A pointwise op whose value Inductor always stores (its lowering realizes random numbers, so
+    each reader sees the same draw)."""
+    return _packet(node) in (_prims.inductor_random, getattr(_prims, "inductor_randint", None))
 
 
 def is_fusible_consumer(node: fx.Node) -> bool:

@@ -197,6 +197,34 @@ def layout_optimized(joint: torch.fx.GraphModule) -> bool:
         return False
 
 
+def store_rules(joint: torch.fx.GraphModule):
+    """When Inductor's lowering stores a fused pointwise value, from its config, for the device the
+    graph runs on (``passes.joint_liveness.StoreRules``)."""
+    from torch._inductor import config
+
+    from .passes.joint_liveness import StoreRules
+
+    values = [node.meta.get("val") for node in joint.graph.find_nodes(op="placeholder")]
+    cpu = all(v.device.type == "cpu" for v in values if isinstance(v, torch.Tensor))
+
+    def setting(name: str, cpu_name: str, default_name: str) -> int:
+        value = getattr(config, name, None)
+        if value is not None:
+            return int(value)
+        return int(getattr(config, cpu_name if cpu else default_name))
+
+    return StoreRules(
+        reads_when_reused=int(config.realize_reads_threshold),
+        max_reads=setting(
+            "realize_acc_reads_threshold", "realize_cpu_acc_reads_threshold", "_realize_acc_reads_threshold_default"
+        ),
+        max_ops=setting(
+            "realize_opcount_threshold", "realize_cpu_opcount_threshold", "_realize_opcount_threshold_default"
+        ),
+        heavy_when_reused=cpu,
+    )
+
+
 def lower_and_schedule(module: torch.fx.GraphModule, example_inputs, *, backward: bool) -> None:
     """Run Inductor's compile of one AOTAutograd graph (post-grad passes, lowering, scheduling,
     and on to codegen unless a ``scheduling_stopped_by`` hook stops it), with its FX graph cache

@@ -33,6 +33,7 @@ from .inductor_hooks import (
     current_compile_id,
     get_hash_for_files,
     layout_optimized,
+    store_rules,
     workspace_bytes,
 )
 from .inspect.report import build_report, record
@@ -110,6 +111,8 @@ def peak_predictor(gm: fx.GraphModule, summary, roles, num_fwd_outputs: int, pea
         kernel_reads=inductor,
         layout_copies=inductor and layout_optimized(gm),
         workspace_of=workspace_bytes if inductor else None,
+        matmul_adds=inductor,
+        store_rules=store_rules(gm) if inductor else None,
     )
 
 

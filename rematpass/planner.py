@@ -53,7 +53,7 @@ from .budget import Budget, DefaultPlan, Fastest, Fraction, PeakCap
 from .passes.analysis import GraphSummary
 from .passes.fastest import fastest_plan
 from .passes.hull import LOWEST_LAMBDA_FRACTION, walk_hull
-from .passes.joint_liveness import JointPeakModel
+from .passes.joint_liveness import JointPeakModel, StoreRules, matmuls_added_later
 from .passes.liveness import PeakEstimate
 from .passes.mincut import CutNetwork
 from .passes.peak import (
@@ -137,15 +137,19 @@ class PeakPredictor:
         kernel_reads: bool = False,
         layout_copies: bool = False,
         workspace_of: Callable[[fx.Node], int] | None = None,
+        matmul_adds: bool = False,
+        store_rules: StoreRules | None = None,
     ):
         """What the compiler's kernels add to the graph's own values, as
         passes.joint_liveness.JointPeakModel takes them: ``kernel_reads`` (fused values read their
         inputs in their readers' kernels; outputs written over dying inputs), ``layout_copies``
         (channels-last copies of convolutions' graph inputs), ``workspace_of`` (a kernel's scratch
-        bytes while it runs)."""
+        bytes while it runs), ``matmul_adds`` (a backward's ``add(mm(a, b), c)`` run as one addmm at
+        the add), ``store_rules`` (the fused values Inductor stores because they are reused or large)."""
         self.joint, self.summary, self.roles, self.num_fwd_outputs = joint, summary, roles, num_fwd_outputs
         self.fused = peak_model == "fused"
         self.kernel_reads, self.layout_copies, self.workspace_of = kernel_reads, layout_copies, workspace_of
+        self.matmul_adds, self.store_rules = matmul_adds, store_rules
 
     @functools.cached_property
     def _joint(self) -> tuple[JointPeakModel, np.ndarray, np.ndarray, np.ndarray]:
@@ -156,6 +160,10 @@ class PeakPredictor:
             kernel_reads=self.kernel_reads,
             layout_copies=self.layout_copies,
             workspace_of=self.workspace_of,
+            matmul_adds=matmuls_added_later(self.joint.graph.nodes, self.roles.tangents_closure)
+            if self.matmul_adds
+            else (),
+            store_rules=self.store_rules,
         )
         candidates = np.array([model.index[n] for n in self.summary.nodes], dtype=np.int64)
         return model, candidates, model.mask(self.roles.required_fw), model.mask(self.roles.tangents_closure)
