@@ -90,9 +90,10 @@ def capture_joint(model: torch.nn.Module, inputs) -> dict:
     captured = {}
 
     def spy(gm, joint_inputs, **kwargs):
-        captured.update(
-            gm=copy.deepcopy(gm), inputs=joint_inputs, kwargs=dict(kwargs), fake=detect_fake_mode(joint_inputs)
-        )
+        # A copy of the graph, sharing the module's tensors: a real tensor constant (Whisper's,
+        # CLIP's) cannot be deep-copied while the fake mode is active.
+        graph_copy = torch.fx.GraphModule(gm, copy.deepcopy(gm.graph))
+        captured.update(gm=graph_copy, inputs=joint_inputs, kwargs=dict(kwargs), fake=detect_fake_mode(joint_inputs))
         return ti.default_partition(gm, joint_inputs, **kwargs)
 
     def partition(gm, joint_inputs, **kwargs):

@@ -31,74 +31,24 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.fx as fx
 
+from .kernel_rules import StoreRules, read_in_write_order, siblings_fused, stored_by_rules
 from .liveness import PeakEstimate, hinted_size, tensor_bytes
 from .op_facts import (
     aliased_input,
     is_fusible_consumer,
     is_heavy_pointwise,
     is_pointwise,
+    is_scatter,
     is_stored_by_lowering,
     reads_in_write_order,
 )
 
 NO_NODE = -1
-
-
-@dataclass(frozen=True)
-class StoreRules:
-    """When Inductor's lowering stores a pointwise value in a buffer instead of computing it inside
-    each reader's kernel (``GraphLowering.run_node``: ``mark_reuse``, ``has_exceeded_max_reads``).
-    Reads count the distinct buffers the value's fused expression loads; ops, the distinct ops in
-    it. Defaults: Inductor's CPU settings (``realize_reads_threshold``,
-    ``realize_cpu_acc_reads_threshold``, ``realize_cpu_opcount_threshold``)."""
-
-    reads_when_reused: int = 4  # read by more than one op and loading more buffers than this: stored
-    max_reads: int = 12  # loading more buffers than this: stored
-    max_ops: int = 50  # more ops than this: stored
-    heavy_when_reused: bool = True  # read by more than one op and holding an exp, log, sigmoid or tanh: stored
-
-
-def matmuls_added_later(nodes: Iterable[fx.Node], backward: Iterable[fx.Node]) -> list[tuple[fx.Node, fx.Node]]:
-    """(mm, add) pairs of ``backward`` that Inductor's post-grad pattern ``addmm`` turns into one
-    ``addmm(c, a, b)`` where ``add(mm(a, b), c)`` was: the matmul then runs at the add, and its
-    inputs live until there. A tied embedding's weight gradient is the large case: the LM head's
-    ``mm(dlogits^T, h)`` waits for the embedding's gradient at the end of the backward, so the
-    ``[tokens, vocab]`` logits gradient lives through the whole backward (GPT-2: 2 MB of 9 at
-    size 0.5). The pattern's checks: the matmul's only reader is the add, whose other operand is
-    a tensor of the matmul's dtype that broadcasts to its shape; off on GPUs when every reader
-    of the add is pointwise (``should_prefer_unfused_addmm``)."""
-    mm, add = torch.ops.aten.mm.default, torch.ops.aten.add.Tensor
-    backward = set(backward)
-    pairs = []
-    for node in nodes:
-        if node.target is not mm or node not in backward or len(node.users) != 1:
-            continue
-        (user,) = node.users
-        if user.target is not add or user.kwargs or len(user.args) != 2 or user not in backward:
-            continue
-        other = user.args[1] if user.args[0] is node else user.args[0]
-        out, val = node.meta.get("val"), other.meta.get("val") if isinstance(other, fx.Node) else None
-        if not isinstance(val, torch.Tensor) or not isinstance(out, torch.Tensor) or other is node:
-            continue
-        mats = [a.meta.get("val") for a in node.args[:2] if isinstance(a, fx.Node)]
-        if val.dtype != out.dtype or any(not isinstance(m, torch.Tensor) or m.dtype != val.dtype for m in mats):
-            continue
-        try:
-            expandable = torch.broadcast_shapes(val.shape, out.shape) == out.shape
-        except RuntimeError:
-            expandable = False
-        if not expandable:
-            continue
-        if val.device.type != "cpu" and all(is_pointwise(u) for u in user.users):
-            continue
-        pairs.append((node, user))
-    return pairs
 
 
 def channels_last_copied(nodes: Iterable[fx.Node]) -> list[fx.Node]:
@@ -151,6 +101,7 @@ class JointPeakModel:
         self.is_call = np.array([node.op == "call_function" for node in nodes])
         self.is_placeholder = np.array([node.op == "placeholder" for node in nodes])
         self.nbytes = np.zeros(n, dtype=np.int64)
+        self.numel = np.zeros(n, dtype=np.int64)
         self.alias_of = np.full(n, NO_NODE, dtype=np.int64)
         self.getitem_of = np.full(n, NO_NODE, dtype=np.int64)
         self.pointwise = np.zeros(n, dtype=bool)
@@ -162,6 +113,7 @@ class JointPeakModel:
             val = node.meta.get("val")
             if not isinstance(val, (list, tuple)):
                 self.nbytes[i] = tensor_bytes(val, size_hint)
+                self.numel[i] = size_hint(val.numel()) if isinstance(val, torch.Tensor) else 0
             base = aliased_input(node)
             if base is not None:
                 self.alias_of[i] = index[base]
@@ -184,6 +136,7 @@ class JointPeakModel:
         self.store_rules = store_rules if fused else None
         self.heavy = np.array([is_heavy_pointwise(node) for node in nodes], dtype=bool)
         self.always_stored = np.array([is_stored_by_lowering(node) for node in nodes], dtype=bool)
+        self.scattered = np.array([is_scatter(node) for node in nodes], dtype=bool)
         self.inputs: list[list[int]] = [[] for _ in range(n)]
         for s_, d_ in zip(src, dst):
             self.inputs[d_].append(s_)
@@ -273,45 +226,12 @@ class JointPeakModel:
             needed[bases] = True
         own = ~self.pointwise | needed
         if self.store_rules is not None:
-            self._stored_by_rules(body, outputs, own)
+            stored_by_rules(self, body, outputs, own)
         parent = self.getitem_of >= 0
         own[parent] = own[self.getitem_of[parent]]
         return own
 
-    def _stored_by_rules(self, body: np.ndarray, outputs: np.ndarray, own: np.ndarray) -> None:
-        """Mark in ``own`` the fused pointwise values of ``body`` that Inductor's lowering stores
-        (``StoreRules``), in graph order, so a stored value ends the reads of the values that read it."""
-        rules = self.store_rules
-        own |= body & self.always_stored
-        readers = np.zeros(len(self.nodes), dtype=np.int64)
-        np.add.at(readers, self.src[body[self.dst]], 1)
-        readers += outputs
-        reads: dict[int, frozenset] = {}  # a fused value's loads: the buffers its expression reads
-        ops: dict[int, frozenset] = {}  # and the ops it holds
-        heavy: dict[int, bool] = {}
-
-        def loads(i: int) -> tuple[frozenset, frozenset, bool]:
-            while i not in reads and self.alias_of[i] >= 0:  # a view of a fused value is fused too
-                i = int(self.alias_of[i])
-            if i in reads:
-                return reads[i], ops[i], heavy[i]
-            return frozenset((i,)), frozenset(), False
-
-        for i in np.flatnonzero(body & self.pointwise & ~own):
-            i = int(i)
-            parts = [loads(j) for j in self.inputs[i]]
-            my_reads = frozenset().union(*(p[0] for p in parts))
-            my_ops = frozenset((i,)).union(*(p[1] for p in parts))
-            my_heavy = bool(self.heavy[i]) or any(p[2] for p in parts)
-            reused = readers[i] > 1 and (
-                len(my_reads) > rules.reads_when_reused or (rules.heavy_when_reused and my_heavy)
-            )
-            if reused or len(my_reads) > rules.max_reads or len(my_ops) > rules.max_ops:
-                own[i] = True
-                continue
-            reads[i], ops[i], heavy[i] = my_reads, my_ops, my_heavy
-
-    def _written_in_place(self, order, owners, mat, last, pinned, carried) -> list[tuple[int, int]]:
+    def _written_in_place(self, order, owners, mat, last, pinned, carried, fused_with) -> list[tuple[int, int]]:
         """Pointwise kernels that write their output over a buffer of the same size that they read
         for the last time (Inductor's ``inplace_buffers``): (step, bytes) for each. A buffer read
         last at a kernel's step is read by that kernel, directly or through values fused into it."""
@@ -326,26 +246,32 @@ class JointPeakModel:
             & (self.alias_of[kernel] < 0)
             & (self.nbytes[dying] > 0)
             & (self.nbytes[dying] == self.nbytes[kernel])
+            & ~self.scattered[dying]
         )
+
+        # Not a buffer that another kernel fused into the same earlier one reads too: the scheduler
+        # counts it in use (a SwiGLU's two gradients both read the hidden state's gradient). The
+        # earlier kernel reading it does not count (a GELU's backward still writes over the input
+        # it shares with the recomputed GELU). Found on the schedules, not read off Inductor's code.
+        def shared_in_kernel(d: int, k: int) -> bool:
+            group, pending, seen = fused_with.get(k, k), [d], {d}
+            while pending:  # the kernels reading d, through views and fused values
+                for r in self.users[pending.pop()]:
+                    if r in seen:
+                        continue
+                    seen.add(r)
+                    if not mat[r] or self.alias_of[r] >= 0:
+                        pending.append(r)
+                    elif r != k and fused_with.get(r) == group:
+                        return True
+            return False
+
         steps = {
             int(last[d])
             for d, k in zip(dying[fits].tolist(), kernel[fits].tolist())
-            if self._read_in_write_order(k, d, mat)
+            if read_in_write_order(self, k, d, mat) and not (fused_with and shared_in_kernel(d, k))
         }
         return [(step, int(self.nbytes[order[step]])) for step in sorted(steps)]
-
-    def _read_in_write_order(self, kernel: int, buffer: int, mat: np.ndarray) -> bool:
-        """Whether ``kernel`` reads ``buffer`` at the positions it writes, through the fused values
-        and views between them."""
-        pending, seen = [kernel], {kernel}
-        while pending:
-            for j in self.in_order[pending.pop()]:
-                if j == buffer:
-                    return True
-                if j not in seen and (not mat[j] or self.alias_of[j] >= 0):
-                    seen.add(j)
-                    pending.append(j)
-        return False
 
     def _phase(
         self,
@@ -356,13 +282,16 @@ class JointPeakModel:
         carried: dict[int, int],
         base: int,
         extra: Iterable[tuple[int, int, int]] = (),
+        fused_with: dict[int, int] | None = None,
     ) -> tuple[int, int]:
         """Peak live bytes over ``order`` and the position where it is reached (-1: before the first step).
 
         ``carried`` maps storages that exist before the phase to their size: they are freed after
         their last reader in this phase (never, if none reads them). ``extra`` holds buffers of no
-        graph node, as (written at, freed after or -1 for never, size).
+        graph node, as (written at, freed after or -1 for never, size). ``fused_with`` maps a node
+        fused into an earlier sibling's kernel to that sibling (``kernel_rules.siblings_fused``).
         """
+        fused_with = fused_with or {}
         n, steps = len(self.nodes), len(order)
         pos = np.full(n, -1, dtype=np.int64)
         pos[order] = np.arange(steps)
@@ -400,7 +329,7 @@ class JointPeakModel:
             if last[root] >= 0:
                 delta[last[root] + 1] -= size
         if self.kernel_reads:
-            for step, size in self._written_in_place(order, owners, mat, last, pinned, carried):
+            for step, size in self._written_in_place(order, owners, mat, last, pinned, carried, fused_with):
                 delta[step] -= size  # the output takes the dying input's buffer:
                 delta[step + 1] += size  # no new allocation, and the input's is not freed
         scratch = np.flatnonzero(self.workspace[order])
@@ -446,9 +375,14 @@ class JointPeakModel:
         fw_outputs |= saved
         fw_roots = self._roots(forward_body, np.zeros(len(self.nodes), dtype=bool))
         fw_mat = self._materialized(forward_body, fw_outputs)
+        fw_fused, bw_fused = {}, {}
+        if self.store_rules is not None:
+            fw_order, fw_fused = siblings_fused(self, fw_order, fw_roots, fw_mat)
         bw_order = self.backward_order(backward, recomputed)
         copies_kept, copies_forward = self._layout_copies(fw_order, bw_order)
-        fw_peak, fw_at = self._phase(fw_order, fw_roots, fw_mat, fw_roots[fw_outputs], {}, 0, copies_forward)
+        fw_peak, fw_at = self._phase(
+            fw_order, fw_roots, fw_mat, fw_roots[fw_outputs], {}, 0, copies_forward, fused_with=fw_fused
+        )
 
         # Live into the backward: storages the forward computed and returns (real outputs, saved values).
         def computed_in_forward(roots):
@@ -467,9 +401,11 @@ class JointPeakModel:
         bw_outputs[self.grad_outputs] = True
         bw_outputs &= bw_body
         bw_mat = self._materialized(bw_body, bw_outputs)
+        if self.store_rules is not None:
+            bw_order, bw_fused = siblings_fused(self, bw_order, bw_roots, bw_mat)
         pinned = np.concatenate([bw_roots[bw_outputs], np.fromiter(kept_roots - saved_roots, dtype=np.int64)])
         carried = {r: size_of[r] for r in saved_roots} | copies_kept
-        bw_peak, bw_at = self._phase(bw_order, bw_roots, bw_mat, pinned, carried, boundary)
+        bw_peak, bw_at = self._phase(bw_order, bw_roots, bw_mat, pinned, carried, boundary, fused_with=bw_fused)
 
         def name(order, at):
             return "start" if at < 0 else self.nodes[order[at]].name

@@ -320,6 +320,24 @@ def is_heavy_pointwise(node: fx.Node) -> bool:
     return _packet(node) in _HEAVY_POINTWISE
 
 
+# Ops Inductor lowers as a fill and then a scatter into the filled buffer (a mutation).
+_SCATTERS = {
+    _aten.scatter_add,
+    _aten.scatter,
+    _aten.scatter_reduce,
+    _aten.index_put,
+    _aten._unsafe_index_put,
+    _aten._unsafe_masked_index_put_accumulate,
+    _aten.embedding_dense_backward,
+}
+
+
+def is_scatter(node: fx.Node) -> bool:
+    """An op whose buffer Inductor fills and then scatters into: a later kernel never writes its own
+    output over that buffer (the scheduler does not reuse a mutated buffer in place)."""
+    return _packet(node) in _SCATTERS
+
+
 def is_stored_by_lowering(node: fx.Node) -> bool:
     """A pointwise op whose value Inductor always stores (its lowering realizes random numbers, so
     each reader sees the same draw)."""

@@ -202,7 +202,7 @@ def store_rules(joint: torch.fx.GraphModule):
     graph runs on (``passes.joint_liveness.StoreRules``)."""
     from torch._inductor import config
 
-    from .passes.joint_liveness import StoreRules
+    from .passes.kernel_rules import StoreRules
 
     values = [node.meta.get("val") for node in joint.graph.find_nodes(op="placeholder")]
     cpu = all(v.device.type == "cpu" for v in values if isinstance(v, torch.Tensor))

@@ -53,7 +53,8 @@ from .budget import Budget, DefaultPlan, Fastest, Fraction, PeakCap
 from .passes.analysis import GraphSummary
 from .passes.fastest import fastest_plan
 from .passes.hull import LOWEST_LAMBDA_FRACTION, walk_hull
-from .passes.joint_liveness import JointPeakModel, StoreRules, matmuls_added_later
+from .passes.joint_liveness import JointPeakModel
+from .passes.kernel_rules import StoreRules, matmuls_added_later
 from .passes.liveness import PeakEstimate
 from .passes.mincut import CutNetwork
 from .passes.peak import (

@@ -1,0 +1,249 @@
+"""How Inductor turns a phase's graph into kernels, as rules on the peak model's arrays
+(``joint_liveness.JointPeakModel``): which fused values its lowering stores anyway, which stored
+values its scheduler fuses away again, where it writes an output over a dying input, which kernels
+it fuses with an earlier sibling, and which matmul it runs later as an addmm. Each rule names the
+Inductor code it follows; benchmarks/prediction.py and tests/test_peak_inductor_rules.py check the
+predicted peak against Inductor's own schedule of the same plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from .op_facts import is_pointwise
+
+if TYPE_CHECKING:
+    from .joint_liveness import JointPeakModel
+
+
+@dataclass(frozen=True)
+class StoreRules:
+    """When Inductor's lowering stores a pointwise value in a buffer instead of computing it inside
+    each reader's kernel (``GraphLowering.run_node``: ``mark_reuse``, ``has_exceeded_max_reads``).
+    Reads count the distinct buffers the value's fused expression loads; ops, the distinct ops in
+    it. Defaults: Inductor's CPU settings (``realize_reads_threshold``,
+    ``realize_cpu_acc_reads_threshold``, ``realize_cpu_opcount_threshold``)."""
+
+    reads_when_reused: int = 4  # read by more than one op and loading more buffers than this: stored
+    max_reads: int = 12  # loading more buffers than this: stored
+    max_ops: int = 50  # more ops than this: stored
+    heavy_when_reused: bool = True  # read by more than one op and holding an exp, log, sigmoid or tanh: stored
+    sibling_window: int = 64  # kernels sharing a read are paired for fusion within this many of its readers
+    fusion_distance: int = 64  # and only when at most this many scheduler nodes apart (``are_long_distant_nodes``)
+
+
+def matmuls_added_later(nodes: Iterable[fx.Node], backward: Iterable[fx.Node]) -> list[tuple[fx.Node, fx.Node]]:
+    """(mm, add) pairs of ``backward`` that Inductor's post-grad pattern ``addmm`` turns into one
+    ``addmm(c, a, b)`` where ``add(mm(a, b), c)`` was: the matmul then runs at the add, and its
+    inputs live until there. A tied embedding's weight gradient is the large case: the LM head's
+    ``mm(dlogits^T, h)`` waits for the embedding's gradient at the end of the backward, so the
+    ``[tokens, vocab]`` logits gradient lives through the whole backward (GPT-2: 2 MB of 9 at
+    size 0.5). The pattern's checks: the matmul's only reader is the add, whose other operand is
+    a tensor of the matmul's dtype that broadcasts to its shape; off on GPUs when every reader
+    of the add is pointwise (``should_prefer_unfused_addmm``)."""
+    mm, add = torch.ops.aten.mm.default, torch.ops.aten.add.Tensor
+    backward = set(backward)
+    pairs = []
+    for node in nodes:
+        if node.target is not mm or node not in backward or len(node.users) != 1:
+            continue
+        (user,) = node.users
+        if user.target is not add or user.kwargs or len(user.args) != 2 or user not in backward:
+            continue
+        other = user.args[1] if user.args[0] is node else user.args[0]
+        out, val = node.meta.get("val"), other.meta.get("val") if isinstance(other, fx.Node) else None
+        if not isinstance(val, torch.Tensor) or not isinstance(out, torch.Tensor) or other is node:
+            continue
+        mats = [a.meta.get("val") for a in node.args[:2] if isinstance(a, fx.Node)]
+        if val.dtype != out.dtype or any(not isinstance(m, torch.Tensor) or m.dtype != val.dtype for m in mats):
+            continue
+        try:
+            expandable = torch.broadcast_shapes(val.shape, out.shape) == out.shape
+        except RuntimeError:
+            expandable = False
+        if not expandable:
+            continue
+        if val.device.type != "cpu" and all(is_pointwise(u) for u in user.users):
+            continue
+        pairs.append((node, user))
+    return pairs
+
+
+def stored_by_rules(model: JointPeakModel, body: np.ndarray, outputs: np.ndarray, own: np.ndarray) -> None:
+    """Mark in ``own`` the fused pointwise values of ``body`` that Inductor's lowering stores
+    (``StoreRules``), in graph order, so a stored value ends the reads of the values that read it."""
+    rules = model.store_rules
+    own |= body & model.always_stored
+    readers = np.zeros(len(model.nodes), dtype=np.int64)
+    np.add.at(readers, model.src[body[model.dst]], 1)
+    readers += outputs
+    reads: dict[int, frozenset] = {}  # a fused value's loads: the buffers its expression reads
+    ops: dict[int, frozenset] = {}  # and the ops it holds
+    heavy: dict[int, bool] = {}
+    stored: list[int] = []  # stored by these rules (not read by a matmul or returned)
+
+    def loads(i: int) -> tuple[frozenset, frozenset, bool]:
+        while i not in reads and model.alias_of[i] >= 0:  # a view of a fused value is fused too
+            i = int(model.alias_of[i])
+        if i in reads:
+            return reads[i], ops[i], heavy[i]
+        return frozenset((i,)), frozenset(), False
+
+    for i in np.flatnonzero(body & model.pointwise & ~own):
+        i = int(i)
+        parts = [loads(j) for j in model.inputs[i]]
+        my_reads = frozenset().union(*(p[0] for p in parts))
+        my_ops = frozenset((i,)).union(*(p[1] for p in parts))
+        my_heavy = bool(model.heavy[i]) or any(p[2] for p in parts)
+        reused = readers[i] > 1 and (len(my_reads) > rules.reads_when_reused or (rules.heavy_when_reused and my_heavy))
+        if reused or len(my_reads) > rules.max_reads or len(my_ops) > rules.max_ops:
+            own[i] = True
+            stored.append(i)
+            continue
+        reads[i], ops[i], heavy[i] = my_reads, my_ops, my_heavy
+    for i in stored:
+        if not outputs[i] and fused_into_readers(model, i, body, own):
+            own[i] = False
+
+
+def fused_into_readers(model: JointPeakModel, value: int, body: np.ndarray, own: np.ndarray) -> bool:
+    """Whether every read of a stored ``value`` ends, through fused values, in pointwise kernels
+    of its own size that need nothing computed from it by another kernel: the scheduler then
+    fuses them with it and drops the buffer (a GELU's ``tanh``, stored for its two readers in
+    the GELU's backward, is one kernel with them; a residual stream's gradient, read again after
+    the matmuls it feeds, is not)."""
+    path, sinks, pending = {value}, set(), [value]
+    while pending:
+        for reader in model.users[pending.pop()]:
+            if not body[reader] or reader in path or reader in sinks:
+                continue
+            if not own[reader] and (model.pointwise[reader] or model.alias_of[reader] >= 0):
+                path.add(reader)
+                pending.append(reader)
+            elif model.pointwise[reader] and model.numel[reader] == model.numel[value]:
+                sinks.add(reader)
+            else:
+                return False
+    # Values computed from ``value`` in other kernels before the last sink: none may feed a sink.
+    last = max(sinks, default=value)
+    later, pending = set(), [value]
+    while pending:
+        for reader in model.users[pending.pop()]:
+            if body[reader] and reader <= last and reader not in later:
+                later.add(reader)
+                pending.append(reader)
+    # What those kernels read: through fused values, down to stored ones.
+    pending, seen = list((path | sinks) - {value}), path | sinks
+    while pending:
+        for j in model.inputs[pending.pop()]:
+            if j in seen or j < value:
+                continue
+            seen.add(j)
+            if own[j] and model.alias_of[j] < 0:
+                if j in later:
+                    return False
+            else:
+                pending.append(j)
+    return True
+
+
+def read_in_write_order(model: JointPeakModel, kernel: int, buffer: int, mat: np.ndarray) -> bool:
+    """Whether ``kernel`` reads ``buffer`` at the positions it writes, through the fused values
+    and views between them."""
+    pending, seen = [kernel], {kernel}
+    while pending:
+        for j in model.in_order[pending.pop()]:
+            if j == buffer:
+                return True
+            if j not in seen and (not mat[j] or model.alias_of[j] >= 0):
+                seen.add(j)
+                pending.append(j)
+    return False
+
+
+def siblings_fused(
+    model: JointPeakModel, order: np.ndarray, roots: np.ndarray, mat: np.ndarray
+) -> tuple[np.ndarray, dict[int, int]]:
+    """``order`` as Inductor's scheduler runs it once it has fused each pointwise kernel with an
+    earlier kernel of its size that reads an operand of that size it reads (a sibling, sharing
+    more than a weight or a statistic): the fused kernel runs at
+    the earlier one's place, after whatever the later one needs that had not run yet (the
+    scheduler's topological sort visits the fused kernel there and schedules its missing inputs
+    first). Not when the later kernel needs something computed from the earlier one: the fusion
+    would make a cycle. A SwiGLU's backward is one kernel with the SiLU-times-up recomputed for
+    the down projection's weight gradient, so that gradient's matmul waits for it; a GELU's
+    backward runs before its weight gradient's matmul. Readers of a buffer are paired within
+    ``store_rules.sibling_window`` of each other, as the scheduler pairs them, and fused only when
+    at most ``store_rules.fusion_distance`` scheduler nodes apart (a recomputed value far from its
+    reader in the backward stays its own kernel). Returns the order and,
+    for each kernel fused into an earlier one, that one."""
+    rules = model.store_rules
+    window = rules.sibling_window
+    n, steps = len(model.nodes), len(order)
+    run_at = np.full(n, -1.0)
+    run_at[order] = np.arange(steps, dtype=np.float64)
+    kernel = mat & model.pointwise & (model.alias_of < 0) & (model.getitem_of < 0)
+    # Each node's place among the scheduler's nodes (every stored value but a view), for its distance rule.
+    scheduled = np.zeros(n, dtype=np.int64)
+    scheduled[order] = np.cumsum(mat[order] & (model.alias_of[order] < 0))
+    readers: dict[int, list[int]] = {}  # buffer: kernels that read it, in order
+    fused_with: dict[int, int] = {}
+    for k in order[kernel[order]].tolist():
+        loads, chain, pending = set(), set(), [k]
+        while pending:
+            for j in model.inputs[pending.pop()]:
+                if not mat[j] and run_at[j] >= 0 and j not in chain:  # a fused value: computed here
+                    chain.add(j)
+                    pending.append(j)
+                else:
+                    loads.add(int(roots[j]))
+        shared = [b for b in loads if model.numel[b] == model.numel[k]]  # an operand of their size, not a weight
+        siblings = {
+            g
+            for b in shared
+            for g in readers.get(b, ())[-window:]
+            if model.numel[g] == model.numel[k] and scheduled[k] - scheduled[g] <= rules.fusion_distance
+        }
+        for g in sorted(siblings, key=lambda g: run_at[g]):
+            missing = _missing_inputs(model, loads - {g}, run_at, run_at[g])
+            if missing is None:  # needs something computed from the sibling
+                continue
+            for j in missing:
+                run_at[j] = run_at[g] - 0.5
+            for j in [*chain, k]:
+                if run_at[j] > run_at[g]:
+                    run_at[j] = run_at[g] + 0.25
+            fused_with[k] = fused_with.get(g, g)
+            break
+        for b in loads:
+            readers.setdefault(b, []).append(k)
+    if not fused_with:
+        return order, fused_with
+    return order[np.lexsort((np.arange(steps), run_at[order]))], fused_with
+
+
+# How many nodes a fusion may pull ahead of its place (beyond that, the pair is left unfused).
+MOST_PULLED_AHEAD = 16
+
+
+def _missing_inputs(model: JointPeakModel, loads: set[int], run_at: np.ndarray, place: float) -> list[int] | None:
+    """The nodes ``loads`` need that run after ``place`` (themselves included), or None when one of
+    them reads the node at ``place`` or there are too many."""
+    missing, pending = set(), [b for b in loads if run_at[b] > place]
+    missing.update(pending)
+    while pending:
+        for j in model.inputs[pending.pop()]:
+            if run_at[j] == place:
+                return None
+            if run_at[j] > place and j not in missing:
+                missing.add(j)
+                pending.append(j)
+                if len(missing) > MOST_PULLED_AHEAD:
+                    return None
+    return sorted(missing)

@@ -1,0 +1,93 @@
+"""The peak model's Inductor rules, each checked against Inductor's own schedule of the same plan
+(lowered and scheduled, not compiled: rematpass.schedule_probe): which fused values Inductor
+stores, the addmm it runs at an add, where it writes an output over a dying input."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import pytest
+import torch
+from helpers import analysed, capture_joint_graph
+
+from rematpass.bench import models
+from rematpass.partitioner import peak_predictor
+from rematpass.passes import torch_extract
+from rematpass.passes.hull import walk_hull
+from rematpass.passes.kernel_rules import StoreRules
+from rematpass.passes.mincut import CutNetwork
+from rematpass.planner import PeakPredictor
+from rematpass.schedule_probe import probe_step_peak
+
+pytestmark = pytest.mark.slow
+
+
+def _predicted_and_scheduled(name: str, size: float, plan: int, **switched_off):
+    """The planner's predicted step peak of one plan on the min-cut hull of ``name``'s joint graph
+    (``plan``: 0 the fastest, -1 the least saved), then with the predictor's rules named in
+    ``switched_off`` replaced (a callable: applied to the rule), and the peak of Inductor's
+    schedule of that plan."""
+    from torch._inductor.virtualized import V
+
+    torch.manual_seed(0)
+    bench = models.build(name, size)
+    a = analysed(capture_joint_graph(bench.module, tuple(bench.inputs)))
+    num_fwd_outputs = a.kwargs["num_fwd_outputs"]
+    with V.set_fake_mode(a.fake), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lam = a.table.default_lambda
+        cut = walk_hull(CutNetwork(a.table.problem(a.summary)), [lam * 1e-7, lam]).vertices[plan]
+        predictor = peak_predictor(a.gm, a.summary, a.roles, num_fwd_outputs, "fused")
+        rules = {k: getattr(predictor, k) for k in ("kernel_reads", "layout_copies", "workspace_of")}
+        rules.update(matmul_adds=predictor.matmul_adds, store_rules=predictor.store_rules)
+        predicted = PeakPredictor(a.gm, a.summary, a.roles, num_fwd_outputs, "fused", **rules)(cut)
+        rules.update({k: v(rules[k]) if callable(v) else v for k, v in switched_off.items()})
+        without = PeakPredictor(a.gm, a.summary, a.roles, num_fwd_outputs, "fused", **rules)(cut)
+        saved = [node for node, keep in zip(a.summary.nodes, cut.saved) if keep]
+        modules = torch_extract.extract_forward_backward(a.gm, saved, a.roles, num_fwd_outputs)
+        probe = probe_step_peak(*modules, num_fwd_outputs)
+    assert probe is not None, "Inductor's schedule could not be read"
+    return predicted, without, probe.scheduled_peak_bytes
+
+
+def test_fused_values_read_again_through_many_loads_are_stored():
+    """A residual MLP recomputing everything but its output: Inductor stores each residual stream
+    value that is read more than once and loads more than four buffers, and a LayerNorm's
+    normalized input; fused, the stream's addends live until its last reader. Without the rules
+    the model was 8.7% low at size 0.5."""
+    predicted, without, scheduled = _predicted_and_scheduled("mlp", 0.5, -2, store_rules=None)
+    assert predicted == pytest.approx(scheduled, rel=0.01)
+    assert abs(without / scheduled - 1) > 0.03
+
+
+def test_random_draws_are_stored_and_a_slice_is_never_written_in_place():
+    """A GPT with dropout recomputing everything: each recomputed dropout draws its random
+    numbers into a buffer, and the loss's shifted logits (a slice) get a buffer of their own
+    rather than the logits' (17.5% and 27.3% low before these rules at size 0.5)."""
+    predicted, without, scheduled = _predicted_and_scheduled("gpt", 0.5, -1, store_rules=None)
+    assert predicted == pytest.approx(scheduled, rel=0.01)
+    assert abs(without / scheduled - 1) > 0.03
+
+
+def test_a_tied_heads_weight_gradient_runs_at_the_add_and_keeps_the_logits_gradient():
+    """GPT-2 ties its LM head to the token embedding: Inductor runs the head's weight-gradient
+    matmul as one addmm with the embedding's gradient, at the end of the backward, so the
+    [tokens, vocab] logits gradient lives through the whole backward. A GELU's tanh, stored for
+    its two readers, is fused with them and its buffer dropped."""
+    predicted, without, scheduled = _predicted_and_scheduled("gpt2", 0.5, 0, matmul_adds=False)
+    assert predicted == pytest.approx(scheduled, rel=0.01)
+    assert abs(without / scheduled - 1) > 0.03
+
+
+def _without_sibling_fusion(rules: StoreRules) -> StoreRules:
+    return dataclasses.replace(rules, fusion_distance=-1)
+
+
+def test_a_kernel_fused_with_a_later_sibling_runs_after_what_the_sibling_needs():
+    """Llama saving everything: Inductor fuses the RMSNorm backward with the normalized value the
+    LM head's weight gradient reads, and runs the fused kernel after the hidden state's gradient
+    matmul it needs, so that matmul's output is alive with the logits' gradient (3.0% low before)."""
+    predicted, without, scheduled = _predicted_and_scheduled("llama", 0.5, 0, store_rules=_without_sibling_fusion)
+    assert predicted == pytest.approx(scheduled, rel=0.01)
+    assert abs(without / scheduled - 1) > 0.02
