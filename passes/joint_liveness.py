@@ -253,7 +253,11 @@ class JointPeakModel:
         # counts it in use (a SwiGLU's two gradients both read the hidden state's gradient). The
         # earlier kernel reading it does not count (a GELU's backward still writes over the input
         # it shares with the recomputed GELU). Found on the schedules, not read off Inductor's code.
+        grouped = set(fused_with) | set(fused_with.values())
+
         def shared_in_kernel(d: int, k: int) -> bool:
+            if k not in grouped:
+                return False
             group, pending, seen = fused_with.get(k, k), [d], {d}
             while pending:  # the kernels reading d, through views and fused values
                 for r in self.users[pending.pop()]:
