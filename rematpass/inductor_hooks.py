@@ -199,29 +199,30 @@ def layout_optimized(joint: torch.fx.GraphModule) -> bool:
 
 def store_rules(joint: torch.fx.GraphModule):
     """When Inductor's lowering stores a fused pointwise value, from its config, for the device the
-    graph runs on (``passes.joint_liveness.StoreRules``)."""
+    graph runs on (``passes.kernel_rules.StoreRules``). A setting this torch does not have keeps
+    the rule's default (Inductor 2.13's CPU value)."""
     from torch._inductor import config
 
     from .passes.kernel_rules import StoreRules
 
     values = [node.meta.get("val") for node in joint.graph.find_nodes(op="placeholder")]
     cpu = all(v.device.type == "cpu" for v in values if isinstance(v, torch.Tensor))
+    defaults = StoreRules()
 
-    def setting(name: str, cpu_name: str, default_name: str) -> int:
-        value = getattr(config, name, None)
-        if value is not None:
-            return int(value)
-        return int(getattr(config, cpu_name if cpu else default_name))
+    def setting(names: tuple[str, ...], default: int) -> int:
+        for name in names:  # the first one set wins: a user's override, then the device's value
+            value = getattr(config, name, None)
+            if isinstance(value, int):
+                return value
+        return default
 
+    device = "realize_cpu_{}_threshold" if cpu else "_realize_{}_threshold_default"
     return StoreRules(
-        reads_when_reused=int(config.realize_reads_threshold),
-        max_reads=setting(
-            "realize_acc_reads_threshold", "realize_cpu_acc_reads_threshold", "_realize_acc_reads_threshold_default"
-        ),
-        max_ops=setting(
-            "realize_opcount_threshold", "realize_cpu_opcount_threshold", "_realize_opcount_threshold_default"
-        ),
+        reads_when_reused=setting(("realize_reads_threshold",), defaults.reads_when_reused),
+        max_reads=setting(("realize_acc_reads_threshold", device.format("acc_reads")), defaults.max_reads),
+        max_ops=setting(("realize_opcount_threshold", device.format("opcount")), defaults.max_ops),
         heavy_when_reused=cpu,
+        sibling_window=setting(("max_fusion_buffer_group_pairwise_attempts",), defaults.sibling_window),
     )
 
 
