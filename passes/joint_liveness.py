@@ -24,7 +24,8 @@ On top of these, what the compiler's kernels add, each switched on by the caller
 (``JointPeakModel``'s arguments; not in the reference, and checked against
 Inductor's schedule by benchmarks/prediction.py instead): fused values read their
 inputs in their readers' kernels, outputs written over dying inputs, channels-last
-copies of convolution inputs, and kernels' scratch memory.
+copies of convolution inputs, and kernels' scratch memory; and, with ``store_rules``, the values
+Inductor stores or fuses away and the sibling kernels it fuses (``kernel_rules``).
 """
 
 from __future__ import annotations

@@ -25,10 +25,11 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class StoreRules:
     """When Inductor's lowering stores a pointwise value in a buffer instead of computing it inside
-    each reader's kernel (``GraphLowering.run_node``: ``mark_reuse``, ``has_exceeded_max_reads``).
-    Reads count the distinct buffers the value's fused expression loads; ops, the distinct ops in
-    it. Defaults: Inductor's CPU settings (``realize_reads_threshold``,
-    ``realize_cpu_acc_reads_threshold``, ``realize_cpu_opcount_threshold``)."""
+    each reader's kernel (``GraphLowering.run_node``: ``mark_reuse``, ``has_exceeded_max_reads``),
+    and which kernels its scheduler fuses with an earlier sibling (``siblings_fused``). Reads count
+    the distinct buffers the value's fused expression loads; ops, the distinct ops in it. Defaults:
+    Inductor's CPU settings (``realize_reads_threshold``, ``realize_cpu_acc_reads_threshold``,
+    ``realize_cpu_opcount_threshold``, ``max_fusion_buffer_group_pairwise_attempts``)."""
 
     reads_when_reused: int = 4  # read by more than one op and loading more buffers than this: stored
     max_reads: int = 12  # loading more buffers than this: stored
@@ -171,18 +172,17 @@ def siblings_fused(
     model: JointPeakModel, order: np.ndarray, roots: np.ndarray, mat: np.ndarray
 ) -> tuple[np.ndarray, dict[int, int]]:
     """``order`` as Inductor's scheduler runs it once it has fused each pointwise kernel with an
-    earlier kernel of its size that reads an operand of that size it reads (a sibling, sharing
-    more than a weight or a statistic): the fused kernel runs at
-    the earlier one's place, after whatever the later one needs that had not run yet (the
-    scheduler's topological sort visits the fused kernel there and schedules its missing inputs
-    first). Not when the later kernel needs something computed from the earlier one: the fusion
-    would make a cycle. A SwiGLU's backward is one kernel with the SiLU-times-up recomputed for
-    the down projection's weight gradient, so that gradient's matmul waits for it; a GELU's
-    backward runs before its weight gradient's matmul. Readers of a buffer are paired within
+    earlier kernel of its size that reads an operand of that size it reads (a sibling: sharing more
+    than a weight or a statistic). The fused kernel runs at the earlier one's place, after whatever
+    the later one needs that had not run yet (the scheduler's topological sort visits the fused
+    kernel there and schedules its missing inputs first); not when the later kernel needs something
+    computed from the earlier one (the fusion would make a cycle), nor when it would pull more than
+    ``MOST_PULLED_AHEAD`` nodes ahead. A SwiGLU's backward is one kernel with the SiLU-times-up
+    recomputed for the down projection's weight gradient, so that gradient's matmul waits for it; a
+    GELU's backward runs before its weight gradient's matmul. Readers of a buffer are paired within
     ``store_rules.sibling_window`` of each other, as the scheduler pairs them, and fused only when
-    at most ``store_rules.fusion_distance`` scheduler nodes apart (a recomputed value far from its
-    reader in the backward stays its own kernel). Returns the order and,
-    for each kernel fused into an earlier one, that one."""
+    at most ``store_rules.fusion_distance`` scheduler nodes apart (``are_long_distant_nodes``).
+    Returns the order and, for each kernel fused into an earlier one, that one."""
     rules = model.store_rules
     window = rules.sibling_window
     n, steps = len(model.nodes), len(order)
