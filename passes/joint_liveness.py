@@ -250,11 +250,26 @@ class JointPeakModel:
             & ~self.scattered[dying]
         )
 
-        # Not a buffer that another kernel fused into the same earlier one reads too: the scheduler
-        # counts it in use (a SwiGLU's two gradients both read the hidden state's gradient). The
-        # earlier kernel reading it does not count (a GELU's backward still writes over the input
-        # it shares with the recomputed GELU). Found on the schedules, not read off Inductor's code.
+        # Not a buffer that another kernel of the same fused kernel reads too, unless that kernel
+        # is an ancestor of this one: the CPU backend decides in-place writes kernel by kernel
+        # while it generates the fused kernel, counting every reader not yet run and not an
+        # ancestor (``SchedulerNode.decide_inplace_update``). A SwiGLU's gate gradient does not
+        # write over the up projection that the recomputed activation beside it reads; a GELU's
+        # backward writes over the incoming gradient, which no other kernel of it reads.
         grouped = set(fused_with) | set(fused_with.values())
+        pos = np.full(len(self.nodes), -1, dtype=np.int64)
+        pos[order] = np.arange(len(order))
+
+        def is_ancestor(r: int, k: int) -> bool:
+            pending, seen = [k], {k}
+            while pending:
+                for j in self.inputs[pending.pop()]:
+                    if j == r:
+                        return True
+                    if j not in seen and pos[j] > pos[r]:
+                        seen.add(j)
+                        pending.append(j)
+            return False
 
         def shared_in_kernel(d: int, k: int) -> bool:
             if k not in grouped:
@@ -267,7 +282,7 @@ class JointPeakModel:
                     seen.add(r)
                     if not mat[r] or self.alias_of[r] >= 0:
                         pending.append(r)
-                    elif r != k and fused_with.get(r) == group:
+                    elif r != k and (r == group or fused_with.get(r) == group) and not is_ancestor(r, k):
                         return True
             return False
 
@@ -309,7 +324,9 @@ class JointPeakModel:
         written = np.where(parent_pos >= 0, parent_pos, pos[owners])
         last = np.full(n, -1, dtype=np.int64)
         last[owners] = pos[owners]
-        reads = pos[self.dst] >= 0
+        # A view reads nothing: its base lives until the view's readers run, wherever the view sits
+        # (a kernel fused into an earlier one runs before the views it reads would).
+        reads = (pos[self.dst] >= 0) & (self.alias_of[self.dst] < 0)
         np.maximum.at(last, roots[self.src[reads]], pos[self.dst[reads]])
         # A value fused into its readers (no buffer) is computed inside their kernels, so what it
         # reads lives until its last reader runs: a recomputed matmul output feeding a fused GELU
@@ -325,6 +342,16 @@ class JointPeakModel:
             if np.array_equal(extended, last):
                 break
             last = extended
+        # Kernels fused into an earlier one run as one kernel: what any of them reads lives until
+        # the last of them, beside every output (a SwiGLU's backward holds gate, up and the hidden
+        # gradient while it writes the recomputed activation and both gradients).
+        if fused_with:
+            kernel_end = np.arange(steps + 1)  # per step, the step its fused kernel ends at
+            for k, g in fused_with.items():
+                if pos[k] >= 0 and pos[g] >= 0:
+                    kernel_end[pos[g] : pos[k] + 1] = np.maximum(kernel_end[pos[g] : pos[k] + 1], pos[k])
+            read = last >= 0
+            last[read] = kernel_end[last[read]]
         pinned = np.zeros(n, dtype=bool)
         pinned[pinned_roots] = True
         np.add.at(delta, written, sizes)

@@ -95,3 +95,13 @@ def test_a_kernel_fused_with_a_later_sibling_runs_after_what_the_sibling_needs()
     predicted, without, scheduled = _predicted_and_scheduled("llama", 0.5, 0, store_rules=_without_sibling_fusion)
     assert predicted == pytest.approx(scheduled, rel=0.01)
     assert abs(without / scheduled - 1) > 0.02
+
+
+def test_a_fused_kernel_holds_what_each_of_its_kernels_reads_until_it_ends():
+    """Llama recomputing attention and the SwiGLU: Inductor runs the recomputed activation and the
+    SwiGLU's two gradients as one kernel, which holds gate, up and the hidden gradient while it
+    writes all three outputs, and writes none of them over an input another of its kernels reads
+    (5.7% low before: the model freed inputs kernel by kernel and wrote the gate's gradient over
+    the up projection)."""
+    predicted, _, scheduled = _predicted_and_scheduled("llama", 0.5, 10)
+    assert scheduled <= predicted <= scheduled * 1.04
