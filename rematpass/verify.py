@@ -38,9 +38,11 @@ FLAT_STEPS = 2
 CLIMB_ABOVE = 0.05
 # Under a byte cap, a fitting plan scheduled more than WIDEN_BELOW under the cap is followed by up
 # to MAX_WIDEN shallower plans predicted no more than WIDEN_SLACK over it (the planner errs both
-# ways: a small model's default plan measured at its own peak was predicted 0.05% over it).
+# ways: a small model's default plan measured at its own peak was predicted 0.05% over it; suite
+# plans are predicted up to 5.1% over their schedule, and a small Llama's plan predicted 3.1% over
+# a cap of 1.1x its least-peak plan's peak schedules within it).
 WIDEN_BELOW = 0.03
-WIDEN_SLACK = 0.02
+WIDEN_SLACK = 0.05
 MAX_WIDEN = 2
 
 
