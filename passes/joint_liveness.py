@@ -232,7 +232,7 @@ class JointPeakModel:
         own[parent] = own[self.getitem_of[parent]]
         return own
 
-    def _written_in_place(self, order, owners, mat, last, pinned, carried, fused_with) -> list[tuple[int, int]]:
+    def _written_in_place(self, order, pos, owners, mat, last, pinned, carried, fused_with) -> list[tuple[int, int]]:
         """Pointwise kernels that write their output over a buffer of the same size that they read
         for the last time (Inductor's ``inplace_buffers``): (step, bytes) for each. A buffer read
         last at a kernel's step is read by that kernel, directly or through values fused into it."""
@@ -257,8 +257,6 @@ class JointPeakModel:
         # write over the up projection that the recomputed activation beside it reads; a GELU's
         # backward writes over the incoming gradient, which no other kernel of it reads.
         grouped = set(fused_with) | set(fused_with.values())
-        pos = np.full(len(self.nodes), -1, dtype=np.int64)
-        pos[order] = np.arange(len(order))
 
         def is_ancestor(r: int, k: int) -> bool:
             pending, seen = [k], {k}
@@ -361,7 +359,7 @@ class JointPeakModel:
             if last[root] >= 0:
                 delta[last[root] + 1] -= size
         if self.kernel_reads:
-            for step, size in self._written_in_place(order, owners, mat, last, pinned, carried, fused_with):
+            for step, size in self._written_in_place(order, pos, owners, mat, last, pinned, carried, fused_with):
                 delta[step] -= size  # the output takes the dying input's buffer:
                 delta[step + 1] += size  # no new allocation, and the input's is not freed
         scratch = np.flatnonzero(self.workspace[order])
