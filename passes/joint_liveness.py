@@ -234,8 +234,9 @@ class JointPeakModel:
 
     def _written_in_place(self, order, pos, owners, mat, last, pinned, carried, fused_with) -> list[tuple[int, int]]:
         """Pointwise kernels that write their output over a buffer of the same size that they read
-        for the last time (Inductor's ``inplace_buffers``): (step, bytes) for each. A buffer read
-        last at a kernel's step is read by that kernel, directly or through values fused into it."""
+        for the last time (Inductor's ``inplace_buffers``): (step, bytes) for each. A buffer's last
+        step is a kernel that reads it (directly or through values fused into it) or the last kernel
+        of a fused kernel that reads it; only a kernel that reads it in its write order takes it."""
         dying = owners[mat[owners] & ~pinned[owners] & (last[owners] >= 0) & (self.getitem_of[owners] < 0)]
         dying = np.concatenate([dying, np.array([r for r in carried if last[r] >= 0], dtype=np.int64)])
         dying = dying[last[dying] < len(order)]
@@ -280,7 +281,7 @@ class JointPeakModel:
                     seen.add(r)
                     if not mat[r] or self.alias_of[r] >= 0:
                         pending.append(r)
-                    elif r != k and (r == group or fused_with.get(r) == group) and not is_ancestor(r, k):
+                    elif r != k and fused_with.get(r, r) == group and not is_ancestor(r, k):
                         return True
             return False
 
