@@ -39,6 +39,7 @@ import torch.fx as fx
 
 from .kernel_rules import StoreRules, read_in_write_order, siblings_fused, stored_by_rules
 from .liveness import PeakEstimate, hinted_size, tensor_bytes
+from .memory_reorder import reordered
 from .op_facts import (
     aliased_input,
     is_fusible_consumer,
@@ -409,6 +410,8 @@ class JointPeakModel:
         fw_fused, bw_fused = {}, {}
         if self.store_rules is not None:
             fw_order, fw_fused = siblings_fused(self, fw_order, fw_roots, fw_mat)
+            if self.store_rules.reorder_for_peak_memory:  # the forward's inputs are parameters: never freed
+                fw_order = reordered(self, fw_order, fw_roots, fw_mat, fw_fused, {}, fw_roots[fw_outputs])
         bw_order = self.backward_order(backward, recomputed)
         copies_kept, copies_forward = self._layout_copies(fw_order, bw_order)
         fw_peak, fw_at = self._phase(
@@ -432,10 +435,12 @@ class JointPeakModel:
         bw_outputs[self.grad_outputs] = True
         bw_outputs &= bw_body
         bw_mat = self._materialized(bw_body, bw_outputs)
-        if self.store_rules is not None:
-            bw_order, bw_fused = siblings_fused(self, bw_order, bw_roots, bw_mat)
         pinned = np.concatenate([bw_roots[bw_outputs], np.fromiter(kept_roots - saved_roots, dtype=np.int64)])
         carried = {r: size_of[r] for r in saved_roots} | copies_kept
+        if self.store_rules is not None:
+            bw_order, bw_fused = siblings_fused(self, bw_order, bw_roots, bw_mat)
+            if self.store_rules.reorder_for_peak_memory:
+                bw_order = reordered(self, bw_order, bw_roots, bw_mat, bw_fused, carried, pinned)
         bw_peak, bw_at = self._phase(bw_order, bw_roots, bw_mat, pinned, carried, boundary, fused_with=bw_fused)
 
         def name(order, at):

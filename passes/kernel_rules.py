@@ -37,6 +37,7 @@ class StoreRules:
     heavy_when_reused: bool = True  # read by more than one op and holding an exp, log, sigmoid or tanh: stored
     sibling_window: int = 64  # kernels sharing a read are paired for fusion within this many of its readers
     fusion_distance: int = 64  # and only when at most this many scheduler nodes apart (``are_long_distant_nodes``)
+    reorder_for_peak_memory: bool = True  # fused kernels then reordered for peak memory (``memory_reorder``)
 
 
 def matmuls_added_later(nodes: Iterable[fx.Node], backward: Iterable[fx.Node]) -> list[tuple[fx.Node, fx.Node]]:
@@ -171,18 +172,20 @@ def read_in_write_order(model: JointPeakModel, kernel: int, buffer: int, mat: np
 def siblings_fused(
     model: JointPeakModel, order: np.ndarray, roots: np.ndarray, mat: np.ndarray
 ) -> tuple[np.ndarray, dict[int, int]]:
-    """``order`` as Inductor's scheduler runs it once it has fused each pointwise kernel with an
-    earlier kernel of its size that reads an operand of that size it reads (a sibling: sharing more
-    than a weight or a statistic). The fused kernel runs at the earlier one's place, after whatever
-    the later one needs that had not run yet (the scheduler's topological sort visits the fused
-    kernel there and schedules its missing inputs first); not when the later kernel needs something
-    computed from the earlier one (the fusion would make a cycle), nor when it would pull more than
-    ``MOST_PULLED_AHEAD`` nodes ahead. A SwiGLU's backward is one kernel with the SiLU-times-up
-    recomputed for the down projection's weight gradient, so that gradient's matmul waits for it; a
-    GELU's backward runs before its weight gradient's matmul. Readers of a buffer are paired within
-    ``store_rules.sibling_window`` of each other, as the scheduler pairs them, and fused only when
-    at most ``store_rules.fusion_distance`` scheduler nodes apart (``are_long_distant_nodes``).
-    Returns the order and, for each kernel fused into an earlier one, that one."""
+    """``order`` as Inductor's scheduler runs it once it has fused pointwise kernels of one size
+    that read an operand of that size (siblings: sharing more than a weight or a statistic). The
+    scheduler pairs the readers of each buffer within ``store_rules.sibling_window`` of each other
+    and at most ``store_rules.fusion_distance`` scheduler nodes apart (``are_long_distant_nodes``),
+    and fuses the pairs in the order of the bytes they share, the nearest first on a tie
+    (``score_fusion``): a recomputed RMSNorm output shares more with its own norm's backward than
+    with the next layer's norm output, and runs with the backward. A fused kernel runs at its
+    earliest kernel's place, after whatever the later ones need that had not run yet (the
+    scheduler's topological sort visits the fused kernel there and schedules its missing inputs
+    first); not when a later one needs something computed from the earlier ones (the fusion would
+    make a cycle), nor when it would pull more than ``MOST_PULLED_AHEAD`` nodes ahead. A SwiGLU's
+    backward is one kernel with the SiLU-times-up recomputed for the down projection's weight
+    gradient, so that gradient's matmul waits for it; a GELU's backward runs before its weight
+    gradient's matmul. Returns the order and, for each kernel fused into an earlier one, that one."""
     rules = model.store_rules
     window = rules.sibling_window
     n, steps = len(model.nodes), len(order)
@@ -192,9 +195,12 @@ def siblings_fused(
     # Each node's place among the scheduler's nodes (every stored value but a view), for its distance rule.
     scheduled = np.zeros(n, dtype=np.int64)
     scheduled[order] = np.cumsum(mat[order] & (model.alias_of[order] < 0))
+    kernels = order[kernel[order]].tolist()
+    loads_of: dict[int, set[int]] = {}
+    chain_of: dict[int, set[int]] = {}
     readers: dict[int, list[int]] = {}  # buffer: kernels that read it, in order
-    fused_with: dict[int, int] = {}
-    for k in order[kernel[order]].tolist():
+    pairs = []
+    for k in kernels:
         loads, chain, pending = set(), set(), [k]
         while pending:
             for j in model.inputs[pending.pop()]:
@@ -203,6 +209,7 @@ def siblings_fused(
                     pending.append(j)
                 else:
                     loads.add(int(roots[j]))
+        loads_of[k], chain_of[k] = loads, chain
         shared = [b for b in loads if model.numel[b] == model.numel[k]]  # an operand of their size, not a weight
         siblings = {
             g
@@ -210,19 +217,32 @@ def siblings_fused(
             for g in readers.get(b, ())[-window:]
             if model.numel[g] == model.numel[k] and scheduled[k] - scheduled[g] <= rules.fusion_distance
         }
-        for g in sorted(siblings, key=lambda g: run_at[g]):
-            missing = _missing_inputs(model, loads - {g}, run_at, run_at[g])
-            if missing is None:  # needs something computed from the sibling
-                continue
-            for j in missing:
-                run_at[j] = run_at[g] - 0.5
-            for j in [*chain, k]:
-                if run_at[j] > run_at[g]:
-                    run_at[j] = run_at[g] + 0.25
-            fused_with[k] = fused_with.get(g, g)
-            break
+        for g in siblings:
+            common = sum(int(model.nbytes[b]) for b in loads & loads_of[g])
+            pairs.append((-common, scheduled[k] - scheduled[g], run_at[g], g, k))
         for b in loads:
             readers.setdefault(b, []).append(k)
+    members = {k: [k] for k in kernels}
+    leader = {k: k for k in kernels}
+    for *_, g, k in sorted(pairs):
+        first, second = sorted((leader[g], leader[k]), key=lambda m: run_at[m])
+        if first == second:
+            continue
+        place = run_at[first]
+        joined = set(members[first]) | set(members[second])
+        needed = set().union(*(loads_of[m] for m in members[second])) - joined
+        missing = _missing_inputs(model, needed, run_at, place, set(members[first]))
+        if missing is None:  # needs something computed from the earlier kernels
+            continue
+        for j in missing:
+            run_at[j] = place - 0.5
+        for m in members[second]:
+            for j in [*chain_of[m], m]:
+                if run_at[j] > place:
+                    run_at[j] = place + 0.25
+            leader[m] = first
+        members[first] += members.pop(second)
+    fused_with = {k: leader[k] for k in kernels if leader[k] != k}
     if not fused_with:
         return order, fused_with
     return order[np.lexsort((np.arange(steps), run_at[order]))], fused_with
@@ -232,14 +252,18 @@ def siblings_fused(
 MOST_PULLED_AHEAD = 16
 
 
-def _missing_inputs(model: JointPeakModel, loads: set[int], run_at: np.ndarray, place: float) -> list[int] | None:
+def _missing_inputs(
+    model: JointPeakModel, loads: set[int], run_at: np.ndarray, place: float, kernels: set[int]
+) -> list[int] | None:
     """The nodes ``loads`` need that run after ``place`` (themselves included), or None when one of
-    them reads the node at ``place`` or there are too many."""
+    them is or reads one of ``kernels`` (the fused kernel at ``place``) or there are too many."""
     missing, pending = set(), [b for b in loads if run_at[b] > place]
+    if kernels & set(pending):
+        return None
     missing.update(pending)
     while pending:
         for j in model.inputs[pending.pop()]:
-            if run_at[j] == place:
+            if j in kernels:
                 return None
             if run_at[j] > place and j not in missing:
                 missing.add(j)

@@ -223,6 +223,7 @@ def store_rules(joint: torch.fx.GraphModule):
         max_ops=setting(("realize_opcount_threshold", device.format("opcount")), defaults.max_ops),
         heavy_when_reused=cpu,
         sibling_window=setting(("max_fusion_buffer_group_pairwise_attempts",), defaults.sibling_window),
+        reorder_for_peak_memory=bool(getattr(config, "reorder_for_peak_memory", False)),
     )
 
 
