@@ -55,7 +55,10 @@ class KernelGraph:
     @functools.cached_property
     def predecessors(self) -> list[set[int]]:
         """Per kernel, the kernels that write what it reads."""
-        return [{int(self.producer[b]) for b in bufs if self.producer[b] != INPUT} - {k} for k, bufs in enumerate(self.reads)]
+        return [
+            {int(self.producer[b]) for b in bufs if self.producer[b] != INPUT} - {k}
+            for k, bufs in enumerate(self.reads)
+        ]
 
     @functools.cached_property
     def successors(self) -> list[list[int]]:
