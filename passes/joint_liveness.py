@@ -48,6 +48,7 @@ from .op_facts import (
     is_scatter,
     is_stored_by_lowering,
     reads_in_write_order,
+    scattered_into,
 )
 
 NO_NODE = -1
@@ -108,7 +109,7 @@ class JointPeakModel:
         self.getitem_of = np.full(n, NO_NODE, dtype=np.int64)
         self.pointwise = np.zeros(n, dtype=bool)
         self.fusible = np.zeros(n, dtype=bool)
-        src, dst = [], []
+        src, dst, copied_in = [], [], []
         for i, node in enumerate(nodes):
             if node.op != "call_function":
                 continue
@@ -123,9 +124,11 @@ class JointPeakModel:
                 self.getitem_of[i] = index[node.args[0]]
             self.pointwise[i] = is_pointwise(node)
             self.fusible[i] = is_fusible_consumer(node)
+            destination = scattered_into(node)
             for arg in node.all_input_nodes:
                 src.append(index[arg])
                 dst.append(i)
+                copied_in.append(arg is destination)
         for mm, add in matmul_adds:  # the add's kernel is the matmul: it reads the matmul's inputs
             m, a = index[mm], index[add]
             self.nbytes[m] = 0
@@ -133,8 +136,11 @@ class JointPeakModel:
             for arg in mm.all_input_nodes:
                 src.append(index[arg])
                 dst.append(a)
+                copied_in.append(False)
         self.src = np.array(src, dtype=np.int64)
         self.dst = np.array(dst, dtype=np.int64)
+        # Edges into a scatter from the input it copies into its own buffer: a fusible read.
+        self.copied_in = np.array(copied_in, dtype=bool)
         self.store_rules = store_rules if fused else None
         self.heavy = np.array([is_heavy_pointwise(node) for node in nodes], dtype=bool)
         self.always_stored = np.array([is_stored_by_lowering(node) for node in nodes], dtype=bool)
@@ -217,7 +223,7 @@ class JointPeakModel:
             return np.ones(len(self.nodes), dtype=bool)
         in_phase = body[self.dst]
         blocking = np.zeros(len(self.nodes), dtype=bool)
-        blocking[self.src[in_phase & ~self.fusible[self.dst]]] = True
+        blocking[self.src[in_phase & ~self.fusible[self.dst] & ~self.copied_in]] = True
         # A view's reader reads its base's buffer: a pointwise value read through views by a matmul
         # (a recomputed GELU reshaped for the weight gradient's mm) gets a buffer as if read directly.
         needed = blocking | outputs

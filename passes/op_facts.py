@@ -272,6 +272,7 @@ _POINTWISE_EXTRA = {
     _aten.scalar_tensor,
     _aten.slice_scatter,  # each output element is self's or src's
     _aten.select_scatter,
+    _aten.embedding,  # a gather Inductor lowers as a pointwise indirect load, fused into its readers
     _prims.inductor_random,
     _prims.inductor_lookup_seed,
 }
@@ -336,6 +337,17 @@ def is_scatter(node: fx.Node) -> bool:
     """An op whose buffer Inductor fills and then scatters into: a later kernel never writes its own
     output over that buffer (the scheduler does not reuse a mutated buffer in place)."""
     return _packet(node) in _SCATTERS
+
+
+def scattered_into(node: fx.Node) -> fx.Node | None:
+    """The input a scatter copies into its own buffer before scattering into it, if any: Inductor
+    lowers ``index_put(x, ...)`` and ``scatter*(x, ...)`` as ``clone(x)`` and an in-place scatter,
+    so a pointwise ``x`` (an embedding gradient's zeros) is computed in that copy and needs no
+    buffer of its own."""
+    if _packet(node) in _SCATTERS and _packet(node) is not _aten.embedding_dense_backward:
+        destination = node.args[0] if node.args else None
+        return destination if isinstance(destination, fx.Node) else None
+    return None
 
 
 def is_stored_by_lowering(node: fx.Node) -> bool:

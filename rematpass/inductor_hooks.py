@@ -352,23 +352,35 @@ def schedule_memory(graph, *, predict_codegen: bool = False):
         nodes, scheduler.name_to_buf, scheduler.name_to_fused_node, inputs, outputs
     )
     timeline, _, _ = memory.compute_memory_timeline(nodes, freeable, outputs)
-    buffers = [
-        ScheduledBuffer(
-            name=info.buffer.get_name() if hasattr(info.buffer, "get_name") else info.buffer.name,
-            alloc_bytes=int(info.size_alloc),
-            free_bytes=int(info.size_free),
-            start=info.start_step,
-            end=info.end_step,
-            graph_input=isinstance(info.buffer, memory.FreeableInputBuffer),
-        )
-        for info in timeline
-    ]
+    buffers = []
+    for info in timeline:
+        name = info.buffer.get_name() if hasattr(info.buffer, "get_name") else info.buffer.name
+        graph_input = isinstance(info.buffer, memory.FreeableInputBuffer)
+        alloc, free = int(info.size_alloc), int(info.size_free)
+        if graph_input:  # the input's own bytes, not those of the widest read of it
+            alloc = free = _input_bytes(graph, name, alloc)
+        buffers.append(ScheduledBuffer(name, alloc, free, info.start_step, info.end_step, graph_input))
     buffers += _kernel_workspace(nodes)
     if predict_codegen:
         removed, reuses = predicted_codegen_effects(graph)
     else:
         removed, reuses = set(graph.removed_buffers), dict(graph.wrapper_code.reuses)
     return graph_memory(buffers, len(nodes), backward=bool(graph.is_backward), reuses=reuses, removed=removed)
+
+
+def _input_bytes(graph, name: str, read_bytes: int) -> int:
+    """The bytes of graph input ``name``. Inductor's memory planning sizes an input by what a kernel
+    reads of it (``get_dep_size_hint``), which is larger when the read broadcasts: a Llama's
+    grouped-query keys are read through the expand to every query head, four times their size,
+    and the step's rise above the backward's inputs read 50 MB low on a full-size Llama."""
+    from torch._inductor.utils import get_dtype_size
+
+    buffer = graph.graph_inputs.get(name)
+    try:
+        numel = graph.sizevars.optimization_hint(buffer.get_numel(), fallback=0)
+        return int(numel) * get_dtype_size(buffer.get_dtype()) or read_bytes
+    except Exception:  # an input this torch sizes otherwise: keep Inductor's figure
+        return read_bytes
 
 
 def predicted_codegen_effects(graph) -> tuple[set[str], dict[str, str]]:
