@@ -272,7 +272,6 @@ _POINTWISE_EXTRA = {
     _aten.scalar_tensor,
     _aten.slice_scatter,  # each output element is self's or src's
     _aten.select_scatter,
-    _aten.embedding,  # a gather Inductor lowers as a pointwise indirect load, fused into its readers
     _prims.inductor_random,
     _prims.inductor_lookup_seed,
 }
