@@ -256,10 +256,8 @@ def _missing_inputs(
     model: JointPeakModel, loads: set[int], run_at: np.ndarray, place: float, kernels: set[int]
 ) -> list[int] | None:
     """The nodes ``loads`` need that run after ``place`` (themselves included), or None when one of
-    them is or reads one of ``kernels`` (the fused kernel at ``place``) or there are too many."""
+    them reads one of ``kernels`` (the fused kernel at ``place``) or there are too many."""
     missing, pending = set(), [b for b in loads if run_at[b] > place]
-    if kernels & set(pending):
-        return None
     missing.update(pending)
     while pending:
         for j in model.inputs[pending.pop()]:
