@@ -38,7 +38,7 @@ class KernelGraph:
     input freed after its last reader), ``kept[b]`` whether the phase returns it."""
 
     outputs: list[list[int]]  # per kernel, the buffers it writes
-    reads: list[list[int]]  # per kernel, the buffers other kernels wrote (or inputs) it reads
+    reads: list[list[int]]  # per kernel, the buffers other kernels wrote (or inputs) it reads, sorted, each once
     size: np.ndarray
     producer: np.ndarray
     kept: np.ndarray
@@ -103,7 +103,7 @@ def least_peak_first(graph: KernelGraph) -> list[int]:
     outdegree = [len(readers[b]) + int(graph.kept[b]) for b in range(len(graph.size))]
     size = graph.size.tolist()
     allocated = [sum(size[b] for b in bufs) for bufs in graph.outputs]
-    reads = [sorted(set(bufs)) for bufs in graph.reads]
+    reads = graph.reads
     to_free = [0] * n
     for k in range(n):
         to_free[k] += sum(size[b] for b in reads[k] if outdegree[b] == 1)
@@ -158,9 +158,7 @@ def depth_first(graph: KernelGraph) -> list[int]:
     each after its predecessors (visited the same way)."""
     preds = graph.predecessors
     size = graph.size.tolist()
-    touched = [
-        sum(size[b] for b in graph.outputs[k]) + sum(size[b] for b in set(graph.reads[k])) for k in range(len(preds))
-    ]
+    touched = [sum(size[b] for b in graph.outputs[k]) + sum(size[b] for b in graph.reads[k]) for k in range(len(preds))]
     seen, order = set(), []
 
     def visit(k: int) -> None:
@@ -189,7 +187,8 @@ SORTS = (least_peak_first, breadth_first, depth_first)
 def best_order(graph: KernelGraph) -> list[int]:
     """The kernel order Inductor keeps: the least estimated peak among its own order and the three
     sorts, the first of them on a tie."""
-    best, best_peak = list(range(len(graph.outputs))), estimated_peak(graph, list(range(len(graph.outputs))))
+    best = list(range(len(graph.outputs)))
+    best_peak = estimated_peak(graph, best)
     for sort in SORTS:
         order = sort(graph)
         peak = estimated_peak(graph, order)
