@@ -1,5 +1,5 @@
 """Smoke test of ``python -m rematpass.bench``: one tiny model, the fastest remat plan and budget 0.1; the full-size
-suite's options and one of its models eager; the partitioner's host-memory measurement."""
+suite's options (its ResNet-50 runs eager in tests/test_gpu_check.py); the partitioner's host-memory measurement."""
 
 from __future__ import annotations
 
@@ -120,21 +120,6 @@ def test_size_full_selects_the_full_suite_and_rejects_mixtures():
     ):
         with pytest.raises(SystemExit):
             bench.main([*argv, "--out", "/nonexistent/never-written"])
-
-
-@pytest.mark.slow
-def test_full_size_resnet50_eager_at_batch_1(tmp_path):
-    results = bench.main(
-        ["--size", "full", "--models", "resnet50", "--batch", "1", "--variants", "eager", "--steps", "1"]
-        + ["--no-warmup", "--out", str(tmp_path)]
-    )
-    assert results["config"]["size"] == "full" and results["config"]["variants"] == ["eager"]
-    (model,) = results["models"]
-    assert model["name"] == "resnet50" and model["inputs"] == [[1, 3, 224, 224], [1]]
-    assert 25e6 < model["params"] < 26e6 and model["blocks"] == 16  # ResNet-50: 25.6 M, 3+4+6+3 bottlenecks
-    (row,) = model["variants"]
-    assert "error" not in row, row.get("error")
-    assert row["peak_bytes"] > 0 and row["step_rounds"] == 1 and "partition_peak_host_bytes" not in row
 
 
 def test_recompute_figures_come_from_the_plan_each_graph_kept():

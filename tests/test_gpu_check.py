@@ -45,8 +45,11 @@ def test_cpu_fallback_runs_every_stage(tmp_path):
     full = json.loads((out / "full" / "results.json").read_text())
     assert full["config"]["size"] == "full" and full["config"]["batch"] == 1
     (model,) = full["models"]
-    assert model["name"] == "resnet50" and model["inputs"][0] == [1, 3, 224, 224]
-    assert model["variants"][0]["peak_bytes"] > 0
+    assert model["name"] == "resnet50" and model["inputs"] == [[1, 3, 224, 224], [1]]
+    assert 25e6 < model["params"] < 26e6 and model["blocks"] == 16  # ResNet-50: 25.6 M, 3+4+6+3 bottlenecks
+    (row,) = model["variants"]
+    assert "error" not in row, row.get("error")
+    assert row["peak_bytes"] > 0 and row["step_rounds"] == 2 and "partition_peak_host_bytes" not in row
 
 
 @pytest.mark.cuda

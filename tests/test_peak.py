@@ -174,7 +174,7 @@ def test_inductor_measured_peak_never_rises_as_budget_falls_and_stays_below_eage
     eager_model(x).backward()
     eager_peak = peak_memory(lambda: eager_model(x).backward())
     peaks = []
-    for budget in (None, 0.3, 0.0):
+    for budget in (None, 0.0):
         torch._dynamo.reset()
         options = {"strict": True} if budget is None else {"strict": True, "memory_budget": budget}
         compiled = torch.compile(clone(model), backend="remat", options=options)

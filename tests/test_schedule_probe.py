@@ -70,19 +70,27 @@ def test_codegen_effects_are_predicted_before_codegen(monkeypatch, build):
         assert donated, "the backward wrote over no saved activation"
 
 
+@pytest.fixture(scope="module")
+def gelu_mlp_scheduled_peaks() -> tuple[int, int]:
+    """The scheduled peaks of the MLP's default and least-peak (0.0) plans."""
+    peaks = []
+    for fraction in (None, 0.0):
+        model, x = _gelu_mlp()
+        torch._dynamo.reset()
+        options = {} if fraction is None else {"memory_budget": fraction}
+        torch.compile(model, backend="remat", options=options)(x).sum().backward()
+        peaks.append(rematpass.recent_reports()[-1].scheduled_peak_bytes)
+    torch._dynamo.reset()
+    return peaks[0], peaks[1]
+
+
 @pytest.mark.parametrize("budget", [0.0, 0.5, "cap", "default_peak"])
-def test_a_budget_compiles_once_and_its_probe_reads_what_the_compile_schedules(monkeypatch, tmp_path, budget):
+def test_a_budget_compiles_once_and_its_probe_reads_what_the_compile_schedules(monkeypatch, tmp_path, budget, request):
+    if budget in ("cap", "default_peak"):  # halfway between the least-peak and default plans', or the default's
+        default, least = request.getfixturevalue("gelu_mlp_scheduled_peaks")
+        budget = (default + least) // 2 if budget == "cap" else default
     partitions = count_partitions(monkeypatch)
     model, x = _gelu_mlp()
-    if budget in ("cap", "default_peak"):  # halfway between the least-peak and default plans', or the default's
-        peaks = []
-        for fraction in (None, 0.0):
-            torch._dynamo.reset()
-            options = {} if fraction is None else {"memory_budget": fraction}
-            torch.compile(model, backend="remat", options=options)(x).sum().backward()
-            peaks.append(rematpass.recent_reports()[-1].scheduled_peak_bytes)
-        budget = (peaks[0] + peaks[1]) // 2 if budget == "cap" else peaks[0]
-        partitions.clear()
     torch._dynamo.reset()
     rematpass.clear_reports()
     options = {"memory_budget": budget, "strict": True, "dump_dir": str(tmp_path)}
