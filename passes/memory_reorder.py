@@ -98,7 +98,7 @@ def least_peak_first(graph: KernelGraph) -> list[int]:
     the peak so far and leaves the least live, else the one that allocates least."""
     n = len(graph.outputs)
     preds, succs = graph.predecessors, graph.successors
-    readers = [set(r) for r in graph.readers]
+    readers = graph.readers  # each kernel once per buffer: its reads are distinct
     indegree = [len(ps) for ps in preds]
     outdegree = [len(readers[b]) + int(graph.kept[b]) for b in range(len(graph.size))]
     size = graph.size.tolist()
