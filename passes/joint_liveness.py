@@ -48,6 +48,7 @@ from .op_facts import (
     is_scatter,
     is_stored_by_lowering,
     reads_in_write_order,
+    reduced_rows,
     scattered_into,
 )
 
@@ -145,6 +146,7 @@ class JointPeakModel:
         self.heavy = np.array([is_heavy_pointwise(node) for node in nodes], dtype=bool)
         self.always_stored = np.array([is_stored_by_lowering(node) for node in nodes], dtype=bool)
         self.scattered = np.array([is_scatter(node) for node in nodes], dtype=bool)
+        self.rows = np.array([reduced_rows(node) for node in nodes], dtype=np.int64)
         self.inputs: list[list[int]] = [[] for _ in range(n)]
         for s_, d_ in zip(src, dst):
             self.inputs[d_].append(s_)

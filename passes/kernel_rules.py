@@ -38,6 +38,7 @@ class StoreRules:
     sibling_window: int = 64  # kernels sharing a read are paired for fusion within this many of its readers
     fusion_distance: int = 64  # and only when at most this many scheduler nodes apart (``are_long_distant_nodes``)
     reorder_for_peak_memory: bool = True  # fused kernels then reordered for peak memory (``memory_reorder``)
+    outer_loop_fusion: bool = True  # a pointwise kernel joins the row reduction it reads (the C++ backend only)
 
 
 def matmuls_added_later(nodes: Iterable[fx.Node], backward: Iterable[fx.Node]) -> list[tuple[fx.Node, fx.Node]]:
@@ -242,7 +243,9 @@ def siblings_fused(
                     run_at[j] = place + 0.25
             leader[m] = first
         members[first] += members.pop(second)
-    fused_with = {k: leader[k] for k in kernels if leader[k] != k}
+    if rules.outer_loop_fusion:
+        _join_row_reductions(model, kernels, run_at, roots, mat, loads_of, chain_of, leader, members)
+    fused_with = {k: g for k, g in leader.items() if g != k}
     if not fused_with:
         return order, fused_with
     return order[np.lexsort((np.arange(steps), run_at[order]))], fused_with
@@ -250,6 +253,61 @@ def siblings_fused(
 
 # How many nodes a fusion may pull ahead of its place (beyond that, the pair is left unfused).
 MOST_PULLED_AHEAD = 16
+
+
+def _join_row_reductions(model, kernels, run_at, roots, mat, loads_of, chain_of, leader, members) -> None:
+    """Fuse each pointwise kernel into the row reduction whose result it reads, when it runs over
+    the same rows: Inductor's C++ backend puts both loop nests under one loop over the rows
+    (``OuterLoopFusedSchedulerNode``). Its scheduler tries these pairs last (``get_fusion_pair_priority``
+    1), so they join after the siblings. A forward that computes a LayerNorm's centred value only
+    for the backward computes it in the statistics' kernel, not at the forward's end where its
+    input would live until then. Only reduction-then-pointwise pairs: a reduction fused with a
+    later reduction over the same rows depends on fusion candidates elsewhere in the graph
+    (docs/design.md, section 5)."""
+    outputs_of: dict[int, list[int]] = {}
+    pairs = []
+    for k in kernels:
+        for b in loads_of[k]:
+            r = int(model.getitem_of[b]) if model.getitem_of[b] >= 0 else b
+            rows = int(model.rows[r])
+            if not rows or not mat[r] or not 0 <= run_at[r] < run_at[k] or not _over_rows(model.nodes[k], rows):
+                continue
+            if r not in outputs_of:
+                outputs_of[r] = [u for u in model.users[r] if model.getitem_of[u] == r and run_at[u] >= 0] or [r]
+                loads_of.setdefault(r, {int(roots[j]) for j in model.inputs[r]})
+            common = sum(int(model.nbytes[j]) for j in loads_of[k] & (loads_of[r] | set(outputs_of[r])))
+            pairs.append((-common, run_at[k] - run_at[r], r, k))
+    for *_, r, k in sorted(set(pairs)):
+        first, second = leader.setdefault(r, r), leader[k]
+        members.setdefault(r, [r])
+        if first == second or run_at[second] < run_at[first]:
+            continue
+        own = {o for m in members[first] for o in outputs_of.get(m, ())}
+        place = max(run_at[first], *(run_at[o] for o in own))
+        joined = set(members[first]) | set(members[second]) | own
+        needed = set().union(*(loads_of[m] for m in members[second])) - joined
+        missing = _missing_inputs(model, needed, run_at, place, joined)
+        if missing is None:
+            continue
+        for j in missing:
+            run_at[j] = place - 0.5
+        for m in members[second]:
+            for j in [*chain_of.get(m, ()), m]:
+                if run_at[j] > place:
+                    run_at[j] = place + 0.25
+            leader[m] = first
+        members[first] += members.pop(second)
+
+
+def _over_rows(node: fx.Node, rows: int) -> bool:
+    """Whether ``node``'s value iterates ``rows`` rows in its leading dimensions, with more after them."""
+    shape = getattr(node.meta.get("val"), "shape", ())
+    prefix = 1
+    for d, size in enumerate(shape[:-1]):
+        prefix *= size
+        if prefix == rows:
+            return d + 1 < len(shape)
+    return False
 
 
 def _missing_inputs(

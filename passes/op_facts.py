@@ -303,6 +303,46 @@ _FUSIBLE_REDUCTIONS = {
 }
 
 
+# Reductions whose rows Inductor's CPU backend can share with a later loop nest (outer-loop fusion).
+_ROW_REDUCTIONS = {
+    _aten.sum,
+    _aten.mean,
+    _aten.amax,
+    _aten.amin,
+    _aten.var_mean,
+    _aten.var,
+    _prims.var,
+    _prims.sum,
+    _aten.max,
+    _aten.min,
+    _prims.prepare_softmax_online,
+}
+
+
+def reduced_rows(node: fx.Node) -> int:
+    """How many rows a reduction over its input's trailing dimensions leaves (a LayerNorm's
+    ``var_mean`` over ``[16, 65, 128]``'s last: 1040), or 0 for any other node: a full reduction,
+    one over other dimensions (a BatchNorm's), or no reduction. Inductor's C++ backend runs such a
+    reduction and a later loop nest over the same rows in one outer loop
+    (``can_fuse_vertical_outer_loop``)."""
+    if node.op != "call_function" or _packet(node) not in _ROW_REDUCTIONS or len(node.args) < 2:
+        return 0
+    source, dims = node.args[0], node.args[1]
+    shape = getattr(source.meta.get("val"), "shape", None) if isinstance(source, fx.Node) else None
+    if shape is None or any(not isinstance(s, int) for s in shape):
+        return 0
+    dims = [dims] if isinstance(dims, int) else dims
+    if not isinstance(dims, (list, tuple)) or not dims or any(not isinstance(d, int) for d in dims):
+        return 0
+    kept = len(shape) - len(dims)
+    if kept < 1 or sorted(d % len(shape) for d in dims) != list(range(kept, len(shape))):
+        return 0
+    rows = 1
+    for size in shape[:kept]:
+        rows *= size
+    return rows
+
+
 def is_pointwise(node: fx.Node) -> bool:
     """A pointwise op, as the peak model counts them: its value needs no buffer when every reader fuses it."""
     if node.op != "call_function" or node.target is operator.getitem:

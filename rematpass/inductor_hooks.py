@@ -224,6 +224,7 @@ def store_rules(joint: torch.fx.GraphModule):
         heavy_when_reused=cpu,
         sibling_window=setting(("max_fusion_buffer_group_pairwise_attempts",), defaults.sibling_window),
         reorder_for_peak_memory=bool(getattr(config, "reorder_for_peak_memory", False)),
+        outer_loop_fusion=cpu,
     )
 
 

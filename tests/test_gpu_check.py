@@ -36,7 +36,7 @@ def test_cpu_fallback_runs_every_stage(tmp_path):
 
     small = json.loads((out / "small" / "results.json").read_text())
     (model,) = small["models"]
-    assert [r["name"] for r in model["variants"]] == ["inductor", "remat", "remat@0.3"]
+    assert [r["name"] for r in model["variants"]] == ["inductor", "remat"]  # a budget: test_bench, test_budget_promise
     for row in model["variants"]:
         assert "error" not in row, row["error"]
         assert row["grads"]["status"] == "match" and row["step_rounds"] == 2
