@@ -85,7 +85,7 @@ def test_a_tied_heads_weight_gradient_runs_at_the_add_and_keeps_the_logits_gradi
     its two readers, is fused with them and its buffer dropped."""
     predicted, without, scheduled = _predicted_and_scheduled("gpt2", 0.5, 0, matmul_adds=False)
     assert predicted == pytest.approx(scheduled, rel=0.01)
-    assert abs(without / scheduled - 1) > 0.03
+    assert abs(without / scheduled - 1) > 0.02  # 2.5% low without it (over 3% before the outer-loop rule)
 
 
 def _without_sibling_fusion(rules: StoreRules) -> StoreRules:
