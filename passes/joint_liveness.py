@@ -122,7 +122,11 @@ class JointPeakModel:
             if base is not None:
                 self.alias_of[i] = index[base]
             elif node.target is operator.getitem and isinstance(node.args[0], fx.Node):
-                self.getitem_of[i] = index[node.args[0]]
+                parent = index[node.args[0]]
+                if self.alias_of[parent] >= 0:  # a piece of a split: a view of the split's base, no buffer
+                    self.alias_of[i] = parent
+                else:
+                    self.getitem_of[i] = parent
             self.pointwise[i] = is_pointwise(node)
             self.fusible[i] = is_fusible_consumer(node)
             destination = scattered_into(node)
