@@ -88,17 +88,6 @@ def whisper() -> models.BenchModel:
     )  # fmt: skip
 
 
-class _ContrastiveLoss(torch.nn.Module):
-    """CLIP's contrastive loss from token ids and images (``return_loss=True``)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, pixel_values):
-        return self.model(input_ids=input_ids, pixel_values=pixel_values, return_loss=True).loss
-
-
 def clip() -> models.BenchModel:
     from transformers import CLIPConfig, CLIPModel
 
@@ -114,7 +103,7 @@ def clip() -> models.BenchModel:
     model = CLIPModel(config)
     return models.BenchModel(
         "clip", "transformers CLIP (vision-text), 2+2 layers, dim 128, 32 tokens and 64x64 images, batch 16",
-        _ContrastiveLoss(model),
+        zoo.LossOf(model, "input_ids", "pixel_values", return_loss=True),
         (torch.randint(0, 1024, (16, 32)), torch.randn(16, 3, 64, 64)),
         list(model.text_model.encoder.layers) + list(model.vision_model.encoder.layers),
     )  # fmt: skip

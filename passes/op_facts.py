@@ -278,31 +278,6 @@ _POINTWISE_EXTRA = {
 # A max-pool's saved offsets turned back into indices (Inductor's own prim, where this torch has it).
 if hasattr(_prims, "_low_memory_max_pool_offsets_to_indices"):
     _POINTWISE_EXTRA.add(_prims._low_memory_max_pool_offsets_to_indices)
-# Reductions Inductor fuses a pointwise producer into, and scatters: Inductor writes a scatter's
-# output by computing its ``self`` into a fresh buffer (a zero fill: no buffer of its own) and
-# scattering a pointwise ``src`` into it (a max-pool's or an embedding's gradient).
-_FUSIBLE_REDUCTIONS = {
-    _aten.scatter_add,
-    _aten.scatter,
-    _aten.index_put,
-    _aten._unsafe_index_put,
-    _aten.sum,
-    _aten.mean,
-    _aten.amax,
-    _aten.amin,
-    _aten.var_mean,
-    _aten.var,
-    _prims.var,
-    _prims.sum,
-    _aten.max,
-    _aten.min,
-    _aten.argmax,
-    _aten._softmax,
-    _aten._log_softmax,
-    _prims.prepare_softmax_online,
-}
-
-
 # Reductions whose rows Inductor's CPU backend can share with a later loop nest (outer-loop fusion).
 _ROW_REDUCTIONS = {
     _aten.sum,
@@ -316,6 +291,19 @@ _ROW_REDUCTIONS = {
     _aten.max,
     _aten.min,
     _prims.prepare_softmax_online,
+}
+# Reductions Inductor fuses a pointwise producer into, and scatters: Inductor writes a scatter's
+# output by computing its ``self`` into a fresh buffer (a zero fill: no buffer of its own) and
+# scattering a pointwise ``src`` into it (a max-pool's or an embedding's gradient).
+_FUSIBLE_REDUCTIONS = {
+    _aten.scatter_add,
+    _aten.scatter,
+    _aten.index_put,
+    _aten._unsafe_index_put,
+    *_ROW_REDUCTIONS,
+    _aten.argmax,
+    _aten._softmax,
+    _aten._log_softmax,
 }
 
 

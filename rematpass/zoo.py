@@ -289,14 +289,15 @@ class CausalLM(nn.Module):
 
 
 class LossOf(nn.Module):
-    """``model(**kwargs).loss`` as a module of positional tensors named ``names``."""
+    """``model(**kwargs).loss`` as a module of positional tensors named ``names``, with the
+    keyword arguments ``fixed`` on every call (CLIP's ``return_loss=True``)."""
 
-    def __init__(self, model: nn.Module, *names: str):
+    def __init__(self, model: nn.Module, *names: str, **fixed):
         super().__init__()
-        self.model, self.names = model, names
+        self.model, self.names, self.fixed = model, names, fixed
 
     def forward(self, *tensors):
-        return self.model(**dict(zip(self.names, tensors))).loss
+        return self.model(**dict(zip(self.names, tensors)), **self.fixed).loss
 
 
 def gpt2_lm(*, vocab: int, dim: int, layers: int, positions: int, heads: int = 4, **config) -> nn.Module:

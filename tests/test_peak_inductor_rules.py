@@ -11,6 +11,7 @@ import pytest
 import torch
 from helpers import analysed, capture_joint_graph
 
+from rematpass import zoo
 from rematpass.bench import models
 from rematpass.partitioner import peak_predictor
 from rematpass.passes import torch_extract
@@ -149,15 +150,6 @@ def test_a_scatter_copies_its_destination_so_a_filled_zeros_gets_no_buffer():
     assert predicted < 2 * table  # the zeros and the gradient together would be two tables
 
 
-class _ContrastiveLoss(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, pixel_values):
-        return self.model(input_ids=input_ids, pixel_values=pixel_values, return_loss=True).loss
-
-
 def _without_outer_loop_fusion(rules: StoreRules) -> StoreRules:
     return dataclasses.replace(rules, outer_loop_fusion=False)
 
@@ -180,7 +172,10 @@ def test_a_pointwise_kernel_runs_in_the_row_reduction_it_reads():
     model = transformers.CLIPModel(transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=64))
     inputs = (torch.randint(0, 1024, (16, 32)), torch.randn(16, 3, 64, 64))
     predicted, without, scheduled = _predicted_and_scheduled(
-        (_ContrastiveLoss(model), inputs), 1, 0, store_rules=_without_outer_loop_fusion
+        (zoo.LossOf(model, "input_ids", "pixel_values", return_loss=True), inputs),
+        1,
+        0,
+        store_rules=_without_outer_loop_fusion,
     )
     assert predicted == pytest.approx(scheduled, rel=0.005)
     assert without / scheduled - 1 > 0.02
