@@ -229,20 +229,20 @@ def siblings_fused(
         first, second = sorted((leader[g], leader[k]), key=lambda m: run_at[m])
         if first == second:
             continue
-        place = run_at[first]
         joined = set(members[first]) | set(members[second])
-        needed = set().union(*(loads_of[m] for m in members[second])) - joined
-        missing = _missing_inputs(model, needed, run_at, place, set(members[first]))
-        if missing is None:  # needs something computed from the earlier kernels
-            continue
-        for j in missing:
-            run_at[j] = place - 0.5
-        for m in members[second]:
-            for j in [*chain_of[m], m]:
-                if run_at[j] > place:
-                    run_at[j] = place + 0.25
-            leader[m] = first
-        members[first] += members.pop(second)
+        _fuse(
+            model,
+            first,
+            second,
+            run_at[first],
+            joined,
+            set(members[first]),
+            loads_of,
+            chain_of,
+            run_at,
+            leader,
+            members,
+        )
     if rules.outer_loop_fusion:
         _join_row_reductions(model, kernels, run_at, roots, mat, loads_of, chain_of, leader, members)
     fused_with = {k: g for k, g in leader.items() if g != k}
@@ -253,6 +253,24 @@ def siblings_fused(
 
 # How many nodes a fusion may pull ahead of its place (beyond that, the pair is left unfused).
 MOST_PULLED_AHEAD = 16
+
+
+def _fuse(model, first, second, place, joined, kernels, loads_of, chain_of, run_at, leader, members) -> None:
+    """Run the group led by ``second`` in one kernel with the group led by ``first``, at ``place``:
+    what it needs that runs later (and does not read ``kernels``) is pulled just ahead of it.
+    Nothing moves when that would make a cycle or pull too much."""
+    needed = set().union(*(loads_of[m] for m in members[second])) - joined
+    missing = _missing_inputs(model, needed, run_at, place, kernels)
+    if missing is None:  # needs something computed from the earlier kernels
+        return
+    for j in missing:
+        run_at[j] = place - 0.5
+    for m in members[second]:
+        for j in [*chain_of.get(m, ()), m]:
+            if run_at[j] > place:
+                run_at[j] = place + 0.25
+        leader[m] = first
+    members[first] += members.pop(second)
 
 
 def _join_row_reductions(model, kernels, run_at, roots, mat, loads_of, chain_of, leader, members) -> None:
@@ -285,18 +303,7 @@ def _join_row_reductions(model, kernels, run_at, roots, mat, loads_of, chain_of,
         own = {o for m in members[first] for o in outputs_of.get(m, ())}
         place = max(run_at[first], *(run_at[o] for o in own))
         joined = set(members[first]) | set(members[second]) | own
-        needed = set().union(*(loads_of[m] for m in members[second])) - joined
-        missing = _missing_inputs(model, needed, run_at, place, joined)
-        if missing is None:
-            continue
-        for j in missing:
-            run_at[j] = place - 0.5
-        for m in members[second]:
-            for j in [*chain_of.get(m, ()), m]:
-                if run_at[j] > place:
-                    run_at[j] = place + 0.25
-            leader[m] = first
-        members[first] += members.pop(second)
+        _fuse(model, first, second, place, joined, joined, loads_of, chain_of, run_at, leader, members)
 
 
 def _over_rows(node: fx.Node, rows: int) -> bool:
