@@ -310,10 +310,10 @@ def _over_rows(node: fx.Node, rows: int) -> bool:
     """Whether ``node``'s value iterates ``rows`` rows in its leading dimensions, with more after them."""
     shape = getattr(node.meta.get("val"), "shape", ())
     prefix = 1
-    for d, size in enumerate(shape[:-1]):
+    for size in shape[:-1]:  # the last dimension stays after the rows
         prefix *= size
         if prefix == rows:
-            return d + 1 < len(shape)
+            return True
     return False
 
 
