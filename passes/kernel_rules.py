@@ -39,6 +39,9 @@ class StoreRules:
     fusion_distance: int = 64  # and only when at most this many scheduler nodes apart (``are_long_distant_nodes``)
     reorder_for_peak_memory: bool = True  # fused kernels then reordered for peak memory (``memory_reorder``)
     outer_loop_fusion: bool = True  # a pointwise kernel joins the row reduction it reads (the C++ backend only)
+    # Ops Inductor runs as a library call whose tuple of outputs is one allocation, read through a
+    # node per output (``FallbackKernel``, ``MultiOutput``): from the installed Inductor's fallbacks.
+    multi_output_ops: frozenset = frozenset()
 
 
 def matmuls_added_later(nodes: Iterable[fx.Node], backward: Iterable[fx.Node]) -> list[tuple[fx.Node, fx.Node]]:

@@ -13,6 +13,9 @@ the recomputed activation dies before a larger buffer is written: 3.3% below the
 This module ports the three sorts and the estimate onto the peak model's kernels
 (``kernel_graph``): each stored value of a phase is a buffer of the kernel that writes it, a fused
 group of siblings is one kernel, and a kernel reads the buffers its fused values and views read.
+A library call returning several tensors (a convolution's backward, attention) is one kernel
+allocating all of them and one kernel per output (Inductor's ``MultiOutput``), which allocates
+nothing and frees its tensor: the depth-first sort visits those first, as they touch no bytes.
 ``reordered`` picks the order as Inductor does and lays the phase's nodes out in it.
 """
 
@@ -34,19 +37,23 @@ INPUT = -1  # the producer of a buffer that exists before the phase (a freeable 
 @dataclass(frozen=True)
 class KernelGraph:
     """A phase's kernels as Inductor's memory planning sees them. Kernels are numbered in the
-    phase's order; buffers by ``size``: ``producer[b]`` is the kernel writing b (``INPUT`` for an
-    input freed after its last reader), ``kept[b]`` whether the phase returns it."""
+    phase's order; buffers as ``freed``: ``producer[b]`` is the kernel writing b (``INPUT`` for an
+    input freed after its last reader), ``kept[b]`` whether the phase returns it. A buffer's bytes
+    are allocated when its producer runs (``allocated``, Inductor's ``size_alloc``) and freed after
+    its last reader (``freed``, ``size_free``); the two differ only for a library call's several
+    outputs, allocated by the call and freed through the node of each output."""
 
     outputs: list[list[int]]  # per kernel, the buffers it writes
     reads: list[list[int]]  # per kernel, the buffers other kernels wrote (or inputs) it reads, sorted, each once
-    size: np.ndarray
+    freed: np.ndarray
     producer: np.ndarray
     kept: np.ndarray
+    allocated: np.ndarray
 
     @functools.cached_property
     def readers(self) -> list[list[int]]:
         """Per buffer, the kernels that read it."""
-        readers: list[list[int]] = [[] for _ in range(len(self.size))]
+        readers: list[list[int]] = [[] for _ in range(len(self.freed))]
         for k, bufs in enumerate(self.reads):
             for b in bufs:
                 readers[b].append(k)
@@ -82,14 +89,14 @@ def estimated_peak(graph: KernelGraph, order: list[int]) -> int:
     step_of = np.empty(len(graph.outputs), dtype=np.int64)
     step_of[order] = np.arange(steps)
     start = np.where(graph.producer == INPUT, 0, step_of[np.maximum(graph.producer, 0)])
-    last = np.full(len(graph.size), -1, dtype=np.int64)
+    last = np.full(len(graph.freed), -1, dtype=np.int64)
     kernels, buffers = graph.read_pairs
     np.maximum.at(last, buffers, step_of[kernels])
     end = np.where(last < 0, start, last)
     delta = np.zeros(steps + 1, dtype=np.int64)
-    np.add.at(delta, start, graph.size)
-    freed = ~graph.kept
-    np.add.at(delta, end[freed] + 1, -graph.size[freed])
+    np.add.at(delta, start, graph.allocated)
+    dropped = ~graph.kept
+    np.add.at(delta, end[dropped] + 1, -graph.freed[dropped])
     return int(np.cumsum(delta).max(initial=0))
 
 
@@ -100,16 +107,16 @@ def least_peak_first(graph: KernelGraph) -> list[int]:
     preds, succs = graph.predecessors, graph.successors
     readers = graph.readers  # each kernel once per buffer: its reads are distinct
     indegree = [len(ps) for ps in preds]
-    outdegree = [len(readers[b]) + int(graph.kept[b]) for b in range(len(graph.size))]
-    size = graph.size.tolist()
-    allocated = [sum(size[b] for b in bufs) for bufs in graph.outputs]
+    outdegree = [len(readers[b]) + int(graph.kept[b]) for b in range(len(graph.freed))]
+    freed = graph.freed.tolist()
+    allocated = [sum(int(graph.allocated[b]) for b in bufs) for bufs in graph.outputs]
     reads = graph.reads
     to_free = [0] * n
     for k in range(n):
-        to_free[k] += sum(size[b] for b in reads[k] if outdegree[b] == 1)
-        to_free[k] += sum(size[b] for b in graph.outputs[k] if outdegree[b] == 0)
-    live = sum(size[b] for b in range(len(size)) if graph.producer[b] == INPUT)
-    kept = sum(size[b] for b in range(len(size)) if graph.kept[b])
+        to_free[k] += sum(freed[b] for b in reads[k] if outdegree[b] == 1)
+        to_free[k] += sum(freed[b] for b in graph.outputs[k] if outdegree[b] == 0)
+    live = sum(freed[b] for b in range(len(freed)) if graph.producer[b] == INPUT)
+    kept = sum(freed[b] for b in range(len(freed)) if graph.kept[b])
     peak = max(live, kept)
     gap = peak - live
     ready = {k for k in range(n) if indegree[k] == 0}
@@ -130,7 +137,7 @@ def least_peak_first(graph: KernelGraph) -> list[int]:
             outdegree[b] -= 1
             if outdegree[b] == 1:
                 for r in readers[b]:
-                    to_free[r] += size[b]
+                    to_free[r] += freed[b]
     return order
 
 
@@ -157,8 +164,8 @@ def depth_first(graph: KernelGraph) -> list[int]:
     """``topological_sort_dfs``: kernels visited by the bytes they write and read, fewest first,
     each after its predecessors (visited the same way)."""
     preds = graph.predecessors
-    size = graph.size.tolist()
-    touched = [sum(size[b] for b in graph.outputs[k]) + sum(size[b] for b in graph.reads[k]) for k in range(len(preds))]
+    allocated, freed = graph.allocated.tolist(), graph.freed.tolist()
+    touched = [sum(allocated[b] for b in graph.outputs[k]) + sum(freed[b] for b in graph.reads[k]) for k in range(len(preds))]
     seen, order = set(), []
 
     def visit(k: int) -> None:
@@ -216,23 +223,35 @@ def kernel_graph(
     count = 0
     for node in order.tolist():
         parent = model.getitem_of[node]
-        if parent >= 0:
+        if parent >= 0 and not model.multi_output[parent]:
             kernel_of[node] = kernel_of[parent]
-        elif mat[node] and model.alias_of[node] < 0 and model.is_call[node]:
+        elif (parent >= 0 and kernel_of[parent] >= 0) or (mat[node] and model.alias_of[node] < 0 and model.is_call[node]):
             leader = fused_with.get(node, node)
             if kernel_of[leader] < 0:
                 kernel_of[leader] = count
                 count += 1
             kernel_of[node] = kernel_of[leader]
     buffer_of: dict[int, int] = {}
-    sizes, producers = [], []
+    freed, allocated, producers = [], [], []
     outputs: list[list[int]] = [[] for _ in range(count)]
+
+    def add_buffer(node: int, freed_bytes: int, allocated_bytes: int) -> None:
+        buffer_of[node] = len(freed)
+        freed.append(freed_bytes)
+        allocated.append(allocated_bytes)
+        producers.append(int(kernel_of[node]))
+        outputs[kernel_of[node]].append(buffer_of[node])
+
     for node in order.tolist():
-        if roots[node] == node and kernel_of[node] >= 0 and model.nbytes[node] > 0:
-            buffer_of[node] = len(sizes)
-            sizes.append(int(model.nbytes[node]))
-            producers.append(int(kernel_of[node]))
-            outputs[kernel_of[node]].append(buffer_of[node])
+        if kernel_of[node] < 0:
+            continue
+        if model.multi_output[node]:  # allocates its outputs; each output's node frees its own
+            pieces = [u for u in model.users[node] if in_phase[u] and roots[u] == u and kernel_of[u] >= 0]
+            add_buffer(node, 0, sum(int(model.nbytes[u]) for u in pieces))
+        elif roots[node] == node and model.nbytes[node] > 0:
+            parent = model.getitem_of[node]
+            nbytes = int(model.nbytes[node])
+            add_buffer(node, nbytes, 0 if parent >= 0 and model.multi_output[parent] else nbytes)
 
     def loaded(node: int) -> set[int]:
         """The buffers ``node``'s kernel loads: through fused values (computed in it) and views."""
@@ -241,8 +260,9 @@ def kernel_graph(
             for j in model.inputs[pending.pop()]:
                 r = int(roots[j])
                 if r not in buffer_of and r in inputs:  # an input counts from its first reader on
-                    buffer_of[r] = len(sizes)
-                    sizes.append(int(inputs[r]))
+                    buffer_of[r] = len(freed)
+                    freed.append(int(inputs[r]))
+                    allocated.append(int(inputs[r]))
                     producers.append(INPUT)
                 if r in buffer_of:
                     found.add(buffer_of[r])
@@ -253,16 +273,17 @@ def kernel_graph(
 
     reads: list[set[int]] = [set() for _ in range(count)]
     for node in order.tolist():
-        k = kernel_of[node]
-        if k >= 0 and model.getitem_of[node] < 0:
+        k, parent = kernel_of[node], model.getitem_of[node]
+        if k >= 0 and (parent < 0 or model.multi_output[parent]):
             reads[k] |= loaded(node)
     producer = np.array(producers, dtype=np.int64)
     reads_of = [sorted(b for b in bufs if producer[b] != k) for k, bufs in enumerate(reads)]
-    kept_mask = np.zeros(len(sizes), dtype=bool)
+    kept_mask = np.zeros(len(freed), dtype=bool)
     for storage in np.unique(kept).tolist():
         if storage in buffer_of:
             kept_mask[buffer_of[storage]] = True
-    graph = KernelGraph(outputs, reads_of, np.array(sizes, dtype=np.int64), producer, kept_mask)
+    freed_bytes, allocated_bytes = np.array(freed, dtype=np.int64), np.array(allocated, dtype=np.int64)
+    graph = KernelGraph(outputs, reads_of, freed_bytes, producer, kept_mask, allocated_bytes)
     return graph, kernel_of
 
 

@@ -201,7 +201,7 @@ def store_rules(joint: torch.fx.GraphModule):
     """When Inductor's lowering stores a fused pointwise value, from its config, for the device the
     graph runs on (``passes.kernel_rules.StoreRules``). A setting this torch does not have keeps
     the rule's default (Inductor 2.13's CPU value)."""
-    from torch._inductor import config
+    from torch._inductor import config, lowering
 
     from .passes.kernel_rules import StoreRules
 
@@ -217,6 +217,7 @@ def store_rules(joint: torch.fx.GraphModule):
         return default
 
     device = "realize_cpu_{}_threshold" if cpu else "_realize_{}_threshold_default"
+    fallbacks = getattr(lowering, "fallbacks", ())  # the ops lowered as a call into aten
     return StoreRules(
         reads_when_reused=setting(("realize_reads_threshold",), defaults.reads_when_reused),
         max_reads=setting(("realize_acc_reads_threshold", device.format("acc_reads")), defaults.max_reads),
@@ -225,6 +226,9 @@ def store_rules(joint: torch.fx.GraphModule):
         sibling_window=setting(("max_fusion_buffer_group_pairwise_attempts",), defaults.sibling_window),
         reorder_for_peak_memory=bool(getattr(config, "reorder_for_peak_memory", False)),
         outer_loop_fusion=cpu,
+        multi_output_ops=frozenset(
+            node.target for node in joint.graph.nodes if node.op == "call_function" and node.target in fallbacks
+        ),
     )
 
 
