@@ -394,8 +394,9 @@ class JointPeakModel:
 
     def _layout_copies(self, fw_order: np.ndarray, bw_order: np.ndarray) -> tuple[dict[int, int], list]:
         """The channels-last copies of ``copied`` inputs: those the backward reads are kept into it
-        (placeholder index: bytes, freed after the backward's last reader), the others live in the
-        forward from its first reader to its last (``_phase``'s ``extra``)."""
+        (placeholder index: bytes, held to the backward's end, as Inductor holds the inputs of
+        static lifetime they replace), the others live in the forward from its first reader to its
+        last (``_phase``'s ``extra``)."""
         if not self.copied:
             return {}, []
         fw_pos = {int(node): step for step, node in enumerate(fw_order)}
@@ -452,7 +453,9 @@ class JointPeakModel:
         bw_outputs &= bw_body
         bw_mat = self._materialized(bw_body, bw_outputs)
         pinned = np.concatenate([bw_roots[bw_outputs], np.fromiter(kept_roots - saved_roots, dtype=np.int64)])
-        carried = {r: size_of[r] for r in saved_roots} | copies_kept
+        # The saved values are freed after their last reader. The channels-last copies of inputs
+        # stand in for parameters the backward was handed: of static lifetime there, never freed.
+        carried = {r: size_of[r] for r in saved_roots}
         if self.store_rules is not None:
             bw_order, bw_fused = siblings_fused(self, bw_order, bw_roots, bw_mat)
             if self.store_rules.reorder_for_peak_memory:

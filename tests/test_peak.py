@@ -95,8 +95,10 @@ def test_a_pointwise_value_a_matmul_reads_through_a_view_gets_a_buffer():
 
 def test_layout_optimization_adds_the_channels_last_copies_of_convolution_inputs(joint_graphs):
     """Under Inductor's layout optimization a convolution copies its graph inputs (image, weights)
-    to channels-last and the forward keeps the copies for the backward: the predicted step holds
-    exactly their bytes more from the forward's end on."""
+    to channels-last and the forward keeps the copies for the backward, which holds them as it holds
+    parameters, to its end: the predicted step holds exactly their bytes more from the forward's
+    end on (a full-size ResNet-50 read 5% low while the backward freed each copy after its last
+    reader)."""
     from helpers import analysed
     from torch._inductor.virtualized import V
 
@@ -113,8 +115,8 @@ def test_layout_optimization_adds_the_channels_last_copies_of_convolution_inputs
         plain = PeakPredictor(*args).joint_estimate(_default_cut(a))
         with_copies = PeakPredictor(*args, layout_copies=True).joint_estimate(_default_cut(a))
     assert with_copies.boundary_bytes == plain.boundary_bytes + copies
-    # the backward frees a copy after its last reader: the last convolution's weight, before this peak
-    assert with_copies.peak_bytes == plain.peak_bytes + copies - 8 * 8 * 3 * 3 * 4
+    assert with_copies.peak_phase == plain.peak_phase == "backward"
+    assert with_copies.peak_bytes == plain.peak_bytes + copies
 
 
 def test_a_cpu_convolution_backward_holds_two_weights_of_scratch(joint_graphs):

@@ -128,6 +128,15 @@ def test_kernels_run_in_the_order_inductor_reorders_them_to_for_peak_memory():
     assert without / scheduled - 1 > 0.03
 
 
+def test_the_backward_holds_the_channels_last_copies_of_the_weights_to_its_end():
+    """The conv net recomputing its BatchNorm-ReLU outputs: the forward hands the backward the
+    channels-last copies of the convolutions' weights, which Inductor plans as inputs of static
+    lifetime, like the parameters they replace, not freed after their last reader (2.8% low when
+    the backward freed them; a full-size ResNet-50 read 5% low)."""
+    predicted, _, scheduled = _predicted_and_scheduled("cnn", 0.5, 3)
+    assert predicted == pytest.approx(scheduled, rel=0.005)
+
+
 class _EmbeddingHead(torch.nn.Module):
     def __init__(self, vocab: int = 8192, dim: int = 128):
         super().__init__()
