@@ -148,9 +148,8 @@ class JointPeakModel:
         self.copied_in = np.array(copied_in, dtype=bool)
         self.store_rules = store_rules if fused else None
         library_calls = self.store_rules.multi_output_ops if self.store_rules is not None else ()
-        self.multi_output = np.array(
-            [node.target in library_calls and isinstance(node.meta.get("val"), (list, tuple)) for node in nodes], dtype=bool
-        )
+        returns_several = [isinstance(node.meta.get("val"), (list, tuple)) for node in nodes]
+        self.multi_output = np.array([node.target in library_calls for node in nodes], dtype=bool) & returns_several
         self.heavy = np.array([is_heavy_pointwise(node) for node in nodes], dtype=bool)
         self.always_stored = np.array([is_stored_by_lowering(node) for node in nodes], dtype=bool)
         self.scattered = np.array([is_scatter(node) for node in nodes], dtype=bool)

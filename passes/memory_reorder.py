@@ -37,11 +37,12 @@ INPUT = -1  # the producer of a buffer that exists before the phase (a freeable 
 @dataclass(frozen=True)
 class KernelGraph:
     """A phase's kernels as Inductor's memory planning sees them. Kernels are numbered in the
-    phase's order; buffers as ``freed``: ``producer[b]`` is the kernel writing b (``INPUT`` for an
-    input freed after its last reader), ``kept[b]`` whether the phase returns it. A buffer's bytes
-    are allocated when its producer runs (``allocated``, Inductor's ``size_alloc``) and freed after
-    its last reader (``freed``, ``size_free``); the two differ only for a library call's several
-    outputs, allocated by the call and freed through the node of each output."""
+    phase's order, buffers by their index in the arrays: ``producer[b]`` is the kernel writing b
+    (``INPUT`` for an input freed after its last reader), ``kept[b]`` whether the phase returns
+    it. A buffer's bytes are allocated when its producer runs (``allocated``, Inductor's
+    ``size_alloc``) and freed after its last reader (``freed``, ``size_free``); the two differ only
+    for a library call's several outputs, allocated by the call and freed through the node of each
+    output."""
 
     outputs: list[list[int]]  # per kernel, the buffers it writes
     reads: list[list[int]]  # per kernel, the buffers other kernels wrote (or inputs) it reads, sorted, each once
@@ -165,7 +166,8 @@ def depth_first(graph: KernelGraph) -> list[int]:
     each after its predecessors (visited the same way)."""
     preds = graph.predecessors
     allocated, freed = graph.allocated.tolist(), graph.freed.tolist()
-    touched = [sum(allocated[b] for b in graph.outputs[k]) + sum(freed[b] for b in graph.reads[k]) for k in range(len(preds))]
+    written = [sum(allocated[b] for b in bufs) for bufs in graph.outputs]
+    touched = [written[k] + sum(freed[b] for b in graph.reads[k]) for k in range(len(preds))]
     seen, order = set(), []
 
     def visit(k: int) -> None:
@@ -223,9 +225,10 @@ def kernel_graph(
     count = 0
     for node in order.tolist():
         parent = model.getitem_of[node]
+        an_output_of_a_call = parent >= 0 and model.multi_output[parent] and kernel_of[parent] >= 0
         if parent >= 0 and not model.multi_output[parent]:
             kernel_of[node] = kernel_of[parent]
-        elif (parent >= 0 and kernel_of[parent] >= 0) or (mat[node] and model.alias_of[node] < 0 and model.is_call[node]):
+        elif an_output_of_a_call or (mat[node] and model.alias_of[node] < 0 and model.is_call[node]):
             leader = fused_with.get(node, node)
             if kernel_of[leader] < 0:
                 kernel_of[leader] = count
