@@ -61,6 +61,12 @@ class KernelGraph:
         return readers
 
     @functools.cached_property
+    def allocates(self) -> list[int]:
+        """Per kernel, the bytes it allocates when it runs (Inductor's node ``size``)."""
+        allocated = self.allocated.tolist()
+        return [sum(allocated[b] for b in bufs) for bufs in self.outputs]
+
+    @functools.cached_property
     def predecessors(self) -> list[set[int]]:
         """Per kernel, the kernels that write what it reads."""
         return [
@@ -110,7 +116,7 @@ def least_peak_first(graph: KernelGraph) -> list[int]:
     indegree = [len(ps) for ps in preds]
     outdegree = [len(readers[b]) + int(graph.kept[b]) for b in range(len(graph.freed))]
     freed = graph.freed.tolist()
-    allocated = [sum(int(graph.allocated[b]) for b in bufs) for bufs in graph.outputs]
+    allocated = graph.allocates
     reads = graph.reads
     to_free = [0] * n
     for k in range(n):
@@ -165,9 +171,8 @@ def depth_first(graph: KernelGraph) -> list[int]:
     """``topological_sort_dfs``: kernels visited by the bytes they write and read, fewest first,
     each after its predecessors (visited the same way)."""
     preds = graph.predecessors
-    allocated, freed = graph.allocated.tolist(), graph.freed.tolist()
-    written = [sum(allocated[b] for b in bufs) for bufs in graph.outputs]
-    touched = [written[k] + sum(freed[b] for b in graph.reads[k]) for k in range(len(preds))]
+    freed = graph.freed.tolist()
+    touched = [graph.allocates[k] + sum(freed[b] for b in graph.reads[k]) for k in range(len(preds))]
     seen, order = set(), []
 
     def visit(k: int) -> None:
@@ -222,13 +227,17 @@ def kernel_graph(
     in_phase = np.zeros(n, dtype=bool)
     in_phase[order] = True
     kernel_of = np.full(n, -1, dtype=np.int64)
+    parents = model.getitem_of
+    # An output of a library call returning several tensors: a kernel of its own (``MultiOutput``).
+    call_output = (parents >= 0) & model.multi_output[np.maximum(parents, 0)]
     count = 0
     for node in order.tolist():
-        parent = model.getitem_of[node]
-        an_output_of_a_call = parent >= 0 and model.multi_output[parent] and kernel_of[parent] >= 0
-        if parent >= 0 and not model.multi_output[parent]:
+        parent = parents[node]
+        if parent >= 0 and not call_output[node]:
             kernel_of[node] = kernel_of[parent]
-        elif an_output_of_a_call or (mat[node] and model.alias_of[node] < 0 and model.is_call[node]):
+        elif (call_output[node] and kernel_of[parent] >= 0) or (
+            mat[node] and model.alias_of[node] < 0 and model.is_call[node]
+        ):
             leader = fused_with.get(node, node)
             if kernel_of[leader] < 0:
                 kernel_of[leader] = count
@@ -252,9 +261,8 @@ def kernel_graph(
             pieces = [u for u in model.users[node] if in_phase[u] and roots[u] == u and kernel_of[u] >= 0]
             add_buffer(node, 0, sum(int(model.nbytes[u]) for u in pieces))
         elif roots[node] == node and model.nbytes[node] > 0:
-            parent = model.getitem_of[node]
             nbytes = int(model.nbytes[node])
-            add_buffer(node, nbytes, 0 if parent >= 0 and model.multi_output[parent] else nbytes)
+            add_buffer(node, nbytes, 0 if call_output[node] else nbytes)
 
     def loaded(node: int) -> set[int]:
         """The buffers ``node``'s kernel loads: through fused values (computed in it) and views."""
@@ -276,8 +284,8 @@ def kernel_graph(
 
     reads: list[set[int]] = [set() for _ in range(count)]
     for node in order.tolist():
-        k, parent = kernel_of[node], model.getitem_of[node]
-        if k >= 0 and (parent < 0 or model.multi_output[parent]):
+        k = kernel_of[node]
+        if k >= 0 and (parents[node] < 0 or call_output[node]):
             reads[k] |= loaded(node)
     producer = np.array(producers, dtype=np.int64)
     reads_of = [sorted(b for b in bufs if producer[b] != k) for k, bufs in enumerate(reads)]
