@@ -150,6 +150,8 @@ class JointPeakModel:
         library_calls = self.store_rules.multi_output_ops if self.store_rules is not None else ()
         returns_several = [isinstance(node.meta.get("val"), (list, tuple)) for node in nodes]
         self.multi_output = np.array([node.target in library_calls for node in nodes], dtype=bool) & returns_several
+        copying = self.store_rules.copy_each_input_ops if self.store_rules is not None else ()
+        self.copies_inputs = np.array([node.target in copying for node in nodes], dtype=bool)
         self.heavy = np.array([is_heavy_pointwise(node) for node in nodes], dtype=bool)
         self.always_stored = np.array([is_stored_by_lowering(node) for node in nodes], dtype=bool)
         self.scattered = np.array([is_scatter(node) for node in nodes], dtype=bool)
@@ -175,6 +177,7 @@ class JointPeakModel:
         self.users: list[list[int]] = [[] for _ in range(n)]
         for s, d in zip(src, dst):
             self.users[s].append(d)
+        self._storage = self._roots(np.ones(n, dtype=bool), np.zeros(n, dtype=bool))  # each node's base, through views
         self.fused = fused
         outputs = nodes[-1].args[0]
         self.real_outputs = np.array(
@@ -226,13 +229,19 @@ class JointPeakModel:
                 return ptr
             ptr = jumped
 
-    def _materialized(self, body: np.ndarray, outputs: np.ndarray) -> np.ndarray:
-        """Whether each node's value gets a buffer when ``body`` runs and returns ``outputs``."""
+    def _materialized(
+        self, body: np.ndarray, outputs: np.ndarray, order: np.ndarray
+    ) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+        """Whether each node's value gets a buffer when ``body`` runs (in ``order``) and returns
+        ``outputs``, and the copies of values without one that library calls make
+        (``_input_copies``)."""
         if not self.fused:
-            return np.ones(len(self.nodes), dtype=bool)
+            return np.ones(len(self.nodes), dtype=bool), []
         in_phase = body[self.dst]
         blocking = np.zeros(len(self.nodes), dtype=bool)
-        blocking[self.src[in_phase & ~self.fusible[self.dst] & ~self.copied_in]] = True
+        blocked = in_phase & ~self.fusible[self.dst] & ~self.copied_in
+        copying = blocked & self.copies_inputs[self.dst]  # copies what is not stored yet: ``copied_inputs``
+        blocking[self.src[blocked & ~copying]] = True
         # A view's reader reads its base's buffer: a pointwise value read through views by a matmul
         # (a recomputed GELU reshaped for the weight gradient's mm) gets a buffer as if read directly.
         needed = blocking | outputs
@@ -242,11 +251,44 @@ class JointPeakModel:
             viewed = bases[~needed[bases] & (self.alias_of[bases] >= 0)]
             needed[bases] = True
         own = ~self.pointwise | needed
+        copies = []
         if self.store_rules is not None:
-            stored_by_rules(self, body, outputs, own)
+            copying_calls = np.bincount(self._storage[self.src[copying]], minlength=len(self.nodes))
+            stored_by_rules(self, body, outputs, own, copying_calls)
+            copies = self._input_copies(order, own, copying)
         parent = self.getitem_of >= 0
         own[parent] = own[self.getitem_of[parent]]
-        return own
+        return own, copies
+
+    def _input_copies(self, order: np.ndarray, own: np.ndarray, copying: np.ndarray) -> list[tuple[int, int, int]]:
+        """The copies that calls of ``copy_each_input_ops`` make of pointwise values still computed
+        inline (no buffer in ``own``), as (first call, call, bytes): a copy for each call, written
+        just before it and freed after it. A recomputed attention's key or value expanded for
+        grouped heads (a ``clone`` of an ``expand`` of its projection) is copied for the forward call
+        and again for the backward one, and the projection lives until both have run. Copies of one
+        value at most ``fusion_distance`` scheduler nodes apart are one kernel, run before the first
+        call (the scheduler fuses siblings): the value then gets a buffer, written there and read
+        by the last call, and every other call's copy lives from the first call to its own."""
+        calls_of: dict[int, set[int]] = {}
+        in_phase = np.zeros(len(self.nodes), dtype=bool)
+        in_phase[order] = True
+        for value, call in zip(self._storage[self.src[copying]].tolist(), self.dst[copying].tolist()):
+            if in_phase[value] and not own[value] and self.pointwise[value]:
+                calls_of.setdefault(value, set()).add(call)
+        if not calls_of:
+            return []
+        scheduled = np.zeros(len(self.nodes), dtype=np.int64)  # place among the scheduler's nodes
+        scheduled[order] = np.cumsum(own[order] & (self.alias_of[order] < 0))
+        copies = []
+        for value, calls in sorted(calls_of.items()):
+            calls = sorted(calls, key=lambda c: scheduled[c])
+            size = int(self.nbytes[value])
+            if len(calls) > 1 and scheduled[calls[-1]] - scheduled[calls[0]] <= self.store_rules.fusion_distance:
+                own[value] = True
+                copies += [(calls[0], call, size) for call in calls[:-1]]
+            else:
+                copies += [(call, call, size) for call in calls]
+        return copies
 
     def _written_in_place(self, order, pos, owners, mat, last, pinned, carried, fused_with) -> list[tuple[int, int]]:
         """Pointwise kernels that write their output over a buffer of the same size that they read
@@ -391,6 +433,12 @@ class JointPeakModel:
         at = int(np.argmax(live))
         return (int(live[at]), at) if live[at] > base else (base, -1)
 
+    def _at_steps(self, order: np.ndarray, copies: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+        """``_input_copies``' (written before, freed after, bytes) in steps of ``order``."""
+        pos = np.full(len(self.nodes), -1, dtype=np.int64)
+        pos[order] = np.arange(len(order))
+        return [(int(pos[first]), int(pos[call]), size) for first, call, size in copies]
+
     def _layout_copies(self, fw_order: np.ndarray, bw_order: np.ndarray) -> tuple[dict[int, int], list]:
         """The channels-last copies of ``copied`` inputs: those the backward reads are kept into it
         (placeholder index: bytes, held to the backward's end, as Inductor holds the inputs of
@@ -422,7 +470,7 @@ class JointPeakModel:
         fw_outputs[self.real_outputs] = True
         fw_outputs |= saved
         fw_roots = self._roots(forward_body, np.zeros(len(self.nodes), dtype=bool))
-        fw_mat = self._materialized(forward_body, fw_outputs)
+        fw_mat, fw_copies = self._materialized(forward_body, fw_outputs, fw_order)
         fw_fused, bw_fused = {}, {}
         if self.store_rules is not None:
             fw_order, fw_fused = siblings_fused(self, fw_order, fw_roots, fw_mat)
@@ -431,7 +479,14 @@ class JointPeakModel:
         bw_order = self.backward_order(backward, recomputed)
         copies_kept, copies_forward = self._layout_copies(fw_order, bw_order)
         fw_peak, fw_at = self._phase(
-            fw_order, fw_roots, fw_mat, fw_roots[fw_outputs], {}, 0, copies_forward, fused_with=fw_fused
+            fw_order,
+            fw_roots,
+            fw_mat,
+            fw_roots[fw_outputs],
+            {},
+            0,
+            [*copies_forward, *self._at_steps(fw_order, fw_copies)],
+            fused_with=fw_fused,
         )
 
         # Live into the backward: storages the forward computed and returns (real outputs, saved values).
@@ -450,7 +505,7 @@ class JointPeakModel:
         bw_outputs = np.zeros(len(self.nodes), dtype=bool)
         bw_outputs[self.grad_outputs] = True
         bw_outputs &= bw_body
-        bw_mat = self._materialized(bw_body, bw_outputs)
+        bw_mat, bw_copies = self._materialized(bw_body, bw_outputs, bw_order)
         pinned = np.concatenate([bw_roots[bw_outputs], np.fromiter(kept_roots - saved_roots, dtype=np.int64)])
         # The saved values are freed after their last reader. The channels-last copies of inputs
         # stand in for parameters the backward was handed: of static lifetime there, never freed.
@@ -459,7 +514,9 @@ class JointPeakModel:
             bw_order, bw_fused = siblings_fused(self, bw_order, bw_roots, bw_mat)
             if self.store_rules.reorder_for_peak_memory:
                 bw_order = reordered(self, bw_order, bw_roots, bw_mat, bw_fused, carried, pinned)
-        bw_peak, bw_at = self._phase(bw_order, bw_roots, bw_mat, pinned, carried, boundary, fused_with=bw_fused)
+        bw_peak, bw_at = self._phase(
+            bw_order, bw_roots, bw_mat, pinned, carried, boundary, self._at_steps(bw_order, bw_copies), bw_fused
+        )
 
         def name(order, at):
             return "start" if at < 0 else self.nodes[order[at]].name

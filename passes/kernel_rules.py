@@ -42,6 +42,10 @@ class StoreRules:
     # Ops Inductor runs as a library call whose tuple of outputs is one allocation, read through a
     # node per output (``FallbackKernel``, ``MultiOutput``): from the installed Inductor's fallbacks.
     multi_output_ops: frozenset = frozenset()
+    # Ops whose layout constraint copies, for each call, an input whose value is not stored yet
+    # (``sdpa_constraint`` on the CPU: ``ExternKernel.require_stride_order`` on a value still
+    # computed inline makes a new buffer with ``copy_input``): from the installed Inductor.
+    copy_each_input_ops: frozenset = frozenset()
 
 
 def matmuls_added_later(nodes: Iterable[fx.Node], backward: Iterable[fx.Node]) -> list[tuple[fx.Node, fx.Node]]:
@@ -81,9 +85,15 @@ def matmuls_added_later(nodes: Iterable[fx.Node], backward: Iterable[fx.Node]) -
     return pairs
 
 
-def stored_by_rules(model: JointPeakModel, body: np.ndarray, outputs: np.ndarray, own: np.ndarray) -> None:
+def stored_by_rules(
+    model: JointPeakModel, body: np.ndarray, outputs: np.ndarray, own: np.ndarray, copying_calls: np.ndarray
+) -> None:
     """Mark in ``own`` the fused pointwise values of ``body`` that Inductor's lowering stores
-    (``StoreRules``), in graph order, so a stored value ends the reads of the values that read it."""
+    (``StoreRules``), in graph order, so a stored value ends the reads of the values that read it.
+    ``copying_calls`` counts, per value, the calls of ``copy_each_input_ops`` that read it (through
+    views): a value read by two or more of them that loads more than one buffer is stored once for
+    all (``StorageBox.realize_hint``); one that loads a single buffer is left to each call's copy
+    (``JointPeakModel.copied_inputs``)."""
     rules = model.store_rules
     own |= body & model.always_stored
     readers = np.zeros(len(model.nodes), dtype=np.int64)
@@ -108,7 +118,8 @@ def stored_by_rules(model: JointPeakModel, body: np.ndarray, outputs: np.ndarray
         my_ops = frozenset((i,)).union(*(p[1] for p in parts))
         my_heavy = bool(model.heavy[i]) or any(p[2] for p in parts)
         reused = readers[i] > 1 and (len(my_reads) > rules.reads_when_reused or (rules.heavy_when_reused and my_heavy))
-        if reused or len(my_reads) > rules.max_reads or len(my_ops) > rules.max_ops:
+        hinted = copying_calls[i] > 1 and len(my_reads) > 1
+        if reused or hinted or len(my_reads) > rules.max_reads or len(my_ops) > rules.max_ops:
             own[i] = True
             stored.append(i)
             continue

@@ -300,6 +300,7 @@ _FUSIBLE_REDUCTIONS = {
     _aten.scatter,
     _aten.index_put,
     _aten._unsafe_index_put,
+    _aten._unsafe_masked_index_put_accumulate,  # an embedding's gradient: ``where(mask, values, 0)`` scattered
     *_ROW_REDUCTIONS,
     _aten.argmax,
     _aten._softmax,

@@ -218,6 +218,10 @@ def store_rules(joint: torch.fx.GraphModule):
 
     device = "realize_cpu_{}_threshold" if cpu else "_realize_{}_threshold_default"
     fallbacks = getattr(lowering, "fallbacks", ())  # the ops lowered as a call into aten
+    calls = {node.target for node in joint.graph.nodes if node.op == "call_function"}
+    constraint_of = getattr(lowering, "maybe_layout_constraints", lambda op: None)
+    copying = getattr(lowering, "sdpa_constraint", None)  # copies an unstored input on the CPU only
+    copies_each_input = cpu and copying is not None and not getattr(config, "cache_sdpa_constraint", False)
     return StoreRules(
         reads_when_reused=setting(("realize_reads_threshold",), defaults.reads_when_reused),
         max_reads=setting(("realize_acc_reads_threshold", device.format("acc_reads")), defaults.max_reads),
@@ -226,9 +230,8 @@ def store_rules(joint: torch.fx.GraphModule):
         sibling_window=setting(("max_fusion_buffer_group_pairwise_attempts",), defaults.sibling_window),
         reorder_for_peak_memory=bool(getattr(config, "reorder_for_peak_memory", False)),
         outer_loop_fusion=cpu,
-        multi_output_ops=frozenset(
-            node.target for node in joint.graph.nodes if node.op == "call_function" and node.target in fallbacks
-        ),
+        multi_output_ops=frozenset(op for op in calls if op in fallbacks),
+        copy_each_input_ops=frozenset(op for op in calls if copies_each_input and constraint_of(op) is copying),
     )
 
 

@@ -164,8 +164,8 @@ def _whole_step_kernels(module: torch.nn.Module, *inputs: torch.Tensor):
     outputs = np.zeros(len(model.nodes), dtype=bool)
     outputs[model.real_outputs] = True
     roots = model._roots(body, np.zeros(len(model.nodes), dtype=bool))
-    mat = model._materialized(body, outputs)
     order = np.flatnonzero(body)
+    mat, _ = model._materialized(body, outputs, order)
     graph, kernel_of = mr.kernel_graph(model, order, roots, mat, {}, {}, roots[model.real_outputs])
     return model, order, graph, kernel_of
 
