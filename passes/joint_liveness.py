@@ -240,7 +240,7 @@ class JointPeakModel:
         in_phase = body[self.dst]
         blocking = np.zeros(len(self.nodes), dtype=bool)
         blocked = in_phase & ~self.fusible[self.dst] & ~self.copied_in
-        copying = blocked & self.copies_inputs[self.dst]  # copies what is not stored yet: ``copied_inputs``
+        copying = blocked & self.copies_inputs[self.dst]  # copies what is not stored yet: ``_input_copies``
         blocking[self.src[blocked & ~copying]] = True
         # A view's reader reads its base's buffer: a pointwise value read through views by a matmul
         # (a recomputed GELU reshaped for the weight gradient's mm) gets a buffer as if read directly.
@@ -267,8 +267,9 @@ class JointPeakModel:
         grouped heads (a ``clone`` of an ``expand`` of its projection) is copied for the forward call
         and again for the backward one, and the projection lives until both have run. Copies of one
         value at most ``fusion_distance`` scheduler nodes apart are one kernel, run before the first
-        call (the scheduler fuses siblings): the value then gets a buffer, written there and read
-        by the last call, and every other call's copy lives from the first call to its own."""
+        call (the scheduler fuses siblings): the value then gets a buffer (set in ``own``), written
+        there and read by the last call, and every other call's copy lives from the first call to
+        its own."""
         calls_of: dict[int, set[int]] = {}
         in_phase = np.zeros(len(self.nodes), dtype=bool)
         in_phase[order] = True

@@ -93,7 +93,7 @@ def stored_by_rules(
     ``copying_calls`` counts, per value, the calls of ``copy_each_input_ops`` that read it (through
     views): a value read by two or more of them that loads more than one buffer is stored once for
     all (``StorageBox.realize_hint``); one that loads a single buffer is left to each call's copy
-    (``JointPeakModel.copied_inputs``)."""
+    (``JointPeakModel._input_copies``)."""
     rules = model.store_rules
     own |= body & model.always_stored
     readers = np.zeros(len(model.nodes), dtype=np.int64)
