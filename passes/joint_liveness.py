@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from .kernel_rules import StoreRules, read_in_write_order, siblings_fused, stored_by_rules
+from .kernel_rules import StoreRules, read_in_write_order, scheduler_places, siblings_fused, stored_by_rules
 from .liveness import PeakEstimate, hinted_size, tensor_bytes
 from .memory_reorder import reordered
 from .op_facts import (
@@ -278,8 +278,7 @@ class JointPeakModel:
                 calls_of.setdefault(value, set()).add(call)
         if not calls_of:
             return []
-        scheduled = np.zeros(len(self.nodes), dtype=np.int64)  # place among the scheduler's nodes
-        scheduled[order] = np.cumsum(own[order] & (self.alias_of[order] < 0))
+        scheduled = scheduler_places(self, order, own)
         copies = []
         for value, calls in sorted(calls_of.items()):
             calls = sorted(calls, key=lambda c: scheduled[c])

@@ -184,6 +184,14 @@ def read_in_write_order(model: JointPeakModel, kernel: int, buffer: int, mat: np
     return False
 
 
+def scheduler_places(model: JointPeakModel, order: np.ndarray, mat: np.ndarray) -> np.ndarray:
+    """Each node's place among the scheduler's nodes when ``order`` runs (every stored value but a
+    view is one), as its fusion-distance rule counts them (``are_long_distant_nodes``)."""
+    scheduled = np.zeros(len(model.nodes), dtype=np.int64)
+    scheduled[order] = np.cumsum(mat[order] & (model.alias_of[order] < 0))
+    return scheduled
+
+
 def siblings_fused(
     model: JointPeakModel, order: np.ndarray, roots: np.ndarray, mat: np.ndarray
 ) -> tuple[np.ndarray, dict[int, int]]:
@@ -207,9 +215,7 @@ def siblings_fused(
     run_at = np.full(n, -1.0)
     run_at[order] = np.arange(steps, dtype=np.float64)
     kernel = mat & model.pointwise & (model.alias_of < 0) & (model.getitem_of < 0)
-    # Each node's place among the scheduler's nodes (every stored value but a view), for its distance rule.
-    scheduled = np.zeros(n, dtype=np.int64)
-    scheduled[order] = np.cumsum(mat[order] & (model.alias_of[order] < 0))
+    scheduled = scheduler_places(model, order, mat)
     kernels = order[kernel[order]].tolist()
     loads_of: dict[int, set[int]] = {}
     chain_of: dict[int, set[int]] = {}
