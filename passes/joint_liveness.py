@@ -255,12 +255,14 @@ class JointPeakModel:
         if self.store_rules is not None:
             copying_calls = np.bincount(self._storage[self.src[copying]], minlength=len(self.nodes))
             stored_by_rules(self, body, outputs, own, copying_calls)
-            copies = self._input_copies(order, own, copying)
+            copies = self._input_copies(body, order, own, copying)
         parent = self.getitem_of >= 0
         own[parent] = own[self.getitem_of[parent]]
         return own, copies
 
-    def _input_copies(self, order: np.ndarray, own: np.ndarray, copying: np.ndarray) -> list[tuple[int, int, int]]:
+    def _input_copies(
+        self, body: np.ndarray, order: np.ndarray, own: np.ndarray, copying: np.ndarray
+    ) -> list[tuple[int, int, int]]:
         """The copies that calls of ``copy_each_input_ops`` make of pointwise values still computed
         inline (no buffer in ``own``), as (first call, call, bytes): a copy for each call, written
         just before it and freed after it. A recomputed attention's key or value expanded for
@@ -271,10 +273,8 @@ class JointPeakModel:
         there and read by the last call, and every other call's copy lives from the first call to
         its own."""
         calls_of: dict[int, set[int]] = {}
-        in_phase = np.zeros(len(self.nodes), dtype=bool)
-        in_phase[order] = True
         for value, call in zip(self._storage[self.src[copying]].tolist(), self.dst[copying].tolist()):
-            if in_phase[value] and not own[value] and self.pointwise[value]:
+            if body[value] and not own[value] and self.pointwise[value]:
                 calls_of.setdefault(value, set()).add(call)
         if not calls_of:
             return []
